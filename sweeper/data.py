@@ -1,0 +1,389 @@
+"""Datasets: find, decode once into a cached uint8 array, split, and batch on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sweeper.errors import SweeperError
+
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz or cifar10-jpeg.tar.gz"),
+    "cifar100": ("CIFAR100", "cifar-100-python.tar.gz or cifar100-jpeg.tar.gz"),
+    "mnist": ("MNIST", "the MNIST/raw/*-ubyte.gz files"),
+    "fashion_mnist": ("FashionMNIST", "the FashionMNIST/raw/*-ubyte.gz files"),
+}
+
+
+@dataclass
+class ImageSet:
+    """A whole dataset as uint8 arrays [N, C, H, W] with int64 labels."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+
+
+@dataclass
+class SplitData:
+    """Train / validation / test arrays of one run; the test split is for the final report only."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    split_hash: str  # identifies the exact train/validation images
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[2]
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std of the train split, on the 0..1 scale."""
+        total = np.zeros(self.in_channels)
+        squares = np.zeros(self.in_channels)
+        for start in range(0, len(self.train_x), 4096):  # chunks keep the peak memory small
+            chunk = torch.from_numpy(self.train_x[start : start + 4096]).double()
+            total += chunk.sum(dim=(0, 2, 3)).numpy()
+            squares += chunk.pow_(2).sum(dim=(0, 2, 3)).numpy()
+        count = self.train_x.size / self.in_channels
+        mean = total / count
+        std = np.sqrt(squares / count - mean**2)
+        return (mean / 255).astype(np.float32), (std / 255).astype(np.float32)
+
+
+def data_dir_of(data_dir: str | None) -> Path:
+    return Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
+
+
+def load_images(dataset: str, data_dir: str | None = None, image_size: int | None = None) -> ImageSet:
+    """Find a dataset by name or path, decoding it once into the cache."""
+    source = _find_source(dataset, data_dir_of(data_dir))
+    stat = source.stat() if source.exists() else None
+    identity = f"{CACHE_VERSION}|{dataset}|{source.resolve()}|{image_size}"
+    if stat is not None:
+        identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    name = Path(dataset).name.split(".")[0] if _is_path(dataset) else dataset
+    cached = cache_dir() / f"{name}-{key}.npz"
+    if cached.exists():
+        with np.load(cached) as saved:
+            return ImageSet(
+                saved["train_x"],
+                saved["train_y"],
+                saved["test_x"],
+                saved["test_y"],
+                [str(c) for c in saved["classes"]],
+            )
+    images = _decode(dataset, source)
+    if image_size is not None:
+        images.train_x = _resize(images.train_x, image_size)
+        images.test_x = _resize(images.test_x, image_size)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, classes=np.array(images.classes), **_arrays(images))
+    os.replace(tmp, cached)
+    return images
+
+
+def split(
+    images: ImageSet, val_size: int = 5000, train_size: int | None = None, seed: int = 0
+) -> SplitData:
+    """Deterministic train/validation split of the train set, from the seed alone."""
+    n = len(images.train_y)
+    if val_size >= n:
+        raise SweeperError(f"val_size={val_size} must be smaller than the {n} training images")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_size is not None:
+        if train_size > len(train_idx):
+            raise SweeperError(
+                f"train_size={train_size} is larger than the {len(train_idx)} training images "
+                f"left after val_size={val_size}; lower one of them"
+            )
+        train_idx = train_idx[:train_size]
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(train_idx).tobytes())
+    digest.update(np.ascontiguousarray(val_idx).tobytes())
+    digest.update(images.train_x[:16].tobytes())  # same indices over other images differ
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    return SplitData(
+        images.train_x[train_idx],
+        images.train_y[train_idx],
+        images.train_x[val_idx],
+        images.train_y[val_idx],
+        images.test_x,
+        images.test_y,
+        images.classes,
+        digest.hexdigest()[:12],
+    )
+
+
+class DeviceSplit:
+    """One split resident on the training device; batches are cut and augmented there."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        device: torch.device,
+        channels_last: bool = False,
+    ) -> None:
+        self.x = torch.from_numpy(x).to(device)
+        self.y = torch.from_numpy(y).to(device)
+        self.device = device
+        shape = (1, -1, 1, 1)
+        self.shift = torch.as_tensor(mean * 255, device=device).view(shape)
+        self.scale = torch.as_tensor(1 / (std * 255), device=device).view(shape)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled (when given a generator) normalized batches; the last one may be short."""
+        n = len(self.y)
+        order = (
+            torch.randperm(n, generator=generator, device=generator.device).to(self.device)
+            if generator is not None
+            else None
+        )
+        for start in range(0, n, batch_size):
+            if order is None:
+                x, y = self.x[start : start + batch_size], self.y[start : start + batch_size]
+            else:
+                idx = order[start : start + batch_size]
+                x, y = self.x[idx], self.y[idx]
+            if augment:
+                x = flip(crop(x, 4, generator), generator)
+            yield self.normalize(x), y
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        return (x.float() - self.shift) * self.scale
+
+
+def crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop of every image after zero padding, offsets drawn per image, in one gather."""
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else x.device
+    shifts = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gen_device)
+    dy, dx = shifts.to(x.device)
+    padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Horizontal flip of a random half of the images."""
+    gen_device = generator.device if generator is not None else x.device
+    mask = torch.rand(len(x), generator=generator, device=gen_device).to(x.device) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def _is_path(dataset: str) -> bool:
+    return dataset not in TORCHVISION_SETS
+
+
+def _find_source(dataset: str, data_dir: Path) -> Path:
+    """The file or folder a dataset is read from; raises with where to put it."""
+    if _is_path(dataset):
+        path = Path(dataset).expanduser()
+        if not path.exists() and (data_dir / dataset).exists():
+            path = data_dir / dataset
+        if not path.exists():
+            names = ", ".join(TORCHVISION_SETS)
+            raise SweeperError(
+                f"dataset: '{dataset}' is neither a known name ({names}) nor an existing "
+                "ImageFolder directory or .tar.gz archive"
+            )
+        return path
+    _, files = TORCHVISION_SETS[dataset]
+    archives = sorted(data_dir.glob(f"{dataset.replace('_', '')}*.tar.gz")) + sorted(
+        data_dir.glob(f"{dataset}*.tar.gz")
+    )
+    archives = [a for a in archives if not a.name.endswith("-python.tar.gz")]
+    if _torchvision_ready(dataset, data_dir):
+        return data_dir
+    if archives:
+        return archives[0]
+    _download(dataset, data_dir, files)
+    return data_dir
+
+
+def _torchvision_ready(dataset: str, data_dir: Path) -> bool:
+    """Whether torchvision finds complete files of this dataset in data_dir."""
+    import torchvision.datasets as tvd
+
+    class_name, _ = TORCHVISION_SETS[dataset]
+    try:
+        getattr(tvd, class_name)(str(data_dir), train=False, download=False)
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def _download(dataset: str, data_dir: Path, files: str) -> None:
+    import torchvision.datasets as tvd
+
+    class_name, _ = TORCHVISION_SETS[dataset]
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        getattr(tvd, class_name)(str(data_dir), train=True, download=True)
+        getattr(tvd, class_name)(str(data_dir), train=False, download=True)
+    except Exception as exc:  # any network or filesystem failure means the same to the user
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise SweeperError(
+            f"dataset: {dataset} is not in {data_dir} and could not be downloaded ({reason}); "
+            f"put {files} in {data_dir} (or point --data-dir / SWEEPER_DATA_DIR at them)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _decode(dataset: str, source: Path) -> ImageSet:
+    if source.is_file():
+        if not source.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise SweeperError(f"dataset: {source} is a file but not a .tar.gz archive")
+        return _decode_archive(source)
+    if not _is_path(dataset) and _torchvision_ready(dataset, source):
+        return _decode_torchvision(dataset, source)
+    return _decode_folder(source)
+
+
+def _decode_torchvision(dataset: str, root: Path) -> ImageSet:
+    import torchvision.datasets as tvd
+
+    class_name, _ = TORCHVISION_SETS[dataset]
+    parts = [getattr(tvd, class_name)(str(root), train=t, download=False) for t in (True, False)]
+
+    def arrays(part) -> tuple[np.ndarray, np.ndarray]:
+        data = np.asarray(part.data)
+        x = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(part.targets, dtype=np.int64)
+
+    (train_x, train_y), (test_x, test_y) = arrays(parts[0]), arrays(parts[1])
+    return ImageSet(train_x, train_y, test_x, test_y, list(parts[0].classes))
+
+
+def _decode_archive(path: Path) -> ImageSet:
+    """Read an ImageFolder laid out as train/<class>/* and test/<class>/* inside a tarball."""
+    files: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            for i, part in enumerate(parts[:-2]):
+                if part in files and i == len(parts) - 3:
+                    files[part].append((parts[-2], tar.extractfile(member).read()))
+    return _to_image_set(files, str(path))
+
+
+def _decode_folder(path: Path) -> ImageSet:
+    files: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
+    for part in files:
+        for file in sorted((path / part).glob("*/*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files[part].append((file.parent.name, file.read_bytes()))
+    return _to_image_set(files, str(path))
+
+
+def _to_image_set(files: dict[str, list[tuple[str, bytes]]], where: str) -> ImageSet:
+    from PIL import Image
+
+    if not files["train"] or not files["test"]:
+        missing = "train/" if not files["train"] else "test/"
+        raise SweeperError(
+            f"dataset: {where} has no images under {missing}<class>/; "
+            "an ImageFolder dataset needs train/<class>/*.jpg and test/<class>/*.jpg"
+        )
+    classes = sorted({label for label, _ in files["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    first = Image.open(io.BytesIO(files["train"][0][1]))
+    mode = "L" if first.mode in ("L", "1") else "RGB"
+
+    def decode(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+        items = sorted(items, key=lambda item: index.get(item[0], -1))
+        unknown = {label for label, _ in items} - set(index)
+        if unknown:
+            raise SweeperError(f"dataset: {where} test/ has classes not in train/: {unknown}")
+        sizes = set()
+        arrays = []
+        for _, data in items:
+            image = np.asarray(Image.open(io.BytesIO(data)).convert(mode))
+            sizes.add(image.shape[:2])
+            arrays.append(image)
+        if len(sizes) > 1:
+            size = max(sizes)
+            arrays = [_pil_resize(a, size) for a in arrays]
+        x = np.stack(arrays)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        y = np.array([index[label] for label, _ in items], dtype=np.int64)
+        return np.ascontiguousarray(x), y
+
+    train_x, train_y = decode(files["train"])
+    test_x, test_y = decode(files["test"])
+    return ImageSet(train_x, train_y, test_x, test_y, classes)
+
+
+def _pil_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if array.shape[:2] == size:
+        return array
+    return np.asarray(Image.fromarray(array).resize(size[::-1], Image.BILINEAR))
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize all images once, in chunks, with antialiasing."""
+    if x.shape[2] == size and x.shape[3] == size:
+        return x
+    out = np.empty((len(x), x.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(x), 4096):
+        chunk = torch.from_numpy(x[start : start + 4096]).float()
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + 4096] = resized.round_().clamp_(0, 255).byte().numpy()
+    return out
+
+
+def _arrays(images: ImageSet) -> dict[str, np.ndarray]:
+    return {
+        "train_x": images.train_x,
+        "train_y": images.train_y,
+        "test_x": images.test_x,
+        "test_y": images.test_y,
+    }

@@ -1,0 +1,279 @@
+"""The one training loop: a trial, an ensemble member and `sweeper train` all run this.
+
+It knows nothing of Optuna or MLflow: they hang on the per-epoch callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeper.config import TrainConfig
+from sweeper.data import DeviceSplit, SplitData
+from sweeper.errors import SweeperError
+from sweeper.models import build_model
+
+# Called after every epoch with that epoch's metrics and the full training state
+# (to checkpoint); returning True stops training.
+EpochCallback = Callable[[dict[str, float], "TrainState"], bool | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SweeperError(f"device: '{name}' was asked for but no CUDA GPU is visible; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise SweeperError(f"device: '{name}' does not exist; {count} GPU(s) are visible")
+    return device
+
+
+@dataclass
+class TrainState:
+    """Everything needed to go on from the end of an epoch, exactly."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None  # the monitored metric, higher is better
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint that loads with torch.load(weights_only=True)."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "best_weights": self.best_weights,
+            "bad_epochs": self.bad_epochs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        self.best_epoch = state["best_epoch"]
+        self.best_score = state["best_score"]
+        self.best_weights = state["best_weights"]
+        self.bad_epochs = state["bad_epochs"]
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | early_stopped | stopped (by the callback) | diverged
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    best_val_acc: float | None
+    seconds: float
+    model: nn.Module  # with the best epoch's weights
+    device: torch.device
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def train(
+    config: TrainConfig,
+    data: SplitData,
+    callback: EpochCallback | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train one config; early stopping restores the best epoch's weights."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    channels_last = cuda and config.channels_last
+    model = build_model(
+        config.model_options(),
+        num_classes=len(data.classes),
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+    )
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    mean, std = data.mean_std()
+    train_split = DeviceSplit(data.train_x, data.train_y, mean, std, device, channels_last)
+    val_split = DeviceSplit(data.val_x, data.val_y, mean, std, device, channels_last)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    optimizer = make_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    state = TrainState(model, optimizer, scheduler, generator)
+    if resume is not None:
+        state.load_state_dict(resume)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and config.bf16)
+    check_every = 20 if cuda else 1  # a finiteness check syncs the GPU
+    sign = 1.0 if config.monitor == "val_acc" else -1.0
+    status = "completed"
+
+    while state.epoch < config.epochs:
+        epoch_started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr = optimizer.param_groups[0]["lr"]
+        seen = 0
+        batches = train_split.batches(config.batch_size, generator, augment=config.augment)
+        for step, (x, y) in enumerate(batches):
+            with autocast:
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % check_every == 0 and not torch.isfinite(loss_sum):
+                status = "diverged"
+                break
+        if status == "diverged" or not torch.isfinite(loss_sum):
+            status = "diverged"
+            break
+        train_seconds = time.perf_counter() - epoch_started
+        val_loss, val_acc = evaluate(model, val_split, config.eval_batch_size, autocast)
+        state.epoch += 1
+        metrics = {
+            "epoch": state.epoch,
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - epoch_started,
+            "images_per_s": seen / train_seconds,
+        }
+        state.history.append(metrics)
+        if not math.isfinite(val_loss):
+            status = "diverged"
+            break
+        score = sign * metrics[config.monitor]
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        if callback is not None and callback(metrics, state):
+            status = "stopped"
+            break
+        if config.patience is not None and state.bad_epochs >= config.patience:
+            status = "early_stopped"
+            break
+
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    best_val_acc = state.history[state.best_epoch - 1]["val_acc"] if state.best_epoch else None
+    return TrainResult(
+        status=status,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_acc=best_val_acc,
+        seconds=time.perf_counter() - started,
+        model=model,
+        device=device,
+        mean=mean,
+        std=std,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, split: DeviceSplit, batch_size: int, autocast: torch.autocast | None = None
+) -> torch.Tensor:
+    """Logits (float32) of a whole split, in order."""
+    model.eval()
+    outputs = []
+    for x, _ in split.batches(batch_size):
+        if autocast is not None:
+            with autocast:
+                outputs.append(model(x).float())
+        else:
+            outputs.append(model(x).float())
+    return torch.cat(outputs)
+
+
+def evaluate(
+    model: nn.Module, split: DeviceSplit, batch_size: int, autocast: torch.autocast | None = None
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) of a split."""
+    logits = predict(model, split, batch_size, autocast)
+    loss = nn.functional.cross_entropy(logits, split.y).item()
+    accuracy = (logits.argmax(1) == split.y).float().mean().item()
+    return loss, accuracy
+
+
+def evaluate_test(result: TrainResult, data: SplitData, config: TrainConfig) -> float:
+    """Accuracy of the trained model on the test split (never used while searching)."""
+    test = DeviceSplit(data.test_x, data.test_y, result.mean, result.std, result.device)
+    return evaluate(result.model, test, config.eval_batch_size)[1]
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = config.lr, config.weight_decay
+    if config.optimizer == "sgd":
+        nesterov = config.nesterov and config.momentum > 0
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, nesterov=nesterov, weight_decay=wd
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr multiplier at each optimizer step: linear warmup, then the schedule."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    milestones = [round(m * total) for m in config.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if config.schedule == "step":
+            return config.gamma ** sum(step >= m for m in milestones)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if config.schedule == "onecycle":  # linear up for 30%, then linear down to 0
+            peak = 0.3
+            if progress < peak:
+                return 0.04 + 0.96 * progress / peak
+            return max(0.0, (1 - progress) / (1 - peak))
+        return 1.0
+
+    return factor

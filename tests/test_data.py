@@ -1,0 +1,140 @@
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sweeper.data import DeviceSplit, ImageSet, crop, flip, load_images, split
+from sweeper.errors import SweeperError
+
+
+def test_cifar10_archive_decodes_whole(cifar10: ImageSet) -> None:
+    assert cifar10.train_x.shape == (50000, 3, 32, 32)
+    assert cifar10.test_x.shape == (10000, 3, 32, 32)
+    assert cifar10.train_x.dtype == np.uint8
+    assert cifar10.classes[0] == "airplane" and cifar10.classes[-1] == "truck"
+    assert np.bincount(cifar10.train_y).tolist() == [5000] * 10
+
+
+def test_second_load_comes_from_the_cache(cifar10: ImageSet, datasets_dir: Path) -> None:
+    started = time.perf_counter()
+    again = load_images("cifar10", str(datasets_dir))
+    assert time.perf_counter() - started < 5  # the decode takes ~10 s; the cache well under 1 s
+    assert np.array_equal(again.train_x[:100], cifar10.train_x[:100])
+
+
+def test_split_is_deterministic_and_sized(cifar10: ImageSet) -> None:
+    a = split(cifar10, val_size=5000, seed=0)
+    b = split(cifar10, val_size=5000, seed=0)
+    c = split(cifar10, val_size=5000, seed=1)
+    assert a.train_x.shape[0] == 45000 and a.val_x.shape[0] == 5000
+    assert a.split_hash == b.split_hash != c.split_hash
+    assert np.array_equal(a.val_y, b.val_y)
+    wide = split(cifar10, val_size=10000, seed=0)
+    assert (len(wide.train_y), len(wide.val_y)) == (40000, 10000)
+    sliced = split(cifar10, val_size=5000, train_size=2000, seed=0)
+    assert len(sliced.train_y) == 2000 and sliced.split_hash != a.split_hash
+
+
+def test_split_rejects_impossible_sizes(cifar10: ImageSet) -> None:
+    with pytest.raises(SweeperError, match="val_size=60000"):
+        split(cifar10, val_size=60000)
+    with pytest.raises(SweeperError, match="train_size=49000"):
+        split(cifar10, val_size=5000, train_size=49000)
+
+
+def test_train_statistics_match_the_dataset_readme(small_cifar) -> None:
+    mean, std = small_cifar.mean_std()
+    assert np.allclose(mean, [0.4913, 0.4821, 0.4465], atol=0.01)
+    assert np.allclose(std, [0.2452, 0.2428, 0.2606], atol=0.01)
+
+
+def _image_folder(root: Path, size: tuple[int, int] = (12, 10)) -> Path:
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 3), ("test", 2)):
+        for label in ("cats", "dogs"):
+            folder = root / part / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_directory_and_archive(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "pets")
+    images = load_images(str(folder))
+    assert images.classes == ["cats", "dogs"]
+    assert images.train_x.shape == (6, 3, 12, 10)
+    assert images.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="pets")
+    packed = load_images(str(archive), image_size=8)
+    assert packed.train_x.shape == (6, 3, 8, 8) and packed.test_x.shape == (4, 3, 8, 8)
+
+
+def test_image_size_resizes_once_at_load(datasets_dir: Path) -> None:
+    images = load_images("cifar10", str(datasets_dir), image_size=8)
+    assert images.train_x.shape == (50000, 3, 8, 8)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "no/such/folder"])
+def test_missing_data_says_where_to_put_it(tmp_path: Path, dataset: str) -> None:
+    with pytest.raises(SweeperError, match="dataset:") as error:
+        load_images(dataset, str(tmp_path))
+    assert "\n" not in str(error.value)
+    if dataset != "no/such/folder":
+        assert f"in {tmp_path}" in str(error.value)
+
+
+def test_folder_without_test_split_is_refused(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "pets")
+    for file in (folder / "test").rglob("*.png"):
+        file.unlink()
+    with pytest.raises(SweeperError, match="no images under test/"):
+        load_images(str(folder))
+
+
+def test_crop_takes_a_window_of_the_padded_image() -> None:
+    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    out = crop(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(16):
+        windows = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])
+        ]
+        assert windows, f"image {i} is not a crop"
+        offsets.add(windows[0])
+    assert len(offsets) > 3  # offsets are drawn per image
+
+
+def test_flip_flips_about_half() -> None:
+    x = torch.randint(0, 255, (200, 3, 4, 4), dtype=torch.uint8)
+    out = flip(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(200)]
+    kept = [torch.equal(out[i], x[i]) for i in range(200)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 60 < sum(flipped) < 140
+
+
+def test_device_batches_cover_the_split_once(small_cifar) -> None:
+    mean, std = small_cifar.mean_std()
+    device_split = DeviceSplit(
+        small_cifar.train_x, small_cifar.train_y, mean, std, torch.device("cpu")
+    )
+    labels = []
+    for x, y in device_split.batches(300, torch.Generator().manual_seed(0), augment=True):
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        labels.append(y)
+    assert sorted(torch.cat(labels).tolist()) == sorted(small_cifar.train_y.tolist())
+    plain = torch.cat([x for x, _ in device_split.batches(300)])
+    assert plain.mean(dim=(0, 2, 3)).abs().max() < 0.01  # normalized by the train statistics
+    assert (plain.std(dim=(0, 2, 3)) - 1).abs().max() < 0.01
