@@ -72,9 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sweeper.data import load_images, split
-    from sweeper.train import evaluate_test, train
+    from sweeper.train import evaluate_test, resolve_device, train
 
     config = config_from_args(args)
+    resolve_device(config.device)
     images = load_images(config.dataset, config.data_dir, config.image_size)
     data = split(images, config.val_size, config.train_size, config.split_seed)
     bar = tqdm(total=config.epochs, desc=config.model, unit="epoch", disable=args.json, leave=True)
@@ -109,7 +110,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"status: {result.status} after {result.seconds:.1f} s")
         if result.best_epoch:
-            print(f"validation accuracy: {result.best_val_acc:.4f} (best epoch {result.best_epoch})")
+            print(
+                f"validation accuracy: {result.best_val_acc:.4f} (best epoch {result.best_epoch})"
+            )
             print(f"test accuracy: {test_acc:.4f}")
     return 0 if result.status != "diverged" else 1
 

@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from sweeper.errors import SweeperError
-from sweeper.models import MODEL_NAMES, MODEL_OPTIONS
+from sweeper.models import MODEL_OPTIONS
+from sweeper.models.registry import check_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -52,7 +53,9 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 10
     schedule: str = "none"
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
+    milestones: list[float] = field(
+        default_factory=lambda: [0.5, 0.75]
+    )  # step: fractions of epochs
     gamma: float = 0.1  # step: lr factor at each milestone ("1/10 twice")
     warmup_epochs: float = 0.0  # linear warmup from 0, then the schedule
     label_smoothing: float = 0.0
@@ -95,8 +98,7 @@ class TrainConfig:
         def bad(key: str, accepted: str) -> SweeperError:
             return SweeperError(f"{source}: {key}={getattr(self, key)!r} is invalid; {accepted}")
 
-        if self.model not in MODEL_NAMES:
-            raise bad("model", f"accepted: {', '.join(MODEL_NAMES)}")
+        check_options(self.model_options())
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"accepted: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -133,9 +135,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
-        raise SweeperError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {first}") from None
+        raise SweeperError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {first}"
+        ) from None
     if not isinstance(values, dict):
-        raise SweeperError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        raise SweeperError(
+            f"{path}: expected a mapping of config keys, got {type(values).__name__}"
+        )
     return values
 
 

@@ -81,7 +81,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
 
 
-def load_images(dataset: str, data_dir: str | None = None, image_size: int | None = None) -> ImageSet:
+def load_images(
+    dataset: str, data_dir: str | None = None, image_size: int | None = None
+) -> ImageSet:
     """Find a dataset by name or path, decoding it once into the cache."""
     source = _find_source(dataset, data_dir_of(data_dir))
     stat = source.stat() if source.exists() else None

@@ -31,7 +31,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SweeperError(f"device: '{name}' was asked for but no CUDA GPU is visible; use cpu")
+            raise SweeperError(
+                f"device: '{name}' was asked for but no CUDA GPU is visible; use cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             count = torch.cuda.device_count()
             raise SweeperError(f"device: '{name}' does not exist; {count} GPU(s) are visible")

@@ -20,7 +20,8 @@ def test_unknown_key_names_the_key_and_a_suggestion() -> None:
     [
         ({"lr": -0.1}, "lr=-0.1"),
         ({"batch_size": 0}, "batch_size=0"),
-        ({"model": "vgg15"}, "model='vgg15'"),
+        ({"model": "vgg15"}, "unknown model 'vgg15'"),
+        ({"model": "resnet20", "pretrained": True}, "pretrained"),
         ({"optimizer": "adamm"}, "optimizer='adamm'"),
         ({"schedule": "exp"}, "schedule='exp'"),
         ({"lr": "fast"}, "lr='fast'"),

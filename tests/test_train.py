@@ -26,7 +26,14 @@ def test_cnn2_learns_on_real_images(small_cifar: SplitData) -> None:
     assert 0.2 < evaluate_test(result, small_cifar, config) < 1
     row = result.history[0]
     assert set(row) == {
-        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "seconds",
+        "images_per_s",
     }
     assert row["images_per_s"] > 0 and 0 <= row["train_acc"] <= 1
 
@@ -61,12 +68,24 @@ def test_callback_can_stop_training(small_cifar: SplitData) -> None:
 def test_early_stopping_restores_the_best_epoch(small_cifar: SplitData) -> None:
     tiny = small_cifar
     config = TrainConfig(
-        **FAST, optimizer="adam", lr=3e-3, weight_decay=0, augment=False,
-        epochs=30, monitor="val_loss", patience=2,
+        **FAST,
+        optimizer="adam",
+        lr=3e-3,
+        weight_decay=0,
+        augment=False,
+        epochs=30,
+        monitor="val_loss",
+        patience=2,
     )
     overfit = SplitData(
-        tiny.train_x[:256], tiny.train_y[:256], tiny.val_x, tiny.val_y, tiny.test_x, tiny.test_y,
-        tiny.classes, "overfit",
+        tiny.train_x[:256],
+        tiny.train_y[:256],
+        tiny.val_x,
+        tiny.val_y,
+        tiny.test_x,
+        tiny.test_y,
+        tiny.classes,
+        "overfit",
     )
     result = train(config, overfit)
     assert result.status == "early_stopped"
@@ -89,8 +108,16 @@ def test_divergence_ends_the_run_with_a_status(small_cifar: SplitData) -> None:
 def test_every_optimizer_trains(small_cifar: SplitData, optimizer: str) -> None:
     lr = 0.05 if optimizer in ("sgd", "adagrad") else 1e-3
     config = TrainConfig(
-        model="mlp", optimizer=optimizer, lr=lr, epochs=1, nesterov=True, label_smoothing=0.1,
-        grad_clip=1.0, warmup_epochs=0.5, schedule="onecycle", device="cpu",
+        model="mlp",
+        optimizer=optimizer,
+        lr=lr,
+        epochs=1,
+        nesterov=True,
+        label_smoothing=0.1,
+        grad_clip=1.0,
+        warmup_epochs=0.5,
+        schedule="onecycle",
+        device="cpu",
     )
     result = train(config, small_cifar)
     assert result.status == "completed" and result.best_val_acc > 0.15

@@ -1,0 +1,61 @@
+"""The two small CNNs of the source documents: CNN1 (doc 000) and the two-conv CNN2 (doc 003)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sweeper.models.registry import conv_layers, flat_size
+
+
+class CNN1(nn.Module):
+    """conv 64 k3 p1, act, conv 256 k5 p2, act, maxpool 2, FC 256*(H/2)*(W/2) -> classes."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        activation: str = "relu",
+        batch_norm: bool = False,
+    ) -> None:
+        """Build the layers; batch_norm adds BatchNorm2d after each conv."""
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_layers(in_channels, 64, 3, 1, activation, batch_norm),
+            *conv_layers(64, 256, 5, 2, activation, batch_norm),
+            nn.MaxPool2d(2),
+        )
+        n = flat_size(self.features, in_channels, image_size)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [B, num_classes]."""
+        return self.classifier(self.features(x))
+
+
+class CNN2(nn.Module):
+    """conv 16 k3 p1, act, pool 2, conv 32 k3 p1, act, pool 2, FC 32*8*8 -> classes (25,578)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        activation: str = "relu",
+        batch_norm: bool = False,
+    ) -> None:
+        """Build the layers; batch_norm adds BatchNorm2d after each conv."""
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_layers(in_channels, 16, 3, 1, activation, batch_norm),
+            nn.MaxPool2d(2),
+            *conv_layers(16, 32, 3, 1, activation, batch_norm),
+            nn.MaxPool2d(2),
+        )
+        n = flat_size(self.features, in_channels, image_size)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [B, num_classes]."""
+        return self.classifier(self.features(x))

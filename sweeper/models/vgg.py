@@ -1,0 +1,91 @@
+"""VGG11/13/16/19 for small images, with optional ImageNet-pretrained features."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from sweeper.errors import SweeperError
+from sweeper.models.registry import conv_layers, dense_layers
+
+CFGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
+    + [512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
+    + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """VGG features (torchvision layer order), global average pool, MLP classifier."""
+
+    def __init__(
+        self,
+        cfg: Sequence[int | str],
+        num_classes: int,
+        in_channels: int = 3,
+        hidden: Sequence[int] = (512,),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+    ) -> None:
+        """Build the layers; ceil-mode pooling and the global pool make any size >= 1 work."""
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            else:
+                layers += conv_layers(channels, int(v), 3, 1, activation, batch_norm)
+                channels = int(v)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        head, width = dense_layers(channels, hidden, activation, dropout)
+        self.classifier = nn.Sequential(*head, nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [B, num_classes]."""
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def imagenet_weights(name: str, batch_norm: bool) -> torchvision.models.WeightsEnum:
+    """The torchvision ImageNet weights enum member for vgg11..vgg19 with or without BN."""
+    enum_name = name.upper() + ("_BN" if batch_norm else "") + "_Weights"
+    return getattr(torchvision.models, enum_name).IMAGENET1K_V1
+
+
+def load_pretrained(model: VGG, name: str, batch_norm: bool) -> None:
+    """Copy torchvision's ImageNet `features.*` weights into model.features (cache or download)."""
+    weights = imagenet_weights(name, batch_norm)
+    filename = os.path.basename(urlparse(weights.url).path)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, filename)
+    cached = os.path.exists(path)
+    try:
+        state = weights.get_state_dict(progress=False, weights_only=True)
+    except Exception as exc:
+        if cached:
+            raise SweeperError(
+                f"pretrained: cannot load {path} (not a readable torch file); "
+                "delete it to download again"
+            ) from exc
+        raise SweeperError(
+            f"pretrained: cannot download {filename}; put it in {folder}/ "
+            "(set TORCH_HOME to move that folder)"
+        ) from exc
+    prefix = "features."
+    features = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        model.features.load_state_dict(features)
+    except RuntimeError as exc:
+        raise SweeperError(
+            f"pretrained: {path} does not match {name} features (batch_norm={batch_norm})"
+        ) from exc
