@@ -34,8 +34,155 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML or JSON file of config keys (flags override it)")
     train.add_argument("--json", action="store_true", help="print one JSON line instead")
     add_config_flags(train)
+    train.add_argument("--from-run", help="retrain the config of this MLflow run (a trial)")
+    train.add_argument("--tracking-uri", help="MLflow store of --from-run (default: the --dir's)")
+    train.add_argument("--dir", default="sweeps", help="sweep directory of --from-run")
     train.set_defaults(func=cmd_train)
+
+    launch = commands.add_parser("launch", help="run a study on a worker pool")
+    launch.add_argument("study", help="a study file, e.g. studies/quickstart.py")
+    add_sweep_flags(launch)
+    launch.add_argument(
+        "--workers", type=int, help="worker processes (default: one per GPU, else 1)"
+    )
+    launch.add_argument("--trials-per-gpu", type=int, default=1, help="trials packed on one GPU")
+    launch.add_argument("--no-progress", action="store_true", help="print a line per trial instead")
+    launch.set_defaults(func=cmd_launch)
+
+    worker = commands.add_parser("worker", help="join a running study (same storage)")
+    worker.add_argument("study", help="the study file")
+    add_sweep_flags(worker)
+    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
+    worker.add_argument("--worker-name", default=None, help="name in tags (default: host-pid)")
+    worker.add_argument("--threads", type=int, help="CPU threads for training")
+    worker.add_argument("--experiment-id", help=argparse.SUPPRESS)
+    worker.add_argument("--parent-run", help=argparse.SUPPRESS)
+    worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    worker.set_defaults(func=cmd_worker)
+
+    status = commands.add_parser("status", help="print the trials of a study as a table")
+    status.add_argument("study", help="a study name or file")
+    status.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
+    status.add_argument("--storage", help="Optuna storage URL (default: the --dir's SQLite)")
+    fmt = status.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON list, one object per trial")
+    fmt.add_argument("--csv", action="store_true", help="CSV")
+    status.set_defaults(func=cmd_status)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on the sweep's store, on 127.0.0.1")
+    ui.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
+    ui.add_argument("--tracking-uri", help="MLflow store (default: the --dir's)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return parser
+
+
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the sweep lives, and how to scale a study down without editing it."""
+    parser.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: <dir>/optuna.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
+    parser.add_argument("--trials", type=int, help="finished trials to reach (study budget)")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    parser.add_argument("--epochs", type=int, help="maximum epochs per trial")
+    parser.add_argument("--train-size", type=int, help="a deterministic slice of the train split")
+    parser.add_argument("--data-dir", help="where datasets are found (default: $SWEEPER_DATA_DIR)")
+
+
+def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("epochs", "train_size", "data_dir", "threads")
+    overrides = {k: getattr(args, k, None) for k in keys}
+    for key in ("epochs", "train_size", "trials", "threads"):
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise SweeperError(
+                f"--{key.replace('_', '-')}={value} is invalid; it must be 1 or more"
+            )
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from sweeper.pool import Sweep, default_devices, launch
+    from sweeper.study import load_study
+
+    study = load_study(args.study)
+    overrides = sweep_overrides(args)
+    if args.workers is not None and args.workers < 1:
+        raise SweeperError(f"--workers={args.workers} is invalid; it must be 1 or more")
+    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
+    devices = default_devices(args.workers, args.trials_per_gpu)
+    budget = args.trials if args.trials is not None else study.trials
+    timeout = args.timeout if args.timeout is not None else study.timeout
+    progress = not args.no_progress and sys.stderr.isatty()
+    return launch(study, sweep, devices=devices, budget=budget, timeout=timeout,
+                  overrides=overrides, progress=progress)  # fmt: skip
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    from sweeper.pool import Sweep, run_worker
+    from sweeper.study import load_study
+
+    study = load_study(args.study)
+    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
+    budget = args.trials if args.trials is not None else study.trials
+    deadline = args.deadline
+    if deadline is None and (args.timeout or study.timeout):
+        import time
+
+        deadline = time.time() + (args.timeout or study.timeout)
+    return run_worker(
+        study,
+        sweep,
+        device=args.device,
+        worker=args.worker_name or f"{socket.gethostname()}-{os.getpid()}",
+        experiment_id=args.experiment_id,
+        parent_run_id=args.parent_run,
+        budget=budget,
+        deadline=deadline,
+        overrides=sweep_overrides(args),
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from sweeper.pool import Sweep, make_storage
+    from sweeper.progress import trials_table
+    from sweeper.study import load_by_name_or_file
+
+    _, name = load_by_name_or_file(args.study)
+    sweep = Sweep.resolve(args.dir, args.storage, None)
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(sweep.storage_url))
+    except KeyError:
+        raise SweeperError(f"status: no study '{name}' in {sweep.storage_url}") from None
+    table = trials_table(study)
+    if args.json:
+        print(table.to_json(orient="records"))
+    elif args.csv:
+        print(table.to_csv(index=False), end="")
+    else:
+        print(table.to_string(index=False) if not table.empty else "no trials yet")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from sweeper.pool import Sweep
+
+    sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+    command = ["mlflow", "ui", "--backend-store-uri", sweep.tracking_uri,
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    if sweep.artifact_root:
+        command += ["--default-artifact-root", sweep.artifact_root]
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    os.execv(mlflow, [mlflow, *command[1:]])
+    return 0
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +207,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from sweeper.config import TrainConfig, load_config_file
 
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    source = args.config or "flags"
+    if args.from_run:
+        from sweeper import tracking
+        from sweeper.pool import Sweep
+
+        sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+        values = {**tracking.run_config(sweep.tracking_uri, args.from_run), **values}
+    source = args.config or (f"run {args.from_run}" if args.from_run else "flags")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     if flags:

@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make demo` (a real sweep) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# Data: a local copy when there is one (as on the project's machines), else torchvision downloads.
+DATA_DIR ?= $(or $(SWEEPER_DATA_DIR),$(wildcard ../shared/datasets),data)
+export SWEEPER_DATA_DIR := $(DATA_DIR)
+
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: install demo test lint bench
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(VENV)/bin/sweeper launch studies/quickstart.py
+
+test: $(INSTALLED)
+	$(VENV)/bin/pytest -q
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

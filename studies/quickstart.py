@@ -1,0 +1,35 @@
+"""Quickstart: small CNNs on a slice of CIFAR-10; a real sweep in minutes on a laptop CPU.
+
+sweeper launch studies/quickstart.py
+"""
+
+import optuna
+
+from sweeper.study import Study
+
+
+def space(trial: optuna.Trial) -> dict:
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    low, high = (0.01, 0.2) if optimizer == "sgd" else (3e-4, 3e-3)
+    return {
+        "model": trial.suggest_categorical("model", ["cnn2", "lenet5"]),
+        "batch_norm": trial.suggest_categorical("batch_norm", [True, False]),
+        "activation": trial.suggest_categorical("activation", ["relu", "elu"]),
+        "optimizer": optimizer,
+        "lr": trial.suggest_float("lr", low, high, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
+        "schedule": "onecycle",
+    }
+
+
+study = Study(
+    name="quickstart",
+    space=space,
+    fixed={"dataset": "cifar10", "val_size": 5000, "train_size": 20000, "augment": False},
+    trials=8,
+    epochs=4,
+    patience=2,
+    sampler="tpe",
+    pruner="median",
+)

@@ -1,0 +1,288 @@
+"""The worker pool: storage, one worker process per device slot, budget, retries, progress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from sweeper import tracking
+from sweeper.errors import SweeperError
+from sweeper.study import Study
+
+# Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# A live worker refreshes its trial's heartbeat this often (seconds); a trial unrefreshed for
+# the grace period belongs to a dead worker: it is failed, then retried from its checkpoint.
+HEARTBEAT_S = int(os.environ.get("SWEEPER_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
+MAX_RETRY = 3
+POLL_S = 1.0
+
+
+@dataclass
+class Sweep:
+    """Where a sweep keeps its state: by default all of it under one directory."""
+
+    dir: Path
+    storage_url: str
+    tracking_uri: str
+    artifact_root: str | None
+
+    @classmethod
+    def resolve(cls, directory: str, storage: str | None, tracking_uri: str | None) -> Sweep:
+        root = Path(directory).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(
+            dir=root,
+            storage_url=storage or f"sqlite:///{root / 'optuna.db'}",
+            tracking_uri=tracking_uri or tracking.default_tracking_uri(root),
+            artifact_root=None if tracking_uri else tracking.default_artifact_root(root),
+        )
+
+    def checkpoint_dir(self, study_name: str) -> Path:
+        return self.dir / "checkpoints" / study_name
+
+
+def make_storage(url: str) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats, retries of dead workers' trials, and patient SQLite."""
+    if url.startswith("sqlite"):
+        # Optuna's heartbeat thread dies silently on "database is locked": wait instead.
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
+        text = str(exc).strip().splitlines()
+        raise SweeperError(
+            f"--storage: cannot open {_redact(url)}: {text[0] if text else type(exc).__name__}"
+        ) from None
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def open_study(study: Study, storage: RDBStorage) -> optuna.Study:
+    """Create the Optuna study on the first launch, load it on the next ones."""
+    created = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        direction=study.direction,
+        sampler=study.make_sampler(),
+        pruner=study.make_pruner(),
+        load_if_exists=True,
+    )
+    if created.direction.name.lower() != study.direction:
+        raise SweeperError(
+            f"{study.file}: metric={study.metric!r} needs direction {study.direction}, but the "
+            f"stored study '{study.name}' is {created.direction.name.lower()}; rename the study"
+        )
+    return created
+
+
+def budget_state(study: optuna.Study, budget: int | None) -> str:
+    """ "run" (a trial may start), "wait" (others run the last ones) or "done"."""
+    if budget is None:
+        return "run"
+    counts = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.user_attrs.get("surplus"):
+            counts[trial.state] += 1
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    if finished >= budget:
+        return "done"
+    if counts[TrialState.WAITING] or finished + counts[TrialState.RUNNING] < budget:
+        return "run"
+    return "wait" if counts[TrialState.RUNNING] else "done"
+
+
+def run_worker(
+    study: Study,
+    sweep: Sweep,
+    *,
+    device: str,
+    worker: str,
+    experiment_id: str | None,
+    parent_run_id: str | None,
+    budget: int | None,
+    deadline: float | None,
+    overrides: dict[str, Any],
+) -> int:
+    """Run trials until the budget is spent or the deadline passes; return an exit code."""
+    from sweeper.trial import Objective
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    storage = make_storage(sweep.storage_url)
+    optuna_study = optuna.load_study(
+        study_name=study.name,
+        storage=storage,
+        sampler=study.make_sampler(zlib.crc32(worker.encode())),
+        pruner=study.make_pruner(),
+    )
+    if experiment_id is None:
+        experiment_id = tracking.experiment_for(sweep.tracking_uri, study.name, sweep.artifact_root)
+    objective = Objective(
+        study=study,
+        checkpoint_dir=sweep.checkpoint_dir(study.name),
+        tracker=tracking.TrialTracker(sweep.tracking_uri, experiment_id, parent_run_id),
+        worker=worker,
+        device=device,
+        overrides=overrides,
+        budget=budget,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        while deadline is None or time.time() < deadline:
+            fail_stale_trials(optuna_study)
+            state = budget_state(optuna_study, budget)
+            if state == "done":
+                break
+            if state == "wait":  # a running trial may yet die and come back to be retried
+                time.sleep(POLL_S * 2)
+                continue
+            optuna_study.optimize(objective, n_trials=1, catch=(Exception,))
+    except KeyboardInterrupt:
+        _requeue_interrupted(optuna_study, worker)
+        return 130
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _requeue_interrupted(study: optuna.Study, worker: str) -> None:
+    """A trial stopped by Ctrl-C is failed by Optuna; queue its retry, which resumes it."""
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get("worker") == worker and trial.user_attrs.get("interrupted"):
+            retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+            if trial.number not in retried:
+                retry(study, trial)
+
+
+def default_devices(workers: int | None, trials_per_gpu: int) -> list[str]:
+    """One slot per GPU (times trials_per_gpu), else one CPU worker; --workers overrides."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus:
+        slots = [f"cuda:{i}" for i in range(gpus) for _ in range(trials_per_gpu)]
+        count = workers or len(slots)
+        return [slots[i % len(slots)] for i in range(count)]
+    return ["cpu"] * (workers or 1)
+
+
+def worker_command(
+    study: Study, sweep: Sweep, device: str, worker: str, extra: list[str]
+) -> list[str]:
+    return [
+        sys.executable, "-m", "sweeper.cli", "worker", study.file,
+        "--dir", str(sweep.dir), "--storage", sweep.storage_url,
+        "--tracking-uri", sweep.tracking_uri, "--device", device, "--worker-name", worker, *extra,
+    ]  # fmt: skip
+
+
+def launch(
+    study: Study,
+    sweep: Sweep,
+    *,
+    devices: list[str],
+    budget: int | None,
+    timeout: float | None,
+    overrides: dict[str, Any],
+    progress: bool = True,
+) -> int:
+    """Create the study and the MLflow parent run, run the pool to the end, report."""
+    from sweeper.progress import Progress
+
+    storage = make_storage(sweep.storage_url)
+    optuna_study = open_study(study, storage)
+    optuna_study.set_user_attr("study_file", study.file)
+    optuna_study.set_user_attr("study_file_hash", study.file_hash)
+    experiment_id = tracking.experiment_for(sweep.tracking_uri, study.name, sweep.artifact_root)
+    parent_run_id = tracking.start_launch_run(
+        sweep.tracking_uri,
+        experiment_id,
+        study.name,
+        {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))},
+    )
+    _prefetch_data(study, overrides)
+    deadline = time.time() + timeout if timeout else None
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    extra = ["--experiment-id", experiment_id, "--parent-run", parent_run_id,
+             "--threads", str(threads)]  # fmt: skip
+    if budget is not None:
+        extra += ["--trials", str(budget)]
+    if deadline is not None:
+        extra += ["--deadline", str(deadline)]
+    for key, value in overrides.items():
+        extra += [f"--{key.replace('_', '-')}", str(value)]
+    commands = [
+        worker_command(study, sweep, device, f"w{i}", extra) for i, device in enumerate(devices)
+    ]
+    workers = [subprocess.Popen(command) for command in commands]
+    status = "FINISHED"
+    view = Progress(optuna_study, budget, enabled=progress)
+    try:
+        while any(w.poll() is None for w in workers):
+            time.sleep(POLL_S)
+            view.update()
+            for i, w in enumerate(workers):
+                # A worker that died (killed, out of memory) is replaced while work remains.
+                if (
+                    w.returncode not in (None, 0, 130)
+                    and budget_state(optuna_study, budget) != "done"
+                ) and (deadline is None or time.time() < deadline):
+                    workers[i] = subprocess.Popen(commands[i])
+    except KeyboardInterrupt:
+        status = "KILLED"
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait()
+    finally:
+        view.close()
+        tracking.end_run(sweep.tracking_uri, parent_run_id, status)
+    if status == "KILLED":
+        print(
+            "sweeper: stopped; running trials keep their checkpoints and resume on the next launch"
+        )
+        return 130
+    view.summary()
+    return 0
+
+
+def _prefetch_data(study: Study, overrides: dict[str, Any]) -> None:
+    """Decode the dataset once here, so the workers all start from the cache."""
+    from sweeper.data import load_images
+
+    values = {**study.fixed, **overrides}
+    load_images(values.get("dataset", "cifar10"), values.get("data_dir"), values.get("image_size"))

@@ -1,0 +1,192 @@
+"""Study files: loading, validating, and turning an Optuna trial into a TrainConfig."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweeper.config import TrainConfig
+from sweeper.errors import SweeperError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+PRUNERS = ("median", "halving", "hyperband", "none")
+METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
+
+
+@dataclass
+class Study:
+    """What a study file declares. `space(trial)` returns TrainConfig keys."""
+
+    name: str
+    space: Callable[[optuna.Trial], dict[str, Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys of every trial
+    metric: str = "val_acc"  # the objective: val_acc (maximized) or val_loss (minimized)
+    trials: int | None = 20  # finished (complete or pruned) trials, across launches and workers
+    timeout: float | None = None  # seconds per launch
+    epochs: int = 10  # maximum per trial
+    patience: int | None = 3  # early stopping inside a trial; None: off
+    sampler: str = "tpe"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner: str = "median"
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the sampler's seed
+    ensemble: dict[str, Any] = field(default_factory=dict)  # top-k seed ensemble settings
+    file: str = ""  # set by load_study
+    file_hash: str = ""
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+    def config(
+        self, params: dict[str, Any], overrides: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """The training config of a trial: fixed keys, then the space, then study-wide limits."""
+        values = {
+            **self.fixed,
+            **params,
+            "epochs": self.epochs,
+            "patience": self.patience,
+            "monitor": self.metric,
+            **(overrides or {}),
+        }
+        return TrainConfig.from_dict(values, source=self.file or self.name)
+
+    def trial_config(self, trial: optuna.Trial, overrides: dict[str, Any] | None = None):
+        params = self.space(trial)
+        if not isinstance(params, dict):
+            raise SweeperError(
+                f"{self.file}: space() must return a dict of config keys, "
+                f"got {type(params).__name__}"
+            )
+        return self.config(params, overrides)
+
+    def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
+        """Each worker gets its own seed, so parallel workers do not suggest the same configs."""
+        options = dict(self.sampler_options)
+        seed = (self.seed + 1000 * worker) % 2**32
+        if self.sampler == "grid":
+            if "search_space" not in options:
+                raise SweeperError(
+                    f"{self.file}: sampler 'grid' needs sampler_options={{'search_space': "
+                    "{'param': [values...]}}"
+                )
+            return optuna.samplers.GridSampler(seed=seed, **options)
+        cls = {
+            "tpe": optuna.samplers.TPESampler,
+            "random": optuna.samplers.RandomSampler,
+            "cmaes": optuna.samplers.CmaEsSampler,
+            "qmc": optuna.samplers.QMCSampler,
+        }[self.sampler]
+        return cls(seed=seed, **options)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        cls = {
+            "median": optuna.pruners.MedianPruner,
+            "halving": optuna.pruners.SuccessiveHalvingPruner,
+            "hyperband": optuna.pruners.HyperbandPruner,
+            "none": optuna.pruners.NopPruner,
+        }[self.pruner]
+        if self.pruner == "hyperband" and "max_resource" not in self.pruner_options:
+            return cls(max_resource=self.epochs, **self.pruner_options)
+        if self.pruner == "median" and not self.pruner_options:
+            return cls(n_startup_trials=3, n_warmup_steps=1)
+        return cls(**self.pruner_options)
+
+
+def load_study(path: str | Path) -> Study:
+    """Import a study file and validate it; every mistake is one line naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweeperError(f"{path}: no such study file")
+    source = path.read_bytes()
+    module_name = f"sweeper_study_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise SweeperError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:
+        raise SweeperError(f"{path}:{_line_in(exc, path)}: {_one_line(exc)}") from None
+    study = getattr(module, "study", None)
+    if not isinstance(study, Study):
+        raise SweeperError(
+            f"{path}: defines no `study = Study(name=..., space=...)` "
+            "(see studies/quickstart.py for the shape)"
+        )
+    study.file = str(path)
+    study.file_hash = hashlib.sha256(source).hexdigest()[:12]
+    validate(study)
+    sys.modules.setdefault(module_name, module)
+    return study
+
+
+def validate(study: Study, draws: int = 32) -> None:
+    """Check the settings, and draw configs from the space to catch bad suggested values."""
+    where = study.file or study.name
+
+    def bad(key: str, accepted: str) -> SweeperError:
+        return SweeperError(f"{where}: {key}={getattr(study, key)!r} is invalid; {accepted}")
+
+    if not isinstance(study.name, str) or not study.name.strip():
+        raise bad("name", "give the study a non-empty name")
+    if not callable(study.space):
+        raise bad("space", "it must be a function space(trial) -> dict")
+    if study.sampler not in SAMPLERS:
+        raise bad("sampler", f"accepted: {', '.join(SAMPLERS)}")
+    if study.pruner not in PRUNERS:
+        raise bad("pruner", f"accepted: {', '.join(PRUNERS)}")
+    if study.metric not in METRICS:
+        raise bad("metric", f"accepted: {', '.join(METRICS)}")
+    if study.trials is not None and study.trials < 1:
+        raise bad("trials", "it must be 1 or more, or None with a timeout")
+    if study.trials is None and study.timeout is None:
+        raise bad("trials", "set trials, timeout, or both: the sweep needs a budget")
+    if study.epochs < 1:
+        raise bad("epochs", "it must be 1 or more")
+    try:
+        study.make_sampler()
+        study.make_pruner()
+    except TypeError as exc:
+        raise SweeperError(f"{where}: sampler_options / pruner_options: {exc}") from None
+    probe = optuna.create_study(
+        direction=study.direction, sampler=optuna.samplers.RandomSampler(seed=study.seed)
+    )
+    for _ in range(draws):
+        trial = probe.ask()
+        try:
+            study.trial_config(trial)
+        except SweeperError as exc:
+            raise SweeperError(f"{exc} (space() suggested {trial.params})") from None
+        except Exception as exc:
+            raise SweeperError(
+                f"{where}:{_line_in(exc, Path(where))}: space(): {_one_line(exc)}"
+            ) from None
+        probe.tell(trial, 0.0)
+
+
+def load_by_name_or_file(target: str) -> tuple[Study | None, str]:
+    """A study file, or just a study name (for commands that only read stored results)."""
+    if target.endswith(".py") or Path(target).is_file():
+        study = load_study(target)
+        return study, study.name
+    return None, target
+
+
+def _line_in(exc: BaseException, path: Path) -> int | str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+    return frames[-1].lineno if frames else "?"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

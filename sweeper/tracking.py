@@ -1,0 +1,306 @@
+"""Everything MLflow: experiments, launch and trial runs, params, metrics, plots, artifacts.
+
+The only module that imports mlflow. Every call names its tracking URI and run id
+explicitly (no fluent `mlflow.start_run` state), so worker processes log in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # workers often have no network
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+
+from sweeper.errors import SweeperError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
+MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    """The embedded store of a local sweep: a sqlite file inside the sweep directory."""
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(sweep_dir: Path) -> str:
+    """Where a local sweep's artifacts go: `<sweep dir>/artifacts`, as an absolute path."""
+    return str(Path(sweep_dir).resolve() / "artifacts")
+
+
+def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
+    """Get or create the experiment named after the study and return its id.
+
+    Called once by the launcher before any worker starts, so the sqlite store is created
+    (and migrated) there. With a sqlite store and no artifact_root, artifacts go next to
+    the database file rather than into MLflow's default `./mlruns` of the working directory.
+    """
+    sqlite_file = _sqlite_path(tracking_uri)
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        if artifact_root is None:
+            artifact_root = default_artifact_root(sqlite_file.parent)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        try:
+            return client.create_experiment(study_name, artifact_location=artifact_root)
+        except MlflowException as error:  # another process created it first
+            experiment = client.get_experiment_by_name(study_name)
+            if experiment is None:
+                raise error from None
+    if experiment.lifecycle_stage == "deleted":
+        raise SweeperError(
+            f"MLflow experiment '{study_name}' (id {experiment.experiment_id}) in {tracking_uri}"
+            " is deleted; restore it (mlflow experiments restore --experiment-id"
+            f" {experiment.experiment_id}) or remove it for good (mlflow gc)"
+        )
+    return experiment.experiment_id
+
+
+def start_launch_run(
+    tracking_uri: str, experiment_id: str, study_name: str, tags: dict[str, str]
+) -> str:
+    """Start the parent run of one launch and return its id."""
+    run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
+    all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name}
+    run = MlflowClient(tracking_uri=tracking_uri).create_run(
+        experiment_id, tags=all_tags, run_name=run_name
+    )
+    return run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """End a run as FINISHED, FAILED or KILLED."""
+    MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status=status)
+
+
+def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """The exact training config a trial ran, read back from its config.json artifact."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise SweeperError(f"--from-run: no run {run_id} in {tracking_uri}") from None
+    if not any(info.path == CONFIG_FILE for info in client.list_artifacts(run_id)):
+        raise SweeperError(f"--from-run: run {run_id} has no {CONFIG_FILE} (not a sweeper trial)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, CONFIG_FILE, dst_path=tmp)
+        return json.loads(Path(path).read_text())
+
+
+def runs_of_study(tracking_uri: str, study_name: str) -> list[Run]:
+    """The trial runs of a study (tag sweeper.kind == "trial"), in trial-number order."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return []
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="tags.`sweeper.kind` = 'trial'",
+            page_token=token,
+        )
+        runs.extend(run for run in page if run.data.tags.get("sweeper.study") == study_name)
+        token = page.token
+        if not token:
+            break
+    return sorted(runs, key=lambda run: int(run.data.tags.get("sweeper.trial", -1)))
+
+
+class TrialTracker:
+    """Logs the trials of one worker as child runs of the launch run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+
+    def start(
+        self,
+        study_name: str,
+        trial_number: int,
+        config: dict[str, Any],
+        tags: dict[str, str],
+        run_id: str | None = None,
+    ) -> str:
+        """Start the run of a trial, or reopen `run_id` for a retry; return the run id."""
+        run_tags = {
+            **_str_dict(tags),
+            "sweeper.kind": "trial",
+            "sweeper.study": study_name,
+            "sweeper.trial": str(trial_number),
+            "optuna.state": "RUNNING",
+        }
+        if run_id is not None:  # a retried trial goes on in its first try's run
+            previous = self.client.get_run(run_id).data.tags.get("sweeper.trial", "")
+            run_tags["sweeper.retry_of"] = previous
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+            return run_id
+        if self.parent_run_id is not None:
+            run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        run = self.client.create_run(
+            self.experiment_id, tags=run_tags, run_name=f"trial-{trial_number}"
+        )
+        run_id = run.info.run_id
+        params = [Param(key, _param_value(value)) for key, value in config.items()]
+        self.client.log_batch(run_id, params=params)
+        self.client.log_dict(run_id, config, CONFIG_FILE)
+        return run_id
+
+    def logged_epochs(self, run_id: str) -> set[int]:
+        """The epochs (steps) that already have a val_acc in the run."""
+        return {metric.step for metric in self.client.get_metric_history(run_id, "val_acc")}
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+        """One epoch's metrics at step=epoch, in a single call to the store."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, epoch)
+            for key, value in metrics.items()
+            if key != "epoch"
+        ]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def finish(
+        self,
+        run_id: str,
+        state: str,
+        history: list[dict[str, float]],
+        classes: list[str] | None = None,
+        val_labels: Sequence[int] | np.ndarray | None = None,
+        val_predictions: Sequence[int] | np.ndarray | None = None,
+        checkpoint: Path | None = None,
+        summary: dict[str, float] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record the trial's Optuna state, summary, plots and checkpoint; end the run.
+
+        state is "COMPLETE" | "PRUNED" (run FINISHED) or "FAIL" (run FAILED). A failing
+        artifact step is logged as a warning and never keeps the run from ending.
+        """
+        if state not in RUN_STATUS:
+            raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, not {state!r}")
+        try:
+            tags = [RunTag("optuna.state", state)]
+            if reason is not None:
+                tags.append(RunTag("sweeper.fail_reason", reason[:MAX_REASON_LENGTH]))
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if history:
+                with _warn_on_error("learning curve", run_id):
+                    figure = learning_curve(history)
+                    self.client.log_figure(run_id, figure, "plots/learning_curve.png")
+            if val_labels is not None and val_predictions is not None:
+                with _warn_on_error("confusion matrix", run_id):
+                    figure = confusion_matrix(val_labels, val_predictions, classes)
+                    self.client.log_figure(run_id, figure, "plots/confusion_matrix.png")
+            if checkpoint is not None:
+                with _warn_on_error("checkpoint", run_id):
+                    self.client.log_artifact(run_id, str(checkpoint), "checkpoints")
+        finally:
+            self.client.set_terminated(run_id, status=RUN_STATUS[state])
+
+
+@contextmanager
+def _warn_on_error(what: str, run_id: str) -> Iterator[None]:
+    """Log a failing artifact step as a warning and go on."""
+    try:
+        yield
+    except Exception:
+        log.warning("could not log the %s of run %s", what, run_id, exc_info=True)
+
+
+def learning_curve(history: list[dict[str, float]]) -> Any:
+    """Train/val loss and accuracy per epoch, in two panels (a matplotlib Figure)."""
+    figure, (loss_ax, acc_ax) = _figure(ncols=2, figsize=(10, 4))
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for split in ("train", "val"):
+            values = [row.get(f"{split}_{metric}", float("nan")) for row in history]
+            ax.plot(epochs, values, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if metric == "acc" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix(
+    labels: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray,
+    classes: list[str] | None = None,
+) -> Any:
+    """Counts of true class (rows) against predicted class (columns), as a Figure."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    n = len(classes) if classes else int(max(labels.max(), predictions.max())) + 1
+    names = classes or [str(i) for i in range(n)]
+    counts = np.bincount(labels * n + predictions, minlength=n * n).reshape(n, n)
+    size = max(4.0, 0.5 * n + 2)
+    figure, ax = _figure(figsize=(size + 1, size))
+    image = ax.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=ax)
+    ax.set_xticks(range(n), names, rotation=90 if n > 10 else 45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = float(np.trace(counts)) / max(int(counts.sum()), 1)
+    ax.set_title(f"validation: {counts.sum()} images, accuracy {accuracy:.4f}")
+    if n <= 20:
+        middle = counts.max() / 2
+        for (row, col), count in np.ndenumerate(counts):
+            color = "white" if count > middle else "black"
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=8, color=color)
+    figure.tight_layout()
+    return figure
+
+
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
+    """A figure drawn by the Agg canvas, outside pyplot (no global backend, nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(ncols=ncols)
+    return figure, axes
+
+
+def _param_value(value: Any) -> str:
+    return str(value)[:MAX_PARAM_LENGTH]
+
+
+def _str_dict(values: dict[str, Any]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in values.items()}
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
+        return None
+    return Path(tracking_uri[len(prefix) :])

@@ -1,0 +1,190 @@
+"""One Optuna trial: config from the study, training with pruning, checkpoints and tracking."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from sweeper.config import TrainConfig
+from sweeper.data import SplitData, load_images, split
+from sweeper.study import Study
+from sweeper.tracking import TrialTracker
+from sweeper.train import TrainResult, TrainState, predict_arrays, train
+
+
+class TrialDiverged(Exception):
+    """The loss became NaN or inf: the trial fails with this reason and the sweep goes on."""
+
+
+class SurplusTrial(Exception):
+    """Another worker claimed the last trial of the budget at the same moment."""
+
+
+def root_number(trial: optuna.Trial) -> int:
+    """The number of a trial's first try: its retries resume from that try's checkpoint."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial exposes no system attrs
+    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    return history[0] if history else trial.number
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write a checkpoint so that a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as file:
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Objective:
+    """Callable by study.optimize in a worker process."""
+
+    study: Study
+    checkpoint_dir: Path
+    tracker: TrialTracker
+    worker: str
+    device: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    budget: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    _data: dict[tuple, SplitData] = field(default_factory=dict)
+
+    def data_for(self, config: TrainConfig) -> SplitData:
+        key = (config.dataset, config.data_dir, config.image_size, config.val_size,
+               config.train_size, config.split_seed)  # fmt: skip
+        if key not in self._data:
+            images = load_images(config.dataset, config.data_dir, config.image_size)
+            self._data[key] = split(images, config.val_size, config.train_size, config.split_seed)
+        return self._data[key]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self._check_budget(trial)
+        config = self.study.trial_config(trial, {**self.overrides, "device": self.device})
+        data = self.data_for(config)
+        root = root_number(trial)
+        last = self.checkpoint_dir / f"trial-{root}-last.pt"
+        resume = torch.load(last, weights_only=True) if last.exists() else None
+        run_id = self.tracker.start(
+            self.study.name,
+            trial.number,
+            config.to_dict(),
+            {
+                **self.tags,
+                "sweeper.worker": self.worker,
+                "sweeper.device": self.device,
+                "sweeper.host": socket.gethostname(),
+                "sweeper.seed": str(config.seed),
+                "sweeper.split_hash": data.split_hash,
+                "sweeper.study_file_hash": self.study.file_hash,
+            },
+            run_id=trial.user_attrs.get("mlflow_run_id"),
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", self.worker)
+        if resume is not None:
+            trial.set_user_attr("resumed_from_epoch", resume["epoch"])
+            self._replay(trial, run_id, resume["history"])
+        pruned = False
+
+        def on_epoch(metrics: dict[str, float], state: TrainState) -> bool:
+            nonlocal pruned
+            save_atomic({**state.state_dict(), "config": config.to_dict()}, last)
+            self.tracker.log_epoch(run_id, metrics, int(metrics["epoch"]))
+            trial.report(metrics[self.study.metric], int(metrics["epoch"]))
+            pruned = trial.should_prune()
+            return pruned
+
+        try:
+            result = train(config, data, callback=on_epoch, resume=resume)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            trial.set_user_attr("interrupted" if interrupted else "fail_reason", repr(exc)[:500])
+            self.tracker.finish(
+                run_id,
+                "FAIL",
+                [],
+                reason="interrupted; resumes on the next launch" if interrupted else repr(exc),
+            )
+            raise
+        return self._finish(trial, run_id, config, data, result, pruned, last)
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        run_id: str,
+        config: TrainConfig,
+        data: SplitData,
+        result: TrainResult,
+        pruned: bool,
+        last: Path,
+    ) -> float:
+        trial.set_user_attr("train_status", result.status)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", len(result.history))
+        if result.status == "diverged":
+            epoch = len(result.history) + 1
+            reason = f"diverged: the loss became NaN or inf in epoch {epoch}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.finish(run_id, "FAIL", result.history, reason=reason)
+            last.unlink(missing_ok=True)
+            raise TrialDiverged(reason)
+        best = self.checkpoint_dir / f"trial-{trial.number}-best.pt"
+        save_atomic({"model": result.model.state_dict(), "config": config.to_dict(),
+                     "classes": data.classes, "mean": torch.from_numpy(result.mean),
+                     "std": torch.from_numpy(result.std)}, best)  # fmt: skip
+        logits = predict_arrays(result, data.val_x, config.eval_batch_size)
+        value = self._value(result)
+        summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
+        state = "PRUNED" if pruned else "COMPLETE"
+        self.tracker.finish(
+            run_id,
+            state,
+            result.history,
+            classes=data.classes,
+            val_labels=data.val_y,
+            val_predictions=logits.argmax(1).cpu().numpy().astype(np.int64),
+            checkpoint=best,
+            summary=summary,
+        )
+        trial.set_user_attr("checkpoint", str(best))
+        last.unlink(missing_ok=True)
+        if pruned:
+            raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
+        return value
+
+    def _value(self, result: TrainResult) -> float:
+        best = result.history[result.best_epoch - 1]
+        return float(best[self.study.metric])
+
+    def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
+        """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""
+        logged = self.tracker.logged_epochs(run_id)
+        for metrics in history:
+            epoch = int(metrics["epoch"])
+            trial.report(metrics[self.study.metric], epoch)
+            if epoch not in logged:
+                self.tracker.log_epoch(run_id, metrics, epoch)
+
+    def _check_budget(self, trial: optuna.Trial) -> None:
+        if self.budget is None:
+            return
+        states = (optuna.trial.TrialState.FAIL,)
+        earlier = [
+            t
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number < trial.number and t.state not in states and not t.user_attrs.get("surplus")
+        ]
+        if len(earlier) >= self.budget:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial("the trial budget was already claimed by other trials")

@@ -1,0 +1,243 @@
+"""sweeper.tracking against a real MLflow sqlite store in a temporary sweep directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from sweeper.errors import SweeperError
+from sweeper.tracking import (
+    TrialTracker,
+    default_artifact_root,
+    default_tracking_uri,
+    end_run,
+    experiment_for,
+    run_config,
+    runs_of_study,
+    start_launch_run,
+)
+
+CLASSES = ["cat", "dog", "ship"]
+CONFIG: dict[str, Any] = {
+    "model": "cnn",
+    "lr": 0.1 + 0.2,  # a float that only round-trips exactly as repr
+    "weight_decay": 5e-4,
+    "widths": [32, 64, 128],
+    "dropout": None,
+    "augment": True,
+    "epochs": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store per module: creating and migrating a sqlite store takes seconds."""
+    return tmp_path_factory.mktemp("sweep")
+
+
+@pytest.fixture(scope="module")
+def uri(sweep_dir: Path) -> str:
+    return default_tracking_uri(sweep_dir)
+
+
+def history(epochs: int) -> list[dict[str, float]]:
+    return [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": 0.3 + 0.1 * e,
+            "val_loss": 2.2 / e,
+            "val_acc": 0.25 + 0.1 * e,
+            "lr": 0.1 / e,
+            "seconds": 1.5,
+            "images_per_s": 1000.0 * e,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def count_log_batch(tracker: TrialTracker) -> list[int]:
+    """Count the tracker's log_batch calls (the real method still runs)."""
+    calls: list[int] = []
+    real = tracker.client.log_batch
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    tracker.client.log_batch = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_experiment_for_gets_or_creates(sweep_dir: Path, uri: str) -> None:
+    assert uri == f"sqlite:///{sweep_dir.resolve()}/mlflow.db"
+    first = experiment_for(uri, "exp-study", default_artifact_root(sweep_dir))
+    assert experiment_for(uri, "exp-study") == first
+    other = experiment_for(uri, "exp-other")  # no artifact root: next to the sqlite file
+    assert other != first
+    client = MlflowClient(tracking_uri=uri)
+    for experiment_id in (first, other):
+        location = client.get_experiment(experiment_id).artifact_location
+        assert Path(location.removeprefix("file://")).is_relative_to(sweep_dir.resolve())
+    assert (sweep_dir / "mlflow.db").is_file()
+
+
+def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
+    study = "two-trials"
+    experiment_id = experiment_for(uri, study)
+    parent = start_launch_run(uri, experiment_id, study, {"host": "box", "sweeper": "0.1.0"})
+    tracker = TrialTracker(uri, experiment_id, parent)
+    tags = {"worker": "0", "device": "cpu", "seed": "0", "split_hash": "abc"}
+    first = tracker.start(study, 0, CONFIG, tags)
+    second = tracker.start(study, 1, {**CONFIG, "lr": 0.01}, {**tags, "worker": "1"})
+
+    calls = count_log_batch(tracker)
+    for row in history(3):
+        tracker.log_epoch(first, row, row["epoch"])
+    assert len(calls) == 3
+    tracker.log_epoch(second, history(1)[0], 1)
+
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"weights")
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    predictions = np.array([0, 1, 2, 1, 1, 2])
+    tracker.finish(
+        first,
+        "COMPLETE",
+        history(3),
+        CLASSES,
+        labels,
+        predictions,
+        checkpoint,
+        summary={"best_val_acc": 0.55, "best_epoch": 3},
+    )
+    tracker.finish(second, "PRUNED", history(1), summary={"best_val_acc": 0.35})
+    end_run(uri, parent, "FINISHED")
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "trial-0"
+    assert run.data.params["lr"] == str(0.1 + 0.2)
+    assert run.data.params["widths"] == "[32, 64, 128]"
+    assert run.data.params["dropout"] == "None"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    expected_tags = {"sweeper.kind": "trial", "sweeper.study": study, "sweeper.trial": "0"}
+    assert expected_tags.items() <= run.data.tags.items()
+    assert tags.items() <= run.data.tags.items()
+    assert run.data.tags["optuna.state"] == "COMPLETE"
+    assert run.data.metrics["best_val_acc"] == 0.55
+    assert "epoch" not in run.data.metrics
+    val_acc = client.get_metric_history(first, "val_acc")
+    assert [(m.step, m.value) for m in val_acc] == [(e, 0.25 + 0.1 * e) for e in (1, 2, 3)]
+    assert len(client.get_metric_history(first, "images_per_s")) == 3
+    assert {f.path for f in client.list_artifacts(first, "plots")} == {
+        "plots/learning_curve.png",
+        "plots/confusion_matrix.png",
+    }
+    assert [f.path for f in client.list_artifacts(first, "checkpoints")] == ["checkpoints/best.pt"]
+    downloaded = client.download_artifacts(first, "checkpoints/best.pt", str(tmp_path / "dl"))
+    assert Path(downloaded).read_bytes() == b"weights"
+
+    pruned = client.get_run(second)
+    assert pruned.info.status == "FINISHED"
+    assert pruned.data.tags["optuna.state"] == "PRUNED"
+    assert pruned.data.tags["worker"] == "1"
+    assert [f.path for f in client.list_artifacts(second, "plots")] == ["plots/learning_curve.png"]
+
+    launch = client.get_run(parent)
+    assert launch.info.status == "FINISHED"
+    assert launch.data.tags["sweeper.kind"] == "launch"
+    assert launch.info.run_name.startswith(f"{study}-launch-")
+    assert [r.info.run_id for r in runs_of_study(uri, study)] == [first, second]
+    assert runs_of_study(uri, "no-such-study") == []
+
+
+def test_failed_trial(uri: str) -> None:
+    study = "failing"
+    experiment_id = experiment_for(uri, study)
+    tracker = TrialTracker(uri, experiment_id, None)
+    run_id = tracker.start(study, 0, CONFIG, {})
+    tracker.finish(run_id, "FAIL", [], reason="CUDA out of memory " + "x" * 1000)
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["sweeper.fail_reason"].startswith("CUDA out of memory")
+    assert len(run.data.tags["sweeper.fail_reason"]) == 500
+    assert "mlflow.parentRunId" not in run.data.tags
+
+
+def test_failing_artifact_still_ends_the_run(tmp_path: Path, uri: str) -> None:
+    study = "bad-artifact"
+    tracker = TrialTracker(uri, experiment_for(uri, study), None)
+    run_id = tracker.start(study, 0, CONFIG, {})
+    missing = tmp_path / "never-written.pt"
+    tracker.finish(run_id, "COMPLETE", history(2), checkpoint=missing)
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/learning_curve.png"]
+
+
+def test_run_config_round_trips(uri: str) -> None:
+    study = "config"
+    experiment_id = experiment_for(uri, study)
+    run_id = TrialTracker(uri, experiment_id, None).start(study, 0, CONFIG, {})
+    assert run_config(uri, run_id) == CONFIG
+
+    with pytest.raises(SweeperError) as error:
+        run_config(uri, "0123456789abcdef0123456789abcdef")
+    assert str(error.value) == f"--from-run: no run 0123456789abcdef0123456789abcdef in {uri}"
+    assert "\n" not in str(error.value)
+
+    launch = start_launch_run(uri, experiment_id, study, {})
+    with pytest.raises(SweeperError, match="has no config.json"):
+        run_config(uri, launch)
+
+
+def test_reopened_run_keeps_one_run(uri: str) -> None:
+    study = "retry"
+    experiment_id = experiment_for(uri, study)
+    tracker = TrialTracker(uri, experiment_id, None)
+    run_id = tracker.start(study, 4, CONFIG, {"worker": "0"})
+    for row in history(2):
+        tracker.log_epoch(run_id, row, row["epoch"])
+    tracker.finish(run_id, "FAIL", history(2), reason="worker died")
+
+    again = tracker.start(study, 9, {**CONFIG, "lr": 1.0}, {"worker": "3"}, run_id=run_id)
+    assert again == run_id
+    assert tracker.logged_epochs(run_id) == {1, 2}
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["sweeper.trial"] == "9"
+    assert run.data.tags["sweeper.retry_of"] == "4"
+    assert run.data.tags["optuna.state"] == "RUNNING"
+    assert run.data.tags["worker"] == "3"
+    assert run.data.params["lr"] == str(0.1 + 0.2)  # params are not logged again
+
+    for row in history(3)[2:]:
+        tracker.log_epoch(run_id, row, row["epoch"])
+    tracker.finish(run_id, "COMPLETE", history(3))
+    assert tracker.logged_epochs(run_id) == {1, 2, 3}
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [r.info.run_id for r in runs_of_study(uri, study)] == [run_id]
+
+
+def test_log_epoch_cost(uri: str) -> None:
+    study = "cost"
+    tracker = TrialTracker(uri, experiment_for(uri, study), None)
+    run_id = tracker.start(study, 0, CONFIG, {})
+    row = history(1)[0]
+    calls = count_log_batch(tracker)
+    started = time.perf_counter()
+    for epoch in range(1, 21):
+        tracker.log_epoch(run_id, row, epoch)
+    mean_ms = (time.perf_counter() - started) / 20 * 1000
+    print(f"\nlog_epoch: {mean_ms:.1f} ms mean over 20 calls ({len(row) - 1} metrics each)")
+    assert len(calls) == 20
+    assert tracker.logged_epochs(run_id) == set(range(1, 21))
