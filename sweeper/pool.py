@@ -251,16 +251,15 @@ def launch(
     status = "FINISHED"
     view = Progress(optuna_study, budget, enabled=progress)
     try:
-        while any(w.poll() is None for w in workers):
-            time.sleep(POLL_S)
+        while True:
             view.update()
             for i, w in enumerate(workers):
                 # A worker that died (killed, out of memory) is replaced while work remains.
-                if (
-                    w.returncode not in (None, 0, 130)
-                    and budget_state(optuna_study, budget) != "done"
-                ) and (deadline is None or time.time() < deadline):
+                if w.poll() not in (None, 0, 130) and _work_remains(optuna_study, budget, deadline):
                     workers[i] = subprocess.Popen(commands[i])
+            if all(w.poll() is not None for w in workers):
+                break
+            time.sleep(POLL_S)
     except KeyboardInterrupt:
         status = "KILLED"
         for w in workers:
@@ -278,6 +277,10 @@ def launch(
         return 130
     view.summary()
     return 0
+
+
+def _work_remains(study: optuna.Study, budget: int | None, deadline: float | None) -> bool:
+    return budget_state(study, budget) != "done" and (deadline is None or time.time() < deadline)
 
 
 def _prefetch_data(study: Study, overrides: dict[str, Any]) -> None:

@@ -1,0 +1,160 @@
+"""End to end: real sweeps of studies/quickstart.py on SQLite and a real MLflow store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeper import tracking
+from sweeper.pool import make_storage
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+QUICKSTART = str(REPO / "studies" / "quickstart.py")
+SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress"]
+
+
+def sweeper(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SWEEPER, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def load(sweep_dir: Path) -> optuna.Study:
+    storage = make_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    return optuna.load_study(study_name="quickstart", storage=storage)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    done = sweeper(
+        "launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "4", "--workers", "2",
+        "--data-dir", str(datasets_dir), *SMALL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir
+
+
+def test_every_trial_finishes_and_has_one_run(sweep: Path) -> None:
+    study = load(sweep)
+    trials = study.get_trials()
+    assert len(trials) == 4
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    uri = tracking.default_tracking_uri(sweep)
+    runs = tracking.runs_of_study(uri, "quickstart")
+    assert len(runs) == 4
+    client = MlflowClient(tracking_uri=uri)
+    by_id = {run.info.run_id: run for run in runs}
+    for trial in trials:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]  # trial -> run
+        assert run.data.tags["sweeper.trial"] == str(trial.number)  # run -> trial
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"]
+        for key in ("sweeper.worker", "sweeper.device", "sweeper.host", "sweeper.split_hash"):
+            assert run.data.tags[key]
+        assert run.data.params["model"] == trial.params["model"]
+        epochs = trial.user_attrs["epochs_run"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, epochs + 1))
+        for key in ("train_loss", "train_acc", "val_loss", "lr", "seconds", "images_per_s"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == epochs
+        paths = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert paths == {"plots/learning_curve.png", "plots/confusion_matrix.png"}
+        assert client.list_artifacts(run.info.run_id, "checkpoints")
+    assert {run.data.tags["sweeper.worker"] for run in runs} == {"w0", "w1"}
+
+
+def test_launching_again_resumes_without_rerunning(sweep: Path, datasets_dir: Path) -> None:
+    before = {t.number: t.datetime_complete for t in load(sweep).get_trials()}
+    again = sweeper(
+        "launch", QUICKSTART, "--dir", str(sweep), "--trials", "4",
+        "--data-dir", str(datasets_dir), *SMALL,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {t.number: t.datetime_complete for t in load(sweep).get_trials()}
+    assert after == before
+    more = sweeper(
+        "launch", QUICKSTART, "--dir", str(sweep), "--trials", "5",
+        "--data-dir", str(datasets_dir), *SMALL,
+    )  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(load(sweep).get_trials()) == 5
+
+
+def test_status_lists_trials_best_first(sweep: Path) -> None:
+    done = sweeper("status", "quickstart", "--dir", str(sweep), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) >= 4
+    values = [row["value"] for row in rows if row["value"] is not None]
+    assert values == sorted(values, reverse=True)
+    by_file = sweeper("status", QUICKSTART, "--dir", str(sweep), "--csv")
+    assert by_file.stdout.startswith("trial,state,value")
+
+
+def test_train_from_run_repeats_a_trial(sweep: Path, datasets_dir: Path) -> None:
+    trial = load(sweep).best_trial
+    run_id = trial.user_attrs["mlflow_run_id"]
+    done = sweeper(
+        "train", "--from-run", run_id, "--dir", str(sweep), "--epochs", "1", "--json",
+        "--data-dir", str(datasets_dir),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["config"]["model"] == trial.params["model"]
+    assert report["config"]["lr"] == trial.params["lr"]
+    assert report["config"]["train_size"] == 1000
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> None:
+    env = {**os.environ, "SWEEPER_HEARTBEAT_S": "1", "SWEEPER_GRACE_S": "4"}
+    launcher = subprocess.Popen(
+        [SWEEPER, "launch", QUICKSTART, "--dir", str(tmp_path), "--trials", "3",
+         "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+         "--data-dir", str(datasets_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    checkpoints = tmp_path / "checkpoints" / "quickstart"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("trial-*-last.pt")):  # a trial is past its first epoch
+        assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    killed_trial = int(next(checkpoints.glob("trial-*-last.pt")).name.split("-")[1])
+    (worker,) = _children(launcher.pid)
+    os.kill(worker, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-3000:]
+    trials = load(tmp_path).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3
+    (failed,) = [t for t in trials if t.state.name == "FAIL"]
+    assert failed.number == killed_trial
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial]
+    assert retry.state.name in ("COMPLETE", "PRUNED")
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert retry.params == failed.params
+    assert retry.user_attrs["mlflow_run_id"] == failed.user_attrs["mlflow_run_id"]
+    runs = tracking.runs_of_study(tracking.default_tracking_uri(tmp_path), "quickstart")
+    assert len(runs) == 3  # the retry continued the killed trial's run
