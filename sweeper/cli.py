@@ -14,6 +14,9 @@ from sweeper.errors import SweeperError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # sweeper shows its own progress
     try:
         return args.func(args)
     except SweeperError as exc:

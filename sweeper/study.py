@@ -166,7 +166,8 @@ def validate(study: Study, draws: int = 32) -> None:
         try:
             study.trial_config(trial)
         except SweeperError as exc:
-            raise SweeperError(f"{exc} (space() suggested {trial.params})") from None
+            text = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+            raise SweeperError(f"{text} (space() suggested {trial.params})") from None
         except Exception as exc:
             raise SweeperError(
                 f"{where}:{_line_in(exc, Path(where))}: space(): {_one_line(exc)}"
