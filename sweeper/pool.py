@@ -138,6 +138,7 @@ def run_worker(
     from sweeper.trial import Objective
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     storage = make_storage(sweep.storage_url)
     optuna_study = optuna.load_study(
         study_name=study.name,
@@ -174,6 +175,9 @@ def run_worker(
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM and SIGINT stop the process once; a second signal must not cut the clean-up."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -222,6 +226,7 @@ def launch(
     """Create the study and the MLflow parent run, run the pool to the end, report."""
     from sweeper.progress import Progress
 
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     storage = make_storage(sweep.storage_url)
     optuna_study = open_study(study, storage)
     optuna_study.set_user_attr("study_file", study.file)

@@ -158,3 +158,32 @@ def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> N
     assert retry.user_attrs["mlflow_run_id"] == failed.user_attrs["mlflow_run_id"]
     runs = tracking.runs_of_study(tracking.default_tracking_uri(tmp_path), "quickstart")
     assert len(runs) == 3  # the retry continued the killed trial's run
+
+
+def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    args = [SWEEPER, "launch", QUICKSTART, "--dir", str(tmp_path), "--trials", "2",
+            "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+            "--data-dir", str(datasets_dir)]  # fmt: skip
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "checkpoints" / "quickstart"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("trial-*-last.pt")):
+        assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, err[-3000:]
+    trials = load(tmp_path).get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    (waiting,) = [t for t in trials if t.state.name == "WAITING"]
+    interrupted = waiting.system_attrs["failed_trial"]
+    assert (checkpoints / f"trial-{interrupted}-last.pt").exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load(tmp_path).get_trials()
+    (resumed,) = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted]
+    assert resumed.state.name in ("COMPLETE", "PRUNED")
+    assert resumed.user_attrs["resumed_from_epoch"] >= 1
+    assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 2
