@@ -147,8 +147,8 @@ class TrialTracker:
     ) -> str:
         """Start the run of a trial, or reopen `run_id` for a retry; return the run id."""
         run_tags = {
+            "sweeper.kind": "trial",  # an ensemble member passes its own kind in tags
             **_str_dict(tags),
-            "sweeper.kind": "trial",
             "sweeper.study": study_name,
             "sweeper.trial": str(trial_number),
             "optuna.state": "RUNNING",

@@ -46,6 +46,22 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_best(path: Path, result: TrainResult, config: TrainConfig, data: SplitData) -> None:
+    """The best epoch's weights with what it takes to rebuild and feed the model."""
+    save_atomic(
+        {
+            "model": {k: v.cpu() for k, v in result.model.state_dict().items()},
+            "config": config.to_dict(),
+            "classes": data.classes,
+            "in_channels": data.in_channels,
+            "image_size": data.image_size,
+            "mean": torch.from_numpy(result.mean),
+            "std": torch.from_numpy(result.std),
+        },
+        path,
+    )
+
+
 @dataclass
 class Objective:
     """Callable by study.optimize in a worker process."""
@@ -92,6 +108,7 @@ class Objective:
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("config", config.to_dict())
         if resume is not None:
             trial.set_user_attr("resumed_from_epoch", resume["epoch"])
             self._replay(trial, run_id, resume["history"])
@@ -140,9 +157,7 @@ class Objective:
             last.unlink(missing_ok=True)
             raise TrialDiverged(reason)
         best = self.checkpoint_dir / f"trial-{trial.number}-best.pt"
-        save_atomic({"model": result.model.state_dict(), "config": config.to_dict(),
-                     "classes": data.classes, "mean": torch.from_numpy(result.mean),
-                     "std": torch.from_numpy(result.std)}, best)  # fmt: skip
+        save_best(best, result, config, data)
         logits = predict_arrays(result, data.val_x, config.eval_batch_size)
         value = self._value(result)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
