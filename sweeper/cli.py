@@ -50,7 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("--trials-per-gpu", type=int, default=1, help="trials packed on one GPU")
     launch.add_argument("--no-progress", action="store_true", help="print a line per trial instead")
+    launch.add_argument(
+        "--no-ensemble", action="store_true", help="skip the seed ensemble at the end"
+    )
     launch.set_defaults(func=cmd_launch)
+
+    ensemble = commands.add_parser("ensemble", help="retrain the top configs with seeds, average")
+    ensemble.add_argument("study", help="the study file (or its name, once launched)")
+    add_sweep_flags(ensemble)
+    ensemble.add_argument("--k", type=int, help="top configs to retrain (study default: 3)")
+    ensemble.add_argument("--seeds", type=int, help="seeds per config (study default: 3)")
+    ensemble.add_argument("--greedy", action="store_true", help="also greedy selection on val")
+    ensemble.add_argument(
+        "--workers", type=int, help="worker processes (default: one per GPU, else 1)"
+    )
+    ensemble.add_argument("--trials-per-gpu", type=int, default=1, help="members packed on one GPU")
+    ensemble.add_argument("--no-progress", action="store_true", help="print a line per member")
+    ensemble.set_defaults(func=cmd_ensemble)
+
+    export = commands.add_parser("export", help="write the study's registered ensemble to a file")
+    export.add_argument("study", help="the study name (or file)")
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx", "mlflow"])
+    export.add_argument("--out", required=True, help="output file (.pt, .onnx) or directory")
+    export.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
+    export.add_argument("--tracking-uri", help="MLflow store (default: the --dir's)")
+    export.add_argument("--alias", default="champion", help="registered model alias")
+    export.set_defaults(func=cmd_export)
+
+    predict = commands.add_parser("predict", help="classify image files with an exported model")
+    predict.add_argument("model", help="a .pt or .onnx export, or an MLflow model directory")
+    predict.add_argument("images", nargs="+", help="image files or folders")
+    predict.add_argument("--top", type=int, default=1, help="classes to show per image")
+    predict.set_defaults(func=cmd_predict)
 
     worker = commands.add_parser("worker", help="join a running study (same storage)")
     worker.add_argument("study", help="the study file")
@@ -61,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--experiment-id", help=argparse.SUPPRESS)
     worker.add_argument("--parent-run", help=argparse.SUPPRESS)
     worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    worker.add_argument(
+        "--ensemble", action="store_true", help="train the study's ensemble members"
+    )
     worker.set_defaults(func=cmd_worker)
 
     status = commands.add_parser("status", help="print the trials of a study as a table")
@@ -118,8 +152,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     budget = args.trials if args.trials is not None else study.trials
     timeout = args.timeout if args.timeout is not None else study.timeout
     progress = not args.no_progress and sys.stderr.isatty()
+    ensemble = None if args.no_ensemble else study.ensemble
     return launch(study, sweep, devices=devices, budget=budget, timeout=timeout,
-                  overrides=overrides, progress=progress)  # fmt: skip
+                  overrides=overrides, progress=progress, ensemble=ensemble)  # fmt: skip
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -131,6 +166,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
+    tags = None
+    if args.ensemble:
+        from sweeper import tracking
+        from sweeper.pool import make_storage
+        from sweeper.retrain import MEMBER_KIND, load_member_study
+
+        if args.experiment_id is None:
+            args.experiment_id = tracking.experiment_for(
+                sweep.tracking_uri, study.name, sweep.artifact_root
+            )
+        study = load_member_study(study, make_storage(sweep.storage_url))
+        tags = {"sweeper.kind": MEMBER_KIND}
     budget = args.trials if args.trials is not None else study.trials
     deadline = args.deadline
     if deadline is None and (args.timeout or study.timeout):
@@ -147,7 +194,86 @@ def cmd_worker(args: argparse.Namespace) -> int:
         budget=budget,
         deadline=deadline,
         overrides=sweep_overrides(args),
+        tags=tags,
     )
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from sweeper import tracking
+    from sweeper.pool import Sweep, default_devices, make_storage, open_study
+    from sweeper.retrain import build_ensemble
+
+    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
+    study = _study_from_name_or_file(args.study, sweep)
+    settings = {**study.ensemble}
+    for key in ("k", "seeds", "epochs"):
+        value = getattr(args, key, None)
+        if value is not None:
+            if value < 1:
+                raise SweeperError(f"--{key}={value} is invalid; it must be 1 or more")
+            settings[key] = value
+    if args.greedy:
+        settings["greedy"] = True
+    settings.setdefault("k", 3)
+    overrides = {k: v for k, v in sweep_overrides(args).items() if k != "epochs"}
+    optuna_study = open_study(study, make_storage(sweep.storage_url))
+    experiment_id = tracking.experiment_for(sweep.tracking_uri, study.name, sweep.artifact_root)
+    devices = default_devices(args.workers, args.trials_per_gpu)
+    progress = not args.no_progress and sys.stderr.isatty()
+    done = build_ensemble(study, sweep, optuna_study, devices=devices,
+                          experiment_id=experiment_id, parent_run_id=None,
+                          overrides=overrides, progress=progress, **settings)  # fmt: skip
+    return 0 if done else 130
+
+
+def _study_from_name_or_file(target: str, sweep: Any) -> Any:
+    """A study file, or the file a launched study was started from."""
+    import optuna
+
+    from sweeper.pool import make_storage
+    from sweeper.study import load_by_name_or_file, load_study
+
+    study, name = load_by_name_or_file(target)
+    if study is not None:
+        return study
+    try:
+        stored = optuna.load_study(study_name=name, storage=make_storage(sweep.storage_url))
+    except KeyError:
+        raise SweeperError(f"no study '{name}' in {sweep.storage_url}; check --dir") from None
+    return load_study(stored.user_attrs["study_file"])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sweeper import tracking
+    from sweeper.pool import Sweep
+    from sweeper.study import load_by_name_or_file
+
+    _, name = load_by_name_or_file(args.study)
+    sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+    out = Path(args.out)
+    if args.format == "mlflow":
+        path = tracking.download_registered(sweep.tracking_uri, name, out, args.alias)
+    else:
+        import torch
+
+        from sweeper.export import export
+
+        model = tracking.load_registered(sweep.tracking_uri, name, args.alias)
+        channels, size = model.input_shape if hasattr(model, "input_shape") else (3, 32)
+        path = export(model, args.format, out, torch.rand(2, channels, size, size))
+    print(f"exported {name}@{args.alias} to {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sweeper.export import predict
+
+    for file, top in predict(args.model, args.images, top=args.top):
+        shown = ", ".join(f"{label} {p:.3f}" for label, p in top)
+        print(f"{file}: {shown}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -133,6 +133,7 @@ def run_worker(
     budget: int | None,
     deadline: float | None,
     overrides: dict[str, Any],
+    tags: dict[str, str] | None = None,
 ) -> int:
     """Run trials until the budget is spent or the deadline passes; return an exit code."""
     from sweeper.trial import Objective
@@ -156,6 +157,7 @@ def run_worker(
         device=device,
         overrides=overrides,
         budget=budget,
+        tags=tags or {},
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -206,6 +208,7 @@ def default_devices(workers: int | None, trials_per_gpu: int) -> list[str]:
 def worker_command(
     study: Study, sweep: Sweep, device: str, worker: str, extra: list[str]
 ) -> list[str]:
+    """A `sweeper worker` command line; an ensemble member study names its base study's file."""
     return [
         sys.executable, "-m", "sweeper.cli", "worker", study.file,
         "--dir", str(sweep.dir), "--storage", sweep.storage_url,
@@ -222,10 +225,9 @@ def launch(
     timeout: float | None,
     overrides: dict[str, Any],
     progress: bool = True,
+    ensemble: dict[str, Any] | None = None,
 ) -> int:
-    """Create the study and the MLflow parent run, run the pool to the end, report."""
-    from sweeper.progress import Progress
-
+    """Create the study and the MLflow parent run, run the pool to the end, then the ensemble."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     storage = make_storage(sweep.storage_url)
     optuna_study = open_study(study, storage)
@@ -240,9 +242,47 @@ def launch(
     )
     _prefetch_data(study, overrides)
     deadline = time.time() + timeout if timeout else None
+    context = ["--experiment-id", experiment_id, "--parent-run", parent_run_id]
+    status = "FAILED"
+    try:
+        if not run_pool(optuna_study, study, sweep, devices=devices, budget=budget,
+                        deadline=deadline, overrides=overrides, extra=context,
+                        progress=progress):  # fmt: skip
+            status = "KILLED"
+            print("sweeper: stopped; running trials keep their checkpoints and resume next launch")
+            return 130
+        if ensemble and ensemble.get("k") and budget_state(optuna_study, budget) == "done":
+            from sweeper.retrain import build_ensemble
+
+            if not build_ensemble(study, sweep, optuna_study, devices=devices,
+                                  experiment_id=experiment_id, parent_run_id=parent_run_id,
+                                  overrides=overrides, progress=progress,
+                                  **ensemble):  # fmt: skip
+                status = "KILLED"
+                return 130
+        status = "FINISHED"
+        return 0
+    finally:
+        tracking.end_run(sweep.tracking_uri, parent_run_id, status)
+
+
+def run_pool(
+    optuna_study: optuna.Study,
+    study: Study,
+    sweep: Sweep,
+    *,
+    devices: list[str],
+    budget: int | None,
+    deadline: float | None,
+    overrides: dict[str, Any],
+    extra: list[str],
+    progress: bool,
+) -> bool:
+    """Run worker processes until the work is done; False if interrupted (Ctrl-C, SIGTERM)."""
+    from sweeper.progress import Progress
+
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    extra = ["--experiment-id", experiment_id, "--parent-run", parent_run_id,
-             "--threads", str(threads)]  # fmt: skip
+    extra = [*extra, "--threads", str(threads)]
     if budget is not None:
         extra += ["--trials", str(budget)]
     if deadline is not None:
@@ -253,7 +293,6 @@ def launch(
         worker_command(study, sweep, device, f"w{i}", extra) for i, device in enumerate(devices)
     ]
     workers = [subprocess.Popen(command) for command in commands]
-    status = "FINISHED"
     view = Progress(optuna_study, budget, enabled=progress)
     try:
         while True:
@@ -266,22 +305,16 @@ def launch(
                 break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        status = "KILLED"
         for w in workers:
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)
         for w in workers:
             w.wait()
-    finally:
         view.close()
-        tracking.end_run(sweep.tracking_uri, parent_run_id, status)
-    if status == "KILLED":
-        print(
-            "sweeper: stopped; running trials keep their checkpoints and resume on the next launch"
-        )
-        return 130
+        return False
+    view.close()
     view.summary()
-    return 0
+    return True
 
 
 def _work_remains(study: optuna.Study, budget: int | None, deadline: float | None) -> bool:

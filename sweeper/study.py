@@ -38,7 +38,8 @@ class Study:
     pruner: str = "median"
     pruner_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the sampler's seed
-    ensemble: dict[str, Any] = field(default_factory=dict)  # top-k seed ensemble settings
+    # the best-of seed ensemble after the sweep: k configs x seeds; {} or k=0 turns it off
+    ensemble: dict[str, Any] = field(default_factory=lambda: {"k": 3, "seeds": 3})
     file: str = ""  # set by load_study
     file_hash: str = ""
 
@@ -153,6 +154,11 @@ def validate(study: Study, draws: int = 32) -> None:
         raise bad("trials", "set trials, timeout, or both: the sweep needs a budget")
     if study.epochs < 1:
         raise bad("epochs", "it must be 1 or more")
+    unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy"}
+    if unknown:
+        raise bad(
+            "ensemble", f"unknown key(s) {sorted(unknown)}; accepted: k, seeds, epochs, greedy"
+        )
     try:
         study.make_sampler()
         study.make_pruner()

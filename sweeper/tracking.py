@@ -304,3 +304,130 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
         return None
     return Path(tracking_uri[len(prefix) :])
+
+
+def log_ensemble(
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str | None,
+    study_name: str,
+    *,
+    report: Any,
+    member_runs: list[dict[str, Any]],
+    model: Any,
+    example: np.ndarray,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The ensemble run: figures, member table, the model registered under the study's name.
+
+    The alias `champion` moves to the new version when it beats the previous champion's test
+    accuracy (or when there is none).
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    tags = {"sweeper.kind": "ensemble", "sweeper.study": study_name}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if note:
+        tags["sweeper.note"] = note
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-ensemble")
+    run_id = run.info.run_id
+    metrics = {
+        "ensemble_test_acc": report.ensemble_test_acc,
+        "ensemble_val_acc": report.ensemble_val_acc,
+        "best_member_test_acc": report.best_member_test_acc,
+        "gain_over_best_member": report.gain,
+        "members": len(member_runs),
+    }
+    if report.greedy_test_acc is not None:
+        metrics["greedy_test_acc"] = report.greedy_test_acc
+        metrics["greedy_val_acc"] = report.greedy_val_acc
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param("member_run_ids", ",".join(m["run_id"] for m in member_runs)[:6000])],
+    )
+    client.log_table(run_id, data=_frame(report.table()), artifact_file="ensemble_members.json")
+    client.log_dict(run_id, {"members": member_runs}, "members.json")
+    for member in member_runs:  # each member run points at its source trial and the ensemble
+        client.log_batch(
+            member["run_id"],
+            tags=[
+                RunTag("sweeper.source_trial", str(member["source_trial"])),
+                RunTag("sweeper.ensemble_run", run_id),
+            ],
+        )
+    inputs = (example.astype(np.float32) / 255.0).astype(np.float32)
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(inputs)).numpy()
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="ensemble",
+                signature=infer_signature(inputs, outputs),
+                input_example=inputs,
+                registered_model_name=study_name,
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                await_registration_for=0,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    version = str(info.registered_model_version)
+    champion = _move_champion(client, study_name, version, report.ensemble_test_acc)
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "model_name": study_name, "version": version, "champion": champion}
+
+
+def _move_champion(client: MlflowClient, name: str, version: str, test_acc: float) -> bool:
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        current = None
+    if current is not None:
+        best = client.get_run(current.run_id).data.metrics.get("ensemble_test_acc", -1.0)
+        if test_acc <= best:
+            return False
+    client.set_registered_model_alias(name, "champion", version)
+    return True
+
+
+def load_registered(tracking_uri: str, name: str, alias: str = "champion") -> Any:
+    """The registered ensemble of a study as a torch module (the champion by default)."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.pytorch.load_model(f"models:/{name}@{alias}", map_location="cpu")
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise SweeperError(
+            f"export: no registered ensemble '{name}@{alias}' in {tracking_uri} ({first}); "
+            f"run `sweeper ensemble {name}` first"
+        ) from None
+
+
+def download_registered(tracking_uri: str, name: str, out: Path, alias: str = "champion") -> Path:
+    """Copy the registered MLflow model directory of a study's ensemble to `out`."""
+    import mlflow
+    import mlflow.artifacts
+
+    mlflow.set_tracking_uri(tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    path = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(out))
+    return Path(path)
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows)
