@@ -195,6 +195,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         deadline=deadline,
         overrides=sweep_overrides(args),
         tags=tags,
+        packed=args.packed,
     )
 
 

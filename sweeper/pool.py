@@ -134,6 +134,7 @@ def run_worker(
     deadline: float | None,
     overrides: dict[str, Any],
     tags: dict[str, str] | None = None,
+    packed: bool = False,
 ) -> int:
     """Run trials until the budget is spent or the deadline passes; return an exit code."""
     from sweeper.trial import Objective
@@ -158,6 +159,8 @@ def run_worker(
         overrides=overrides,
         budget=budget,
         tags=tags or {},
+        lock_dir=sweep.dir / "locks",
+        packed=packed,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -283,6 +286,8 @@ def run_pool(
 
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     extra = [*extra, "--threads", str(threads)]
+    if len(set(devices)) < len(devices) and devices[0].startswith("cuda"):
+        extra.append("--packed")
     if budget is not None:
         extra += ["--trials", str(budget)]
     if deadline is not None:

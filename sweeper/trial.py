@@ -15,9 +15,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData, load_images, split
+from sweeper.gpulock import gpu_slot
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
-from sweeper.train import TrainResult, TrainState, predict_arrays, train
+from sweeper.train import EpochCallback, TrainResult, TrainState, predict_arrays, train
 
 
 class TrialDiverged(Exception):
@@ -74,6 +75,8 @@ class Objective:
     overrides: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    lock_dir: Path = Path("locks")
+    packed: bool = False  # several trials share this GPU
     _data: dict[tuple, SplitData] = field(default_factory=dict)
 
     def data_for(self, config: TrainConfig) -> SplitData:
@@ -123,7 +126,7 @@ class Objective:
             return pruned
 
         try:
-            result = train(config, data, callback=on_epoch, resume=resume)
+            result = self._train(trial, config, data, on_epoch, resume, last)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             trial.set_user_attr("interrupted" if interrupted else "fail_reason", repr(exc)[:500])
@@ -135,6 +138,28 @@ class Objective:
             )
             raise
         return self._finish(trial, run_id, config, data, result, pruned, last)
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        config: TrainConfig,
+        data: SplitData,
+        on_epoch: EpochCallback,
+        resume: dict[str, Any] | None,
+        last: Path,
+    ) -> TrainResult:
+        """Train on a share of the GPU; out of memory while packed: again, alone, from `last`."""
+        try:
+            with gpu_slot(self.lock_dir, self.device):
+                return train(config, data, callback=on_epoch, resume=resume)
+        except torch.cuda.OutOfMemoryError:
+            if not self.packed:
+                raise
+        torch.cuda.empty_cache()
+        trial.set_user_attr("oom_retried_alone", True)
+        resume = torch.load(last, weights_only=True) if last.exists() else None
+        with gpu_slot(self.lock_dir, self.device, exclusive=True):
+            return train(config, data, callback=on_epoch, resume=resume)
 
     def _finish(
         self,
