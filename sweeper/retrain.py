@@ -115,7 +115,8 @@ def build_ensemble(
         return False
     if budget_state(members, spec.trials) != "done":
         print("ensemble: some members did not finish; building from those that did")
-    finish_ensemble(study, sweep, members, plan, experiment_id, parent_run_id, greedy)
+    device = devices[0] if devices[0].startswith("cuda") else "cpu"
+    finish_ensemble(study, sweep, members, plan, experiment_id, parent_run_id, greedy, device)
     return True
 
 
@@ -148,6 +149,7 @@ def finish_ensemble(
     experiment_id: str,
     parent_run_id: str | None,
     greedy: bool,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate the finished members on the test split; log, register and report the ensemble."""
     from sweeper.data import load_images, split
@@ -168,7 +170,7 @@ def finish_ensemble(
         (f"trial {t.params['source_trial']}", Path(t.user_attrs["checkpoint"])) for t in done
     ]
     ensemble, report = evaluate(
-        labelled, (data.val_x, data.val_y), (data.test_x, data.test_y), greedy=greedy
+        labelled, (data.val_x, data.val_y), (data.test_x, data.test_y), device=device, greedy=greedy
     )
     ensemble.input_shape = (
         data.in_channels,

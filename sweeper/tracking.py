@@ -377,6 +377,8 @@ def log_ensemble(
                 registered_model_name=study_name,
                 code_paths=[str(Path(__file__).parent)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                metadata={"classes": list(model.classes), "input_shape": list(model.input_shape)},
+                serialization_format="pickle",  # keeps the Ensemble class, its classes and shape
                 await_registration_for=0,
             )
     finally:

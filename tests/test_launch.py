@@ -132,7 +132,8 @@ def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> N
     env = {**os.environ, "SWEEPER_HEARTBEAT_S": "1", "SWEEPER_GRACE_S": "4"}
     launcher = subprocess.Popen(
         [SWEEPER, "launch", QUICKSTART, "--dir", str(tmp_path), "--trials", "3",
-         "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress", "--no-ensemble",
+         "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+         "--no-ensemble",
          "--data-dir", str(datasets_dir)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -164,7 +165,8 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     tmp_path: Path, datasets_dir: Path
 ) -> None:
     args = [SWEEPER, "launch", QUICKSTART, "--dir", str(tmp_path), "--trials", "2",
-            "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress", "--no-ensemble",
+            "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+         "--no-ensemble",
             "--data-dir", str(datasets_dir)]  # fmt: skip
     launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = tmp_path / "checkpoints" / "quickstart"

@@ -1,0 +1,274 @@
+"""Write an Ensemble to a TorchScript or ONNX file, load any export back, classify image files.
+
+Every export takes float32 images scaled 0..1 [N, C, H, W] and returns probabilities, and
+carries its class names: TorchScript in the extra file `classes.json`, ONNX in the metadata
+property `classes`. MLflow model directories are written by `sweeper.tracking`; this module
+only reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sweeper.ensemble import Ensemble
+from sweeper.errors import SweeperError
+
+FORMATS = ("torchscript", "onnx", "mlflow")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ONNX_OPSET = 18
+BATCH = 256  # images per forward pass when predicting
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def export(ensemble: Ensemble | nn.Module, fmt: str, out: Path, example: Tensor) -> Path:
+    """Write `ensemble` as `fmt` ("torchscript": a .pt file, "onnx": a .onnx file) to `out`.
+
+    `example` is a batch of inputs (float 0..1 [B, C, H, W]) that fixes C, H and W; the batch
+    size stays free. The class names come from `ensemble.classes` (none: predict shows
+    indices). The file appears whole or not at all.
+    """
+    if fmt not in FORMATS:
+        raise SweeperError(f"export: unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    if fmt == "mlflow":
+        raise SweeperError(
+            "export: format 'mlflow' is the registered model directory itself; "
+            "use `sweeper export --format mlflow` or pick torchscript or onnx here"
+        )
+    out = Path(out)
+    if example.dtype == torch.uint8:
+        example = example.float() / 255
+    if example.ndim != 4:
+        raise SweeperError(f"export: example must be [B, C, H, W], got {list(example.shape)}")
+    if len(example) < 2:  # a batch of 1 would be specialised into the graph
+        example = example.expand(2, *example.shape[1:])
+    example = example.float().contiguous()
+    with contextlib.suppress(NotImplementedError):  # torch.export modules (MLflow pt2) refuse
+        ensemble.eval()
+    tensors = [*ensemble.parameters(), *ensemble.buffers()]
+    if tensors:
+        example = example.to(tensors[0].device)
+    classes = [str(c) for c in getattr(ensemble, "classes", [])]  # [] shows indices
+    info = {"classes": classes, "input_shape": list(example.shape[1:])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "torchscript":
+            _write_torchscript(ensemble, example, tmp, info)
+        else:
+            _write_onnx(ensemble, example, tmp, info)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_torchscript(ensemble: nn.Module, example: Tensor, path: Path, info: dict) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit
+        traced = torch.jit.trace(ensemble, example, check_trace=False)
+        extra = {"classes.json": json.dumps(info["classes"]), "input.json": json.dumps(info)}
+        torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def _write_onnx(ensemble: nn.Module, example: Tensor, path: Path, info: dict) -> None:
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+        program = torch.onnx.export(
+            ensemble,
+            (example,),
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_shapes=({0: batch},),
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    program.model.metadata_props["classes"] = json.dumps(info["classes"])
+    program.model.metadata_props["input_shape"] = json.dumps(info["input_shape"])
+    program.save(str(path), external_data=False)
+
+
+def load_exported(path: Path | str) -> tuple[Predictor, list[str]]:
+    """A predict function (float32 images 0..1 [N, C, H, W] -> probabilities [N, classes]) and
+    the class names of a .pt or .onnx export or an MLflow model directory."""
+    predict_fn, classes, _ = _load(Path(path))
+    return predict_fn, classes
+
+
+def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+    """load_exported plus the (channels, size) the model takes, where the file says so."""
+    if not path.exists():
+        raise SweeperError(f"predict: model {path} does not exist; give a .pt, .onnx or MLflow dir")
+    if path.is_dir():
+        return _load_mlflow(path)
+    if path.suffix == ".onnx":
+        return _load_onnx(path)
+    if path.suffix == ".pt":
+        return _load_torchscript(path)
+    raise SweeperError(
+        f"predict: {path} is not a model export; give a .pt (TorchScript), .onnx or an MLflow "
+        "model directory"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _load_torchscript(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+    extra = {"classes.json": "", "input.json": ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise SweeperError(
+            f"predict: cannot load {path} as TorchScript ({_first_line(exc)}); "
+            "export it again with `sweeper export --format torchscript`"
+        ) from None
+    module.eval()
+    info = json.loads(extra["input.json"]) if extra["input.json"] else {}
+    classes = json.loads(extra["classes.json"]) if extra["classes.json"] else None
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run, _classes(classes), _shape(info.get("input_shape"))
+
+
+def _load_onnx(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise SweeperError(
+            f"predict: cannot load {path} as ONNX ({_first_line(exc)}); "
+            "export it again with `sweeper export --format onnx`"
+        ) from None
+    meta = session.get_modelmeta().custom_metadata_map
+    classes = json.loads(meta["classes"]) if "classes" in meta else None
+    name = session.get_inputs()[0].name
+    dims = session.get_inputs()[0].shape[1:]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    shape = dims if all(isinstance(d, int) for d in dims) else None
+    return run, _classes(classes), _shape(shape)
+
+
+def _load_mlflow(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+    if not (path / "MLmodel").is_file():
+        raise SweeperError(
+            f"predict: {path} is a directory without an MLmodel file; give an MLflow model "
+            "directory (`sweeper export --format mlflow`), a .pt or a .onnx file"
+        )
+    import mlflow.pyfunc
+
+    try:
+        model = mlflow.pyfunc.load_model(str(path))
+    except Exception as exc:
+        raise SweeperError(
+            f"predict: cannot load MLflow model {path} ({_first_line(exc)})"
+        ) from None
+    classes = (model.metadata.metadata or {}).get("classes")
+    if classes is None:  # a pickled Ensemble keeps them as an attribute
+        try:
+            classes = getattr(model.get_raw_model(), "classes", None)
+        except Exception:  # flavors without a raw model still predict
+            classes = None
+    schema = model.metadata.get_input_schema()
+    shape = None
+    if schema is not None and schema.is_tensor_spec() and len(schema.inputs[0].shape) == 4:
+        shape = list(schema.inputs[0].shape[1:])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(np.ascontiguousarray(x, dtype=np.float32)))
+
+    return run, _classes(classes), _shape(shape)
+
+
+def _classes(classes: Any) -> list[str]:
+    if classes is None:
+        return []  # filled with indices once the number of outputs is known
+    return [str(c) for c in classes]
+
+
+def _shape(dims: Any) -> tuple[int, int] | None:
+    """(channels, size) from [C, H, W]."""
+    if not dims or len(dims) != 3 or any(not isinstance(d, int) or d < 1 for d in dims):
+        return None
+    return int(dims[0]), int(dims[2])
+
+
+def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], np.ndarray]:
+    """Image files, or folders searched recursively for .jpg .jpeg .png .bmp .webp files, as
+    float32 0..1 [N, channels, size, size] (converted to RGB or L and resized bilinearly)."""
+    from PIL import Image, UnidentifiedImageError
+
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SweeperError(f"predict: {name} does not exist; give image files or folders")
+    if not files:
+        kinds = " ".join(IMAGE_SUFFIXES)
+        raise SweeperError(
+            f"predict: no images ({kinds}) found in {', '.join(paths) or 'no paths'}; "
+            "give image files or folders that hold them"
+        )
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert(mode).resize((size, size), Image.BILINEAR)
+                array = np.asarray(image, dtype=np.float32) / 255
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise SweeperError(
+                f"predict: cannot read image {file} ({_first_line(exc)}); "
+                "remove it or convert it to PNG or JPEG"
+            ) from None
+        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    return [str(f) for f in files], np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
+def predict(
+    model_path: str, images: list[str], top: int = 1
+) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per image file: its `top` classes with their probabilities, most likely first."""
+    if top < 1:
+        raise SweeperError(f"predict: --top {top} must be at least 1")
+    run, classes, shape = _load(Path(model_path))
+    channels, size = shape or (3, 32)
+    names, x = read_images(images, channels, size)
+    probs = np.concatenate([run(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+    labels = classes if len(classes) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    return [
+        (name, [(labels[j], float(p[j])) for j in row])
+        for name, p, row in zip(names, probs, order, strict=True)
+    ]
