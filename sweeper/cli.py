@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--ensemble", action="store_true", help="train the study's ensemble members"
     )
+    worker.add_argument("--packed", action="store_true", help="this GPU is shared with others")
     worker.set_defaults(func=cmd_worker)
 
     status = commands.add_parser("status", help="print the trials of a study as a table")

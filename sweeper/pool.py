@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 HEARTBEAT_S = int(os.environ.get("SWEEPER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
 MAX_RETRY = 3
+MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, not unlucky
 POLL_S = 1.0
 
 
@@ -298,6 +299,7 @@ def run_pool(
         worker_command(study, sweep, device, f"w{i}", extra) for i, device in enumerate(devices)
     ]
     workers = [subprocess.Popen(command) for command in commands]
+    restarts = [0] * len(workers)
     view = Progress(optuna_study, budget, enabled=progress)
     try:
         while True:
@@ -305,21 +307,32 @@ def run_pool(
             for i, w in enumerate(workers):
                 # A worker that died (killed, out of memory) is replaced while work remains.
                 if w.poll() not in (None, 0, 130) and _work_remains(optuna_study, budget, deadline):
+                    restarts[i] += 1
+                    if restarts[i] > MAX_WORKER_RESTARTS:
+                        _stop(workers)
+                        raise SweeperError(
+                            f"worker w{i} keeps failing (exit code {w.returncode}, "
+                            f"{restarts[i]} starts); its error is printed above"
+                        )
                     workers[i] = subprocess.Popen(commands[i])
             if all(w.poll() is not None for w in workers):
                 break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait()
+        _stop(workers)
         view.close()
         return False
     view.close()
     view.summary()
     return True
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.wait()
 
 
 def _work_remains(study: optuna.Study, budget: int | None, deadline: float | None) -> bool:

@@ -433,3 +433,53 @@ def _frame(rows: list[dict[str, Any]]) -> Any:
     import pandas as pd
 
     return pd.DataFrame(rows)
+
+
+def latest_run(tracking_uri: str, study_name: str, kind: str) -> Run | None:
+    """The newest run of a study tagged sweeper.kind == kind ("launch", "ensemble"), or None."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`sweeper.kind` = '{kind}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+    return next((run for run in runs if run.data.tags.get("sweeper.study") == study_name), None)
+
+
+def metric_histories(
+    tracking_uri: str, run_id: str, keys: Sequence[str]
+) -> dict[str, list[tuple[int, float]]]:
+    """Each metric's (step, value) pairs in step order; a step logged twice keeps its last value."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for key in keys:
+        by_step: dict[int, float] = {}
+        for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+            by_step[metric.step] = metric.value
+        histories[key] = sorted(by_step.items())
+    return histories
+
+
+def ensemble_table(tracking_uri: str, run: Run) -> Any:
+    """The member table (ensemble_members.json) of an ensemble run, as a pandas DataFrame."""
+    import pandas as pd
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a one-file download
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run.info.run_id, "ensemble_members.json", dst_path=tmp)
+        table = json.loads(Path(path).read_text())
+    return pd.DataFrame(table["data"], columns=table["columns"])
+
+
+def log_report(
+    tracking_uri: str, run_id: str, paths: Sequence[Path], folder: str = "report"
+) -> None:
+    """Attach report files (HTML, CSV) to a run, under `folder/` of its artifacts."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), folder)
