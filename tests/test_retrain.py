@@ -1,0 +1,119 @@
+"""The best-of seed ensemble end to end: a scaled-down sweep, members, registry, exports."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeper import tracking
+from sweeper.data import load_images
+from sweeper.export import load_exported
+from sweeper.pool import make_storage
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+QUICKSTART = str(REPO / "studies" / "quickstart.py")
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def sweeper(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("ensemble")
+    launched = sweeper(
+        "launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "3", "--workers", "2",
+        "--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble",
+        "--data-dir", str(datasets_dir),
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    built = sweeper(
+        "ensemble", QUICKSTART, "--dir", str(sweep_dir), "--k", "2", "--seeds", "2",
+        "--workers", "2", "--greedy", "--no-progress", "--data-dir", str(datasets_dir),
+        "--train-size", "1000",
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "ensemble on the test split" in built.stdout
+    return sweep_dir
+
+
+def test_members_are_tracked_runs_linked_to_their_source(sweep: Path) -> None:
+    storage = make_storage(f"sqlite:///{sweep / 'optuna.db'}")
+    members = optuna.load_study(study_name="quickstart.ensemble", storage=storage)
+    trials = members.get_trials()
+    assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert sorted((t.params["source_trial"], t.params["seed"]) for t in trials) == sorted(
+        {(s, seed) for s in {t.params["source_trial"] for t in trials} for seed in (0, 1)}
+    )
+    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep))
+    for trial in trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["sweeper.kind"] == "ensemble_member"
+        assert run.data.tags["sweeper.source_trial"] == str(trial.params["source_trial"])
+        assert run.data.params["seed"] == str(trial.params["seed"])
+    # the sweep's own runs stay the trials'
+    assert len(tracking.runs_of_study(tracking.default_tracking_uri(sweep), "quickstart")) == 3
+
+
+def test_ensemble_run_is_logged_and_registered_as_champion(sweep: Path) -> None:
+    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep))
+    version = client.get_model_version_by_alias("quickstart", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["sweeper.kind"] == "ensemble"
+    metrics = run.data.metrics
+    for key in ("ensemble_test_acc", "best_member_test_acc", "gain_over_best_member",
+                "greedy_test_acc"):  # fmt: skip
+        assert key in metrics
+    assert metrics["gain_over_best_member"] == pytest.approx(
+        metrics["ensemble_test_acc"] - metrics["best_member_test_acc"]
+    )
+    assert len(run.data.params["member_run_ids"].split(",")) == 4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"ensemble_members.json", "members.json"} <= artifacts
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("torchscript", "ens.pt"), ("onnx", "ens.onnx")])
+def test_exports_match_the_registered_ensemble(
+    sweep: Path, datasets_dir: Path, tmp_path: Path, fmt: str, name: str
+) -> None:
+    out = tmp_path / name
+    done = sweeper("export", "quickstart", "--dir", str(sweep), "--format", fmt, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = tracking.load_registered(tracking.default_tracking_uri(sweep), "quickstart")
+    images = load_images("cifar10", str(datasets_dir)).test_x[:1000].astype(np.float32) / 255
+    import torch
+
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    predict, classes = load_exported(out)
+    got = predict(images)
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert np.abs(got - expected).max() < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_predict_prints_class_names(sweep: Path, datasets_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "ens.onnx"
+    assert sweeper("export", "quickstart", "--dir", str(sweep), "--format", "onnx", "--out",
+                   str(out)).returncode == 0  # fmt: skip
+    images = load_images("cifar10", str(datasets_dir)).test_x[:2]
+    for i, image in enumerate(images):
+        Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / f"img{i}.png")
+    done = sweeper("predict", str(out), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split(": ")[1].split()[0] in CIFAR10 for line in lines)
+
+
+def test_missing_study_is_one_line(tmp_path: Path) -> None:
+    done = sweeper("ensemble", "nosuchstudy", "--dir", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no study 'nosuchstudy'" in done.stderr
