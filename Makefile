@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(VENV)/bin/sweeper launch studies/quickstart.py
+	$(VENV)/bin/sweeper launch studies/quickstart.py --workers 2
 
 test: $(INSTALLED)
 	$(VENV)/bin/pytest -q
