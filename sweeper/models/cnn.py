@@ -8,54 +8,48 @@ from torch import nn
 from sweeper.models.registry import conv_layers, flat_size
 
 
-class CNN1(nn.Module):
+class ConvNet(nn.Module):
+    """Convolutional features, flattened, then one linear layer to the classes."""
+
+    def __init__(self, features: nn.Sequential, num_classes: int, in_channels: int, size: int):
+        super().__init__()
+        self.features = features
+        n = flat_size(self.features, in_channels, size)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [B, num_classes]."""
+        return self.classifier(self.features(x))
+
+
+def CNN1(  # noqa: N802 (named like the class it builds)
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    activation: str = "relu",
+    batch_norm: bool = False,
+) -> ConvNet:
     """conv 64 k3 p1, act, conv 256 k5 p2, act, maxpool 2, FC 256*(H/2)*(W/2) -> classes."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        image_size: int = 32,
-        activation: str = "relu",
-        batch_norm: bool = False,
-    ) -> None:
-        """Build the layers; batch_norm adds BatchNorm2d after each conv."""
-        super().__init__()
-        self.features = nn.Sequential(
-            *conv_layers(in_channels, 64, 3, 1, activation, batch_norm),
-            *conv_layers(64, 256, 5, 2, activation, batch_norm),
-            nn.MaxPool2d(2),
-        )
-        n = flat_size(self.features, in_channels, image_size)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
-        return self.classifier(self.features(x))
+    features = nn.Sequential(
+        *conv_layers(in_channels, 64, 3, 1, activation, batch_norm),
+        *conv_layers(64, 256, 5, 2, activation, batch_norm),
+        nn.MaxPool2d(2),
+    )
+    return ConvNet(features, num_classes, in_channels, image_size)
 
 
-class CNN2(nn.Module):
+def CNN2(  # noqa: N802
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    activation: str = "relu",
+    batch_norm: bool = False,
+) -> ConvNet:
     """conv 16 k3 p1, act, pool 2, conv 32 k3 p1, act, pool 2, FC 32*8*8 -> classes (25,578)."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        image_size: int = 32,
-        activation: str = "relu",
-        batch_norm: bool = False,
-    ) -> None:
-        """Build the layers; batch_norm adds BatchNorm2d after each conv."""
-        super().__init__()
-        self.features = nn.Sequential(
-            *conv_layers(in_channels, 16, 3, 1, activation, batch_norm),
-            nn.MaxPool2d(2),
-            *conv_layers(16, 32, 3, 1, activation, batch_norm),
-            nn.MaxPool2d(2),
-        )
-        n = flat_size(self.features, in_channels, image_size)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
-        return self.classifier(self.features(x))
+    features = nn.Sequential(
+        *conv_layers(in_channels, 16, 3, 1, activation, batch_norm),
+        nn.MaxPool2d(2),
+        *conv_layers(16, 32, 3, 1, activation, batch_norm),
+        nn.MaxPool2d(2),
+    )
+    return ConvNet(features, num_classes, in_channels, image_size)

@@ -219,7 +219,7 @@ def build_model(
             batch_norm=bool(bn),
         )
     elif name in ("cnn1", "cnn2"):
-        cls = cnn.CNN1 if name == "cnn1" else cnn.CNN2
+        cls = cnn.CNN1 if name == "cnn1" else cnn.CNN2  # builders of cnn.ConvNet
         model = cls(num_classes, in_channels, image_size, activation=act, batch_norm=bool(bn))
     elif name.startswith("vgg"):
         if opts["pretrained"] and in_channels != 3:
