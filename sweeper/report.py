@@ -138,7 +138,7 @@ def collect(name: str, sweep: Sweep, mlflow_url: str) -> StudyData:
         run_id: tracking.metric_histories(sweep.tracking_uri, run_id, CURVE_METRICS)
         for run_id in runs
     }
-    curves = _curves(trials, histories)
+    curves = _curves(trials, runs, histories)
     ensemble = tracking.latest_run(sweep.tracking_uri, name, "ensemble")
     return StudyData(
         name=name,
@@ -153,15 +153,23 @@ def collect(name: str, sweep: Sweep, mlflow_url: str) -> StudyData:
     )
 
 
+def _own_run(trial: optuna.trial.FrozenTrial, runs: dict[str, Run]) -> Run | None:
+    """The trial's MLflow run, unless a retry continued it (the run then counts for the retry)."""
+    run = runs.get(trial.user_attrs.get("mlflow_run_id", ""))
+    return run if run and run.data.tags.get("sweeper.trial") == str(trial.number) else None
+
+
 def _curves(
-    trials: list[optuna.trial.FrozenTrial], histories: dict[str, dict[str, list]]
+    trials: list[optuna.trial.FrozenTrial],
+    runs: dict[str, Run],
+    histories: dict[str, dict[str, list]],
 ) -> pd.DataFrame:
     import pandas as pd
 
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     for trial in trials:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        for key, points in histories.get(run_id, {}).items():
+        run = _own_run(trial, runs)
+        for key, points in histories[run.info.run_id].items() if run else ():
             for step, value in points:
                 row = rows.setdefault((trial.number, step), {"trial": trial.number, "epoch": step})
                 row[key] = value
@@ -200,9 +208,10 @@ def _settings(
     rows = []
     for t in trials:
         config = t.user_attrs.get("config", {})
-        run = runs.get(t.user_attrs.get("mlflow_run_id", ""))
+        linked = runs.get(t.user_attrs.get("mlflow_run_id", ""))
+        run = _own_run(t, runs)  # metrics only from the trial's own run
         metrics = run.data.metrics if run else {}
-        device = run.data.tags.get("sweeper.device", "") if run else config.get("device", "")
+        device = linked.data.tags.get("sweeper.device", "") if linked else config.get("device")
         optimizer = config.get("optimizer")
         best_epoch = metrics.get("best_epoch")
         rows.append(
@@ -230,19 +239,27 @@ def _settings(
                     f"{k}={_short(v)}" for k, v in t.params.items() if k not in SHOWN
                 ),
                 "status": t.user_attrs.get("train_status", ""),
-                "fail_reason": t.user_attrs.get("fail_reason", ""),
+                "fail_reason": _fail_reason(t),
                 "retry_of": t.system_attrs.get("failed_trial"),
                 "worker": t.user_attrs.get("worker", ""),
                 "start": t.datetime_start,
                 "end": t.datetime_complete,
-                "mlflow_run": _run_url(mlflow_url, run) if run else "",
-                "run_id": run.info.run_id if run else "",
+                "mlflow_run": _run_url(mlflow_url, linked) if linked else "",
+                "run_id": linked.info.run_id if linked else "",
             }
         )
     frame = pd.DataFrame(rows, columns=list(SETTINGS))
     return frame.astype(
         {k: "Int64" for k in ("batch_size", "best_epoch", "epochs_run", "retry_of")}
     )
+
+
+def _fail_reason(trial: optuna.trial.FrozenTrial) -> str:
+    if trial.state.name != "FAIL":
+        return ""
+    if "interrupted" in trial.user_attrs:
+        return "interrupted by Ctrl-C or SIGTERM"
+    return trial.user_attrs.get("fail_reason", "no heartbeat: its worker died")
 
 
 def _model(config: dict[str, Any]) -> str:
@@ -417,7 +434,9 @@ def register(commands: Any) -> None:
     report.add_argument("--out", help="HTML file (default: <dir>/reports/<study>-<dashboard>.html)")
     _store_flags(report)
     report.add_argument(
-        "--mlflow-url", default="http://127.0.0.1:5000", help="MLflow UI for the run links"
+        "--mlflow-url",
+        default="http://127.0.0.1:5000",
+        help="MLflow UI that the run links point to (default: %(default)s, as `sweeper ui`)",
     )
     report.set_defaults(func=cmd_report)
 

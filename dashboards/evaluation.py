@@ -1,0 +1,84 @@
+"""The evaluation report of the source documents: one row per setting, a validation-accuracy
+plot per setting, and a short summary.
+
+sweeper report quickstart --dashboard evaluation
+"""
+
+import plotly.express as px
+
+from sweeper.report import StudyData
+
+title = "Evaluation"
+
+# The documents' columns (model, GPU O/X, batch size, activation, init, optimizer, learning
+# rate, momentum, weight decay, LR decay, training time in minutes, early-stopping epoch,
+# accuracy), with each trial's MLflow run link, its state and what else tells rows apart.
+COLUMNS = ["trial", "mlflow_run", "state", "model", "gpu", "batch_size", "activation", "init",
+           "optimizer", "lr", "momentum", "weight_decay", "lr_decay", "train_minutes",
+           "best_epoch", "epochs_run", "val_acc", "other", "status", "fail_reason"]  # fmt: skip
+
+
+def summary(data: StudyData) -> str:
+    """Summary"""
+    counts = ", ".join(
+        f"{data.count(state)} {state.lower()}"
+        for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+        if data.count(state)
+    )
+    minutes = data.settings["train_minutes"].sum()
+    lines = [
+        f"Study {data.name}: {len(data.trials)} trial(s) ({counts or 'none yet'}); "
+        f"{minutes:.1f} minutes of training in all."
+    ]
+    if data.running:
+        lines.append(
+            f"The study is still running (trials running now: {data.count('RUNNING')}); "
+            f"this report shows it as of {data.collected:%Y-%m-%d %H:%M:%S}."
+        )
+    best = data.best()
+    if best is not None:
+        lines.append(
+            f"Best setting: trial {best.trial}, {best.model} with {best.optimizer} "
+            f"(lr {best.lr:.3g}, batch {best.batch_size}, {best.activation}, {best.init} "
+            f"init, LR decay {best.lr_decay}): validation accuracy {best.val_acc:.4f} at epoch "
+            f"{best.best_epoch} of {best.epochs_run}, after {best.train_minutes:.1f} minutes."
+        )
+    if data.ensemble is not None:
+        m = data.ensemble.data.metrics
+        lines.append(
+            f"Seed ensemble of {int(m.get('members', 0))} retrained members: test accuracy "
+            f"{m.get('ensemble_test_acc', float('nan')):.4f} against "
+            f"{m.get('best_member_test_acc', float('nan')):.4f} for its best member "
+            f"({m.get('gain_over_best_member', float('nan')):+.4f})."
+        )
+    return "\n\n".join(lines)
+
+
+def table(data: StudyData):
+    """One row per setting, best first"""
+    rows = data.settings.sort_values(
+        ["value", "trial"], ascending=[not data.maximize, True], na_position="last"
+    )
+    return rows[COLUMNS]
+
+
+def curves(data: StudyData):
+    """Validation accuracy per epoch, one plot per setting"""
+    if data.curves["val_acc"].dropna().empty:
+        return "No epoch has finished yet."
+    frame = data.curves.dropna(subset=["val_acc"])
+    settings = frame["setting"].nunique()
+    rows = -(-settings // 4)
+    together = px.line(frame, x="epoch", y="val_acc", color="setting", markers=True,
+                       title="All settings")  # fmt: skip
+    apart = px.line(frame, x="epoch", y="val_acc", facet_col="setting", facet_col_wrap=4,
+                    markers=True, facet_row_spacing=0.3 / rows, height=120 + 240 * rows,
+                    title="Per setting")  # fmt: skip
+    apart.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    apart.update_yaxes(range=[0, 1])
+    for figure in (together, apart):
+        figure.update_xaxes(dtick=1)
+    return [together, apart]
+
+
+sections = [summary, table, curves]

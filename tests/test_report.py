@@ -1,0 +1,364 @@
+"""sweeper report and dashboard: a real scaled-down sweep whose trials end every way (complete,
+pruned, failed), reported while it runs and after, opened in headless Chromium, and checked
+against the MLflow runs."""
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
+from optuna.trial import TrialState, create_trial
+from plotly.offline import get_plotlyjs
+
+from sweeper import tracking
+from sweeper.cli import main
+from sweeper.report import StudyData, _curves, _settings, load_dashboard, render
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+NAME = "reportcheck"
+# Trial 0 completes; trial 1 diverges (FAIL); trial 2 learns nothing and is pruned after epoch 1
+# by the median of trial 0; trials 3 and 4 go as the pruner sees them. A seed ensemble follows.
+STUDY = f'''
+from sweeper.study import Study
+
+FORCED = {{1: ("sgd", 1e4), 2: ("adam", 1e-7)}}
+
+
+def space(trial):
+    optimizer, lr = FORCED.get(trial.number, ("adam", None))
+    if lr is None:
+        lr = trial.suggest_float("lr", 1e-3, 3e-3, log=True)
+    else:
+        lr = trial.suggest_float("lr", lr, lr, log=True)
+    batch_size = trial.suggest_categorical("batch_size", [64, 128])
+    return {{"optimizer": optimizer, "lr": lr, "batch_size": batch_size}}
+
+
+study = Study(
+    name="{NAME}", space=space,
+    fixed={{"model": "cnn2", "dataset": "cifar10", "val_size": 1000, "augment": False}},
+    trials=4, epochs=2, patience=None, sampler="random",
+    pruner="median", pruner_options={{"n_startup_trials": 1, "n_warmup_steps": 0}},
+    ensemble={{"k": 2, "seeds": 1, "epochs": 1}},
+)
+'''
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--proxy-server=127.0.0.1:9",  # nothing may come from the network
+            "--hide-scrollbars", "--virtual-time-budget=5000"]  # fmt: skip
+
+
+def sweeper(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pause(pid: int) -> None:
+    """SIGSTOP a worker outside any SQLite write (it holds no POSIX lock), so reads go on."""
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
+        locks = [
+            line.replace("->", "").split() for line in Path("/proc/locks").read_text().splitlines()
+        ]
+        if not [f for f in locks if f[1] == "POSIX" and f[4] == str(pid)]:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} kept holding a database lock")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    """The sweep, and `running.html`: its report taken while trial 0 was running."""
+    directory = tmp_path_factory.mktemp("report")
+    study_file = directory / "study.py"
+    study_file.write_text(STUDY)
+    log = directory / "launch.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            [SWEEPER, "launch", str(study_file), "--dir", str(directory), "--workers", "1",
+             "--train-size", "2000", "--no-progress", "--data-dir", str(datasets_dir)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # the same CPU trials everywhere
+        )  # fmt: skip
+    try:
+        first = directory / "checkpoints" / NAME / "trial-0-last.pt"
+        deadline = time.time() + 180
+        while not first.exists():  # trial 0 is past its first epoch
+            assert time.time() < deadline and launcher.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        (worker,) = _children(launcher.pid)
+        pause(worker)  # hold trial 0 RUNNING while the report reads it
+        try:
+            running = sweeper("report", NAME, "--dir", str(directory),
+                              "--out", str(directory / "running.html"))  # fmt: skip
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert running.returncode == 0, running.stderr[-3000:]
+        assert launcher.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if launcher.poll() is None:  # a failed check: stop the sweep (it stops its workers)
+            launcher.terminate()
+            launcher.wait(timeout=60)
+    for dashboard in ("evaluation", "sweep"):
+        done = sweeper("report", NAME, "--dir", str(directory), "--dashboard", dashboard)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return directory
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium")
+    command = [binary, *CHROMIUM, f"--user-data-dir={profile}", *args, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def rendered(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after its scripts ran; no console message allowed."""
+    done = chromium(page, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    return done.stdout
+
+
+def plots_drawn(source: str, dom: str) -> list[str]:
+    """The ids of the page's plots; each must hold the SVG that plotly draws into it."""
+    ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div', source)
+    for i, div_id in enumerate(ids):
+        start = dom.index(f'id="{div_id}"')
+        end = dom.index(f'id="{ids[i + 1]}"') if i + 1 < len(ids) else len(dom)
+        assert 'class="main-svg"' in dom[start:end], f"plot {div_id} was not drawn"
+    return ids
+
+
+def screenshot(page: Path, tmp_path: Path, name: str, height: int) -> None:
+    shot = tmp_path / name
+    size = f"--window-size=1400,{height}"
+    done = chromium(page, tmp_path / "shots", size, f"--screenshot={shot}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    shutil.copy(shot, REPO / ".pytest_cache" / name)  # the artifact to look at
+
+
+def test_evaluation_report_renders_in_chromium(sweep: Path, tmp_path: Path) -> None:
+    page = sweep / "reports" / f"{NAME}-evaluation.html"
+    source = page.read_text()
+    assert not re.search(r"<script[^>]+src=", source)  # plotly.js is embedded, once
+    assert source.count(get_plotlyjs()[-2000:]) == 1
+    dom = rendered(page, tmp_path)
+    assert plots_drawn(source, dom) == ["curves-0", "curves-1"]
+    table = dom[dom.index('<section id="table">') : dom.index('<section id="curves">')]
+    header = re.findall(r"<th>(.*?)</th>", table)
+    shown = [dict(zip(header, re.findall(r"<td>(.*?)</td>", tr), strict=True))
+             for tr in re.findall(r'<tr class="[A-Z]+">(.*?)</tr>', table)]  # fmt: skip
+    saved = rows(page.with_suffix(".csv"))
+    assert [row["trial"] for row in shown] == [row["trial"] for row in saved]
+    for row, csv_row in zip(shown, saved, strict=True):  # the page shows 4 significant digits
+        for key in ("lr", "train_minutes", "val_acc"):
+            assert row[key] == (f"{float(csv_row[key]):.4g}" if csv_row[key] else ""), key
+        assert row["mlflow_run"].startswith(f'<a href="{csv_row["mlflow_run"]}">')
+    for state in ("COMPLETE", "PRUNED", "FAIL"):
+        assert f'<tr class="{state}">' in table
+    assert "The study is still running" not in dom
+    screenshot(page, tmp_path, "report-screenshot.png", 1800)
+
+
+def test_sweep_report_renders_in_chromium(sweep: Path, tmp_path: Path) -> None:
+    page = sweep / "reports" / f"{NAME}-sweep.html"
+    source = page.read_text()
+    dom = rendered(page, tmp_path)
+    table = rows(sweep / "reports" / f"{NAME}-evaluation.csv")
+    complete = sum(row["state"] == "COMPLETE" for row in table)
+    expected = ["history", "importances", "parallel", "intermediate", "workers", "ensemble"]
+    if complete < 2:  # the page says why instead
+        expected.remove("importances")
+    assert plots_drawn(source, dom) == [f"{name}-0" for name in expected]
+    assert "ensemble (mean)" in dom
+    screenshot(page, tmp_path, "report-sweep-screenshot.png", 3600)
+
+
+def test_table_matches_the_mlflow_runs(sweep: Path) -> None:
+    uri = tracking.default_tracking_uri(sweep)
+    client = MlflowClient(tracking_uri=uri)
+    table = rows(sweep / "reports" / f"{NAME}-evaluation.csv")
+    runs = {run.info.run_id: run for run in tracking.runs_of_study(uri, NAME)}
+    assert len(table) == len(runs) == 5
+    states = {int(row["trial"]): row["state"] for row in table}
+    assert [states.pop(n) for n in (0, 1, 2)] == ["COMPLETE", "FAIL", "PRUNED"]
+    assert set(states.values()) <= {"COMPLETE", "PRUNED"}  # trials 3 and 4: as the pruner saw
+    for row in table:
+        run = runs[row["mlflow_run"].rsplit("/", 1)[1]]
+        url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        assert row["mlflow_run"] == url
+        assert row["trial"] == run.data.tags["sweeper.trial"]
+        assert row["state"] == run.data.tags["optuna.state"]
+        params, metrics = run.data.params, run.data.metrics
+        for key in ("model", "optimizer", "batch_size", "activation", "init"):
+            assert row[key] == params[key], key
+        for key in ("lr", "weight_decay"):
+            assert float(row[key]) == float(params[key]), key
+        assert row["momentum"] == (params["momentum"] if params["optimizer"] == "sgd" else "")
+        assert row["lr_decay"] == params["schedule"]
+        assert row["gpu"] == ("O" if run.data.tags["sweeper.device"].startswith("cuda") else "X")
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        seconds = sum(m.value for m in client.get_metric_history(run.info.run_id, "seconds"))
+        if row["state"] == "FAIL":
+            assert not history and row["val_acc"] == row["train_minutes"] == ""
+            assert row["fail_reason"].startswith("diverged")
+            continue
+        assert float(row["val_acc"]) == metrics["best_val_acc"]
+        assert int(row["best_epoch"]) == metrics["best_epoch"]
+        assert int(row["epochs_run"]) == len(history) == (1 if row["state"] == "PRUNED" else 2)
+        assert math.isclose(float(row["train_minutes"]), seconds / 60)
+
+
+def test_report_of_a_running_study_says_so(sweep: Path) -> None:
+    table = {row["trial"]: row for row in rows(sweep / "running.csv")}
+    assert table["0"]["state"] == "RUNNING"
+    page = (sweep / "running.html").read_text()
+    assert "The study is still running (trials running now: 1)" in page
+    assert "launch run RUNNING" in page
+
+
+def test_report_is_logged_to_the_launch_run(sweep: Path) -> None:
+    uri = tracking.default_tracking_uri(sweep)
+    launch = tracking.latest_run(uri, NAME, "launch")
+    assert launch is not None
+    client = MlflowClient(tracking_uri=uri)
+    files = {a.path for a in client.list_artifacts(launch.info.run_id, "report")}
+    assert files == {
+        f"report/{name}" for name in ("running.html", "running.csv", f"{NAME}-evaluation.html",
+                                      f"{NAME}-evaluation.csv", f"{NAME}-sweep.html",
+                                      f"{NAME}-sweep.csv")
+    }  # fmt: skip
+
+
+def test_a_broken_dashboard_is_one_line_naming_it(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = {
+        "syntax.py": ("sections = [\n", ":1: syntax error"),
+        "empty.py": ("title = 'nothing'\n", ": defines no `sections = [function, ...]`"),
+        "raises.py": (
+            "def table(data):\n    return data.settings['no such column']\n\nsections = [table]\n",
+            ":2: section table(): KeyError",
+        ),
+        "wrong.py": ("def table(data):\n    return 42\n\nsections = [table]\n", "returned int"),
+    }
+    for name, (text, expected) in broken.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert main(["report", NAME, "--dir", str(sweep), "--dashboard", str(path)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"sweeper: error: {path}") and expected in line, line
+    assert main(["report", NAME, "--dir", str(sweep), "--dashboard", "nosuch"]) == 2
+    assert "shipped: evaluation, sweep" in capsys.readouterr().err
+
+
+def test_dashboard_serves_the_study_on_localhost(sweep: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [SWEEPER, "dashboard", NAME, "--dir", str(sweep), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with direct.open(f"http://127.0.0.1:{port}/api/studies") as reply:
+                    studies = json.load(reply)["study_summaries"]
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "no dashboard came up"
+                time.sleep(0.5)
+        (study,) = [s for s in studies if s["study_name"] == NAME]
+        url = f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}"
+        assert url in server.stdout.readline()
+        with direct.open(url) as reply:
+            assert reply.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_continued_run_counts_for_the_retry_only() -> None:
+    """A retry goes on in its first try's run: the run's numbers belong to the retry's row."""
+    config = {"model": "vgg11", "batch_norm": True, "optimizer": "sgd", "lr": 0.05,
+              "momentum": 0.9, "batch_size": 128, "schedule": "step",
+              "milestones": [0.5, 0.75], "gamma": 0.1}  # fmt: skip
+    attrs = {"mlflow_run_id": "r1", "config": config, "worker": "w0"}
+    first = create_trial(state=TrialState.FAIL, user_attrs={**attrs, "interrupted": "yes"})
+    retry = create_trial(value=0.5, user_attrs=attrs, system_attrs={"failed_trial": 0})
+    retry.number = 1
+    run = Run(
+        RunInfo("r1", "7", "", "FINISHED", 0, 1, "active"),
+        RunData(
+            metrics=[Metric("best_val_acc", 0.5, 0, 0), Metric("best_epoch", 2, 0, 0)],
+            tags=[RunTag("sweeper.trial", "1"), RunTag("sweeper.device", "cuda:0")],
+        ),
+    )
+    histories = {"r1": {"val_acc": [(1, 0.4), (2, 0.5)], "seconds": [(1, 30.0), (2, 30.0)]}}
+    curves = _curves([first, retry], {"r1": run}, histories)
+    assert list(curves["trial"]) == [1, 1]
+    first_row, retry_row = _settings([first, retry], {"r1": run}, curves, "http://m").to_dict(
+        "records"
+    )
+    assert first_row["mlflow_run"] == retry_row["mlflow_run"] == "http://m/#/experiments/7/runs/r1"
+    assert first_row["fail_reason"] == "interrupted by Ctrl-C or SIGTERM"
+    assert math.isnan(first_row["val_acc"]) and math.isnan(first_row["train_minutes"])
+    assert retry_row["val_acc"] == 0.5 and retry_row["best_epoch"] == 2
+    assert retry_row["train_minutes"] == 1.0 and retry_row["epochs_run"] == 2
+    assert retry_row["retry_of"] == 0 and retry_row["gpu"] == "O"
+    assert retry_row["model"] == "vgg11 (bn)" and retry_row["momentum"] == 0.9
+    assert retry_row["lr_decay"] == "step x0.1 at 0.5, 0.75 of the epochs"
+
+
+@pytest.mark.parametrize("dashboard", ["evaluation", "sweep"])
+def test_a_study_without_trials_renders(dashboard: str) -> None:
+    curves = _curves([], {}, {})
+    data = StudyData(
+        name="empty", study=optuna.create_study(direction="maximize"), trials=[],
+        settings=_settings([], {}, curves, "http://m"), curves=curves, launch=None,
+        ensemble=None, members=None, collected=datetime.now(),
+    )  # fmt: skip
+    page, table = render(load_dashboard(dashboard), data)
+    assert "empty" in page and (table is None or table.empty)
