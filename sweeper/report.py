@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib.util
 import math
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import SweeperError
+from sweeper.userfile import import_file, line_in, one_line
 
 if TYPE_CHECKING:
     import optuna
@@ -92,7 +92,6 @@ class Dashboard:
 
 def load_dashboard(target: str) -> Dashboard:
     """A dashboard file, or the name of a shipped one (evaluation, sweep)."""
-    from sweeper.study import _line_in, _one_line
 
     path = Path(target)
     if not path.exists() and path.suffix != ".py" and "/" not in target:
@@ -100,14 +99,7 @@ def load_dashboard(target: str) -> Dashboard:
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in DASHBOARDS.glob("*.py")))
         raise SweeperError(f"{target}: no such dashboard file (shipped: {shipped})")
-    spec = importlib.util.spec_from_file_location(f"sweeper_dashboard_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise SweeperError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:
-        raise SweeperError(f"{path}:{_line_in(exc, path)}: {_one_line(exc)}") from None
+    module = import_file(path, f"sweeper_dashboard_{path.stem}")
     sections = getattr(module, "sections", None)
     if not isinstance(sections, list | tuple) or not sections or not all(map(callable, sections)):
         raise SweeperError(
@@ -292,8 +284,6 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
     import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
-    from sweeper.study import _line_in, _one_line
-
     body: list[str] = []
     first_table = None
     for number, section in enumerate(dashboard.sections):
@@ -301,9 +291,9 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
         try:
             blocks = section(data)
         except Exception as exc:
-            line = _line_in(exc, dashboard.file)
+            line = line_in(exc, dashboard.file)
             raise SweeperError(
-                f"{dashboard.file}:{line}: section {name}(): {_one_line(exc)}"
+                f"{dashboard.file}:{line}: section {name}(): {one_line(exc)}"
             ) from None
         parts = []
         for index, block in enumerate(blocks if isinstance(blocks, list | tuple) else [blocks]):

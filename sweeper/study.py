@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ import optuna
 
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError
+from sweeper.userfile import import_file, line_in, one_line
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -110,14 +109,7 @@ def load_study(path: str | Path) -> Study:
         raise SweeperError(f"{path}: no such study file")
     source = path.read_bytes()
     module_name = f"sweeper_study_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise SweeperError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:
-        raise SweeperError(f"{path}:{_line_in(exc, path)}: {_one_line(exc)}") from None
+    module = import_file(path, module_name)
     study = getattr(module, "study", None)
     if not isinstance(study, Study):
         raise SweeperError(
@@ -176,7 +168,7 @@ def validate(study: Study, draws: int = 32) -> None:
             raise SweeperError(f"{text} (space() suggested {trial.params})") from None
         except Exception as exc:
             raise SweeperError(
-                f"{where}:{_line_in(exc, Path(where))}: space(): {_one_line(exc)}"
+                f"{where}:{line_in(exc, Path(where))}: space(): {one_line(exc)}"
             ) from None
         probe.tell(trial, 0.0)
 
@@ -187,13 +179,3 @@ def load_by_name_or_file(target: str) -> tuple[Study | None, str]:
         study = load_study(target)
         return study, study.name
     return None, target
-
-
-def _line_in(exc: BaseException, path: Path) -> int | str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
-    return frames[-1].lineno if frames else "?"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
