@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
 
-    from sweeper import report
+    from sweeper import proxy, report
 
     report.register(commands)
+    proxy.register(commands)
     return parser
 
 

@@ -221,7 +221,7 @@ def test_predict_classifies_a_folder_of_png_files(trained: Trained, tmp_path: Pa
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_mlflow_model_directory_loads_for_predict(trained: Trained, tmp_path: Path) -> None:
-    mlflow_pytorch = pytest.importorskip("mlflow.pytorch")
+    import mlflow.pytorch as mlflow_pytorch
     from mlflow.models import infer_signature
 
     x = trained.data.test_x[:4].astype(np.float32) / 255

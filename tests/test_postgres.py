@@ -1,0 +1,207 @@
+"""Real PostgreSQL storage: launches, two launches at once, and one clean line per bad URL.
+
+Needs a PostgreSQL server (default postgresql+psycopg2://postgres@127.0.0.1:5432/postgres, or
+$SWEEPER_TEST_PG_URL: an admin URL that may CREATE DATABASE) and the psycopg2 driver; each
+test's database is created fresh and dropped at the end of the module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa  # noqa: E402
+
+from sweeper import tracking
+from sweeper.pool import make_storage
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+QUICKSTART = str(REPO / "studies" / "quickstart.py")
+SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
+ADMIN_URL = os.environ.get(
+    "SWEEPER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+@pytest.fixture(scope="module")
+def admin() -> Iterator[sa.Engine]:
+    engine = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:  # the machine runs PostgreSQL: a failure here is real
+        connection.execute(sa.text("SELECT 1"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def new_database(admin: sa.Engine) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases; returns each one's storage URL."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"sweeper_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return admin.url.set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin.connect() as connection:
+        for name in created:
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+def launch_args(storage: str, sweep_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [SWEEPER, "launch", QUICKSTART, "--storage", storage, "--dir", str(sweep_dir),
+            "--data-dir", str(data_dir), *SMALL, *extra]  # fmt: skip
+
+
+def counted(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards the budget: finished ones, not surplus."""
+    study = optuna.load_study(study_name="quickstart", storage=make_storage(storage))
+    return [
+        t
+        for t in study.get_trials()
+        if t.state.name in FINISHED and not t.user_attrs.get("surplus")
+    ]
+
+
+def test_launch_on_postgres(
+    new_database: Callable[[], str], tmp_path: Path, datasets_dir: Path
+) -> None:
+    storage = new_database()
+    args = launch_args(storage, tmp_path, datasets_dir, "--trials", "3", "--workers", "2")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = counted(storage)
+    assert len(trials) == 3
+    runs = tracking.runs_of_study(tracking.default_tracking_uri(tmp_path), "quickstart")
+    assert sorted(r.info.run_id for r in runs) == sorted(
+        t.user_attrs["mlflow_run_id"] for t in trials
+    )
+
+
+def test_two_launches_at_once_share_the_budget(
+    new_database: Callable[[], str], tmp_path: Path, datasets_dir: Path
+) -> None:
+    storage = new_database()  # fresh: both launches race to create the tables and the study
+    launches = [
+        subprocess.Popen(
+            launch_args(
+                storage, tmp_path / f"host{i}", datasets_dir, "--trials", "4", "--workers", "1"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for launch in launches:
+        _, err = launch.communicate(timeout=600)
+        assert launch.returncode == 0, err[-3000:]
+    trials = counted(storage)
+    assert len(trials) == 4
+    numbers = [t.number for t in optuna.load_study(
+        study_name="quickstart", storage=make_storage(storage)).get_trials()]  # fmt: skip
+    assert len(numbers) == len(set(numbers))
+
+
+def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> None:
+    """Processes opening a fresh database at once race to create Optuna's tables."""
+    for _ in range(3):
+        storage = new_database()
+        code = f"from sweeper.pool import make_storage; make_storage({storage!r})"
+        opens = [
+            subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        for process in opens:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]
+
+
+def _password_rejecting_server(sock: socket.socket) -> None:
+    """Speak just enough PostgreSQL wire protocol to ask for a password and reject it.
+
+    The local server trusts 127.0.0.1, so it would accept any password; this stands in for a
+    server with password authentication so the client's real error path is exercised.
+    """
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                while True:  # SSLRequest / GSSENCRequest first, then the startup message
+                    (length,) = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))
+                    body = conn.recv(length - 4, socket.MSG_WAITALL)
+                    if struct.unpack("!I", body[:4])[0] in (80877103, 80877104):
+                        conn.sendall(b"N")
+                        continue
+                    break
+                conn.sendall(b"R" + struct.pack("!II", 8, 3))  # cleartext password, please
+                conn.recv(4096)
+                fields = b'SFATAL\0C28P01\0Mpassword authentication failed for user "postgres"\0\0'
+                conn.sendall(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+            except (OSError, struct.error):
+                pass
+
+
+@pytest.fixture
+def password_server() -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    thread = threading.Thread(target=_password_rejecting_server, args=(sock,), daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+SECRET = "s3cret-Pw-4711"
+
+
+@pytest.mark.parametrize(
+    "case", ["typo_scheme", "wrong_database", "unreachable_port", "wrong_password"]
+)
+def test_bad_storage_is_one_line_and_exit_2(
+    case: str, admin: sa.Engine, password_server: int, tmp_path: Path, datasets_dir: Path
+) -> None:
+    url = admin.url
+    storage = {
+        "typo_scheme": f"postgresq://postgres@{url.host}:{url.port}/postgres",
+        "wrong_database": url.set(database=f"no_such_db_{uuid.uuid4().hex[:8]}"),
+        "unreachable_port": url.set(host="127.0.0.1", port=1),
+        "wrong_password": url.set(
+            host="127.0.0.1", port=password_server, password=SECRET, database="postgres"
+        ),
+    }[case]
+    if not isinstance(storage, str):
+        storage = storage.render_as_string(hide_password=False)
+    done = subprocess.run(
+        launch_args(storage, tmp_path, datasets_dir, "--trials", "3", "--workers", "1"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweeper: error: --storage:"), done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # it stopped before MLflow and any worker
