@@ -61,7 +61,8 @@ def test_every_trial_finishes_and_has_one_run(sweep: Path) -> None:
         assert run.data.tags["mlflow.parentRunId"]
         for key in ("sweeper.worker", "sweeper.device", "sweeper.host", "sweeper.split_hash"):
             assert run.data.tags[key]
-        assert run.data.params["model"] == trial.params["model"]
+        assert float(run.data.params["lr"]) == trial.params["lr"]
+        assert run.data.params["model"] == trial.user_attrs["config"]["model"] == "cnn2"
         epochs = trial.user_attrs["epochs_run"]
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, epochs + 1))
@@ -110,7 +111,7 @@ def test_train_from_run_repeats_a_trial(sweep: Path, datasets_dir: Path) -> None
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["config"]["model"] == trial.params["model"]
+    assert report["config"]["model"] == trial.user_attrs["config"]["model"]
     assert report["config"]["lr"] == trial.params["lr"]
     assert report["config"]["train_size"] == 1000
 
