@@ -291,7 +291,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
-    sweep = Sweep.resolve(args.dir, args.storage, None)
+    sweep = Sweep.existing(args.dir, args.storage, None)
     try:
         study = optuna.load_study(study_name=name, storage=make_storage(sweep.storage_url))
     except KeyError:

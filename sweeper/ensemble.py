@@ -138,11 +138,6 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float((probs.argmax(1) == y).mean())
 
 
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    picked = probs[np.arange(len(y)), y]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
-
-
 def greedy_selection(
     val_probs: list[np.ndarray], val_y: np.ndarray, steps: int | None = None
 ) -> list[int]:

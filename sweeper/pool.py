@@ -54,6 +54,15 @@ class Sweep:
             artifact_root=None if tracking_uri else tracking.default_artifact_root(root),
         )
 
+    @classmethod
+    def existing(cls, directory: str, storage: str | None, tracking_uri: str | None) -> Sweep:
+        """A sweep to read: a --dir without a launch is an error, not a new, empty store."""
+        if storage is None and not (Path(directory) / "optuna.db").is_file():
+            raise SweeperError(
+                f"--dir {directory}: no optuna.db there; give the --dir of the launch"
+            )
+        return cls.resolve(directory, storage, tracking_uri)
+
     def checkpoint_dir(self, study_name: str) -> Path:
         return self.dir / "checkpoints" / study_name
 

@@ -450,9 +450,7 @@ def _sweep(args: argparse.Namespace) -> tuple[Sweep, str]:
     from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
-    if args.storage is None and not (Path(args.dir) / "optuna.db").is_file():
-        raise SweeperError(f"--dir {args.dir}: no optuna.db there; give the --dir of the launch")
-    return Sweep.resolve(args.dir, args.storage, args.tracking_uri), name
+    return Sweep.existing(args.dir, args.storage, args.tracking_uri), name
 
 
 def cmd_report(args: argparse.Namespace) -> int:
