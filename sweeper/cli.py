@@ -235,18 +235,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _study_from_name_or_file(target: str, sweep: Any) -> Any:
     """A study file, or the file a launched study was started from."""
-    import optuna
 
-    from sweeper.pool import make_storage
+    from sweeper.pool import load_stored_study, make_storage
     from sweeper.study import load_by_name_or_file, load_study
 
     study, name = load_by_name_or_file(target)
     if study is not None:
         return study
-    try:
-        stored = optuna.load_study(study_name=name, storage=make_storage(sweep.storage_url))
-    except KeyError:
-        raise SweeperError(f"no study '{name}' in {sweep.storage_url}; check --dir") from None
+    stored = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
     return load_study(stored.user_attrs["study_file"])
 
 
@@ -284,18 +280,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import optuna
 
-    from sweeper.pool import Sweep, make_storage
+    from sweeper.pool import Sweep, load_stored_study, make_storage
     from sweeper.progress import trials_table
     from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
     sweep = Sweep.existing(args.dir, args.storage, None)
-    try:
-        study = optuna.load_study(study_name=name, storage=make_storage(sweep.storage_url))
-    except KeyError:
-        raise SweeperError(f"status: no study '{name}' in {sweep.storage_url}") from None
+    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
     table = trials_table(study)
     if args.json:
         print(table.to_json(orient="records"))

@@ -31,6 +31,8 @@ HEARTBEAT_S = int(os.environ.get("SWEEPER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
 MAX_RETRY = 3
 MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, not unlucky
+MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
+EXIT_GAVE_UP = 3  # a worker's exit code after MAX_FAILURES_IN_A_ROW: not restarted
 POLL_S = 1.0
 
 
@@ -95,11 +97,24 @@ def make_storage(url: str) -> RDBStorage:
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         text = str(exc).strip().splitlines()
         raise SweeperError(
-            f"--storage: cannot open {_redact(url)}: {text[0] if text else type(exc).__name__}"
+            f"--storage: cannot open {redact(url)}: {text[0] if text else type(exc).__name__}"
         ) from None
 
 
-def _redact(url: str) -> str:
+def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
+    """An existing study, or one line that names the studies the storage does hold."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        held = ", ".join(names) if names else "none"
+        raise SweeperError(
+            f"no study '{name}' in {redact(url)} (it holds: {held}); launch it first with "
+            "`sweeper launch STUDY_FILE`, or check --dir/--storage and the file's `name`"
+        ) from None
+
+
+def redact(url: str) -> str:
     """A storage URL without its password."""
     if "@" not in url or "://" not in url:
         return url
@@ -163,9 +178,10 @@ def run_worker(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
     storage = make_storage(sweep.storage_url)
-    optuna_study = optuna.load_study(
-        study_name=study.name,
-        storage=storage,
+    optuna_study = load_stored_study(
+        study.name,
+        storage,
+        sweep.storage_url,
         sampler=study.make_sampler(zlib.crc32(worker.encode())),
         pruner=study.make_pruner(),
     )
@@ -194,6 +210,13 @@ def run_worker(
                 time.sleep(POLL_S * 2)
                 continue
             optuna_study.optimize(objective, n_trials=1, catch=(Exception,))
+            if objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                print(
+                    f"sweeper: error: worker {worker} stops: {objective.failures_in_a_row} trials"
+                    f" in a row failed; the last: {objective.last_failure}",
+                    file=sys.stderr,
+                )
+                return EXIT_GAVE_UP
     except KeyboardInterrupt:
         _requeue_interrupted(optuna_study, worker)
         return 130
@@ -326,7 +349,10 @@ def run_pool(
             view.update()
             for i, w in enumerate(workers):
                 # A worker that died (killed, out of memory) is replaced while work remains.
-                if w.poll() not in (None, 0, 130) and _work_remains(optuna_study, budget, deadline):
+                code = w.poll()
+                if code not in (None, 0, 130, EXIT_GAVE_UP) and _work_remains(
+                    optuna_study, budget, deadline
+                ):
                     restarts[i] += 1
                     if restarts[i] > MAX_WORKER_RESTARTS:
                         _stop(workers)
@@ -344,6 +370,8 @@ def run_pool(
         return False
     view.close()
     view.summary()
+    if all(w.returncode == EXIT_GAVE_UP for w in workers):
+        raise SweeperError("every worker gave up after failed trials; their errors are above")
     return True
 
 

@@ -27,7 +27,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
     import optuna
     from optuna.storages import get_storage, run_grpc_proxy_server
 
-    from sweeper.pool import _redact, make_storage
+    from sweeper.pool import make_storage, redact
 
     try:
         import grpc  # noqa: F401
@@ -39,7 +39,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
     storage = get_storage(make_storage(args.storage))
     optuna.logging.set_verbosity(optuna.logging.INFO)  # "Server started at host:port"
     print(
-        f"sweeper: storage proxy for {_redact(args.storage)} on {args.host}:{args.port}", flush=True
+        f"sweeper: storage proxy for {redact(args.storage)} on {args.host}:{args.port}", flush=True
     )
     try:
         run_grpc_proxy_server(storage, host=args.host, port=args.port)

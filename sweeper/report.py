@@ -112,18 +112,11 @@ def load_dashboard(target: str) -> Dashboard:
 
 def collect(name: str, sweep: Sweep, mlflow_url: str) -> StudyData:
     """Read the study, its trial runs and their metric histories, and the ensemble run."""
-    import optuna
 
     from sweeper import tracking
-    from sweeper.pool import _redact, make_storage
+    from sweeper.pool import load_stored_study, make_storage
 
-    storage = make_storage(sweep.storage_url)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise SweeperError(
-            f"no study '{name}' in {_redact(sweep.storage_url)}; check --dir"
-        ) from None
+    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
     trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
     runs = {run.info.run_id: run for run in tracking.runs_of_study(sweep.tracking_uri, name)}
     histories = {
@@ -476,15 +469,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         from optuna_dashboard import run_server
     except ImportError:
         raise SweeperError("dashboard: optuna-dashboard is not installed; pip install it") from None
-    from sweeper.pool import _redact, make_storage
+    from sweeper.pool import load_stored_study, make_storage
 
     storage = make_storage(sweep.storage_url)
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        raise SweeperError(
-            f"no study '{name}' in {_redact(sweep.storage_url)}; check --dir"
-        ) from None
+    load_stored_study(name, storage, sweep.storage_url)  # one line if it is not there
+    study_id = storage.get_study_id_from_name(name)
     url = f"http://{args.host}:{args.port}/dashboard/studies/{study_id}"
     print(f"optuna-dashboard: {url} (Ctrl-C stops it)")
     sys.stdout.flush()

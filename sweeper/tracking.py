@@ -19,11 +19,17 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # workers often have no network
+# A tracking server that is down is waited for by sweeper itself (PatientClient, buffered
+# epochs), so MLflow's own retries only need to cover a blip, not minutes of backoff.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+from requests.exceptions import RequestException  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
 
@@ -33,6 +39,66 @@ CONFIG_FILE = "config.json"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
+# How long a call waits for an unreachable tracking server before it gives up (seconds).
+PATIENCE_S = float(os.environ.get("SWEEPER_TRACKING_PATIENCE_S", "600"))
+TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """An error of an unreachable or overloaded tracking server, worth trying again."""
+    if isinstance(error, RequestException):
+        return True
+    return isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES
+
+
+class PatientClient:
+    """An MlflowClient whose calls wait out a tracking server that is down or restarting.
+
+    Only for http(s) tracking URIs: a local store's errors are not outages. Each call is tried
+    again with a growing pause until it succeeds or PATIENCE_S has passed; `raw` is the
+    plain client, for callers that would rather buffer than wait.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.raw = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.patient = tracking_uri.startswith(("http://", "https://"))
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.raw, name)
+        if not self.patient or not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.wait_for(method, *args, **kwargs)
+
+        return call
+
+    def wait_for(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + PATIENCE_S
+        pause = 1.0
+        warned = False
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error) or time.monotonic() + pause > deadline:
+                    raise
+                if not warned:
+                    log.warning("tracking server %s unreachable (%s); waiting up to %.0f s",
+                                self.tracking_uri, _first_line(error), PATIENCE_S)  # fmt: skip
+                    warned = True
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            if warned:
+                log.warning("tracking server %s is back", self.tracking_uri)
+            return result
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
@@ -57,7 +123,7 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         if artifact_root is None:
             artifact_root = default_artifact_root(sqlite_file.parent)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         try:
@@ -81,20 +147,18 @@ def start_launch_run(
     """Start the parent run of one launch and return its id."""
     run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
     all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name}
-    run = MlflowClient(tracking_uri=tracking_uri).create_run(
-        experiment_id, tags=all_tags, run_name=run_name
-    )
+    run = PatientClient(tracking_uri).create_run(experiment_id, tags=all_tags, run_name=run_name)
     return run.info.run_id
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     """End a run as FINISHED, FAILED or KILLED."""
-    MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status=status)
+    PatientClient(tracking_uri).set_terminated(run_id, status=status)
 
 
 def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
     """The exact training config a trial ran, read back from its config.json artifact."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     try:
         client.get_run(run_id)
     except MlflowException as error:
@@ -110,7 +174,7 @@ def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def runs_of_study(tracking_uri: str, study_name: str) -> list[Run]:
     """The trial runs of a study (tag sweeper.kind == "trial"), in trial-number order."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         return []
@@ -133,9 +197,11 @@ class TrialTracker:
     """Logs the trials of one worker as child runs of the launch run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = PatientClient(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.pending: list[tuple[str, list[Metric]]] = []  # epochs the server has not taken yet
+        self.buffering = False
 
     def start(
         self,
@@ -182,7 +248,36 @@ class TrialTracker:
             for key, value in metrics.items()
             if key != "epoch"
         ]
-        self.client.log_batch(run_id, metrics=batch)
+        self.pending.append((run_id, batch))
+        self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffered epochs in order. While the tracking server is unreachable,
+        wait=False keeps them for the next call (training goes on), wait=True waits for it.
+
+        A batch sent twice (a lost reply) is harmless: MLflow drops a metric already stored
+        with the same key, value, timestamp and step.
+        """
+        while self.pending:
+            run_id, batch = self.pending[0]
+            try:
+                if wait:
+                    self.client.log_batch(run_id, metrics=batch)
+                else:
+                    self.client.raw.log_batch(run_id, metrics=batch)
+            except Exception as error:
+                if wait or not self.client.patient or not is_transient(error):
+                    raise
+                if not self.buffering:
+                    log.warning("tracking server %s unreachable (%s): buffering epoch metrics",
+                                self.client.tracking_uri, _first_line(error))  # fmt: skip
+                    self.buffering = True
+                return
+            self.pending.pop(0)
+        if self.buffering:
+            log.warning("tracking server %s is back: buffered epochs written",
+                        self.client.tracking_uri)  # fmt: skip
+            self.buffering = False
 
     def finish(
         self,
@@ -204,6 +299,7 @@ class TrialTracker:
         if state not in RUN_STATUS:
             raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, not {state!r}")
         try:
+            self.flush()
             tags = [RunTag("optuna.state", state)]
             if reason is not None:
                 tags.append(RunTag("sweeper.fail_reason", reason[:MAX_REASON_LENGTH]))
@@ -328,7 +424,7 @@ def log_ensemble(
     import torch
     from mlflow.models import infer_signature
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     tags = {"sweeper.kind": "ensemble", "sweeper.study": study_name}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -389,7 +485,7 @@ def log_ensemble(
     return {"run_id": run_id, "model_name": study_name, "version": version, "champion": champion}
 
 
-def _move_champion(client: MlflowClient, name: str, version: str, test_acc: float) -> bool:
+def _move_champion(client: PatientClient, name: str, version: str, test_acc: float) -> bool:
     try:
         current = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
@@ -437,7 +533,7 @@ def _frame(rows: list[dict[str, Any]]) -> Any:
 
 def latest_run(tracking_uri: str, study_name: str, kind: str) -> Run | None:
     """The newest run of a study tagged sweeper.kind == kind ("launch", "ensemble"), or None."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         return None
@@ -454,7 +550,7 @@ def metric_histories(
     tracking_uri: str, run_id: str, keys: Sequence[str]
 ) -> dict[str, list[tuple[int, float]]]:
     """Each metric's (step, value) pairs in step order; a step logged twice keeps its last value."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     histories: dict[str, list[tuple[int, float]]] = {}
     for key in keys:
         by_step: dict[int, float] = {}
@@ -469,7 +565,7 @@ def ensemble_table(tracking_uri: str, run: Run) -> Any:
     import pandas as pd
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a one-file download
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run.info.run_id, "ensemble_members.json", dst_path=tmp)
         table = json.loads(Path(path).read_text())
@@ -480,6 +576,6 @@ def log_report(
     tracking_uri: str, run_id: str, paths: Sequence[Path], folder: str = "report"
 ) -> None:
     """Attach report files (HTML, CSV) to a run, under `folder/` of its artifacts."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = PatientClient(tracking_uri)
     for path in paths:
         client.log_artifact(run_id, str(path), folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -29,6 +30,24 @@ class SurplusTrial(Exception):
     """Another worker claimed the last trial of the budget at the same moment."""
 
 
+class CheckpointError(Exception):
+    """A checkpoint could not be written (disk full, no permission): the trial fails."""
+
+
+class _OneLineFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for these known causes the line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(
+            record.exc_info[1], TrialDiverged | SurplusTrial | CheckpointError
+        ):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna").addFilter(_OneLineFailures())
+
+
 def root_number(trial: optuna.Trial) -> int:
     """The number of a trial's first try: its retries resume from that try's checkpoint."""
     frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial exposes no system attrs
@@ -38,13 +57,21 @@ def root_number(trial: optuna.Trial) -> int:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """Write a checkpoint so that a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as file:
-        torch.save(obj, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        cause = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {cause}; free disk space or make"
+            f" {path.parent} writable, then launch again"
+        ) from None
 
 
 def save_best(path: Path, result: TrainResult, config: TrainConfig, data: SplitData) -> None:
@@ -77,6 +104,8 @@ class Objective:
     tags: dict[str, str] = field(default_factory=dict)
     lock_dir: Path = Path("locks")
     packed: bool = False  # several trials share this GPU
+    failures_in_a_row: int = 0
+    last_failure: str = ""
     _data: dict[tuple, SplitData] = field(default_factory=dict)
 
     def data_for(self, config: TrainConfig) -> SplitData:
@@ -89,6 +118,19 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_budget(trial)
+        try:
+            value = self._run(trial)
+        except optuna.TrialPruned:
+            self.failures_in_a_row = 0
+            raise
+        except Exception as error:
+            self.failures_in_a_row += 1
+            self.last_failure = str(error) or repr(error)
+            raise
+        self.failures_in_a_row = 0
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float:
         config = self.study.trial_config(trial, {**self.overrides, "device": self.device})
         data = self.data_for(config)
         root = root_number(trial)
@@ -129,12 +171,13 @@ class Objective:
             result = self._train(trial, config, data, on_epoch, resume, last)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            trial.set_user_attr("interrupted" if interrupted else "fail_reason", repr(exc)[:500])
+            reason = str(exc) if isinstance(exc, CheckpointError) else repr(exc)
+            trial.set_user_attr("interrupted" if interrupted else "fail_reason", reason[:500])
             self.tracker.finish(
                 run_id,
                 "FAIL",
                 [],
-                reason="interrupted; resumes on the next launch" if interrupted else repr(exc),
+                reason="interrupted; resumes on the next launch" if interrupted else reason,
             )
             raise
         return self._finish(trial, run_id, config, data, result, pruned, last)
@@ -182,7 +225,12 @@ class Objective:
             last.unlink(missing_ok=True)
             raise TrialDiverged(reason)
         best = self.checkpoint_dir / f"trial-{trial.number}-best.pt"
-        save_best(best, result, config, data)
+        try:
+            save_best(best, result, config, data)
+        except CheckpointError as error:
+            trial.set_user_attr("fail_reason", str(error)[:500])
+            self.tracker.finish(run_id, "FAIL", result.history, reason=str(error))
+            raise
         logits = predict_arrays(result, data.val_x, config.eval_batch_size)
         value = self._value(result)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}

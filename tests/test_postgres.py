@@ -1,13 +1,11 @@
 """Real PostgreSQL storage: launches, two launches at once, and one clean line per bad URL.
 
-Needs a PostgreSQL server (default postgresql+psycopg2://postgres@127.0.0.1:5432/postgres, or
-$SWEEPER_TEST_PG_URL: an admin URL that may CREATE DATABASE) and the psycopg2 driver; each
-test's database is created fresh and dropped at the end of the module.
+Each test's database is created fresh on the real server by conftest's `new_database` and
+dropped at the end of the module.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import subprocess
@@ -28,44 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 QUICKSTART = str(REPO / "studies" / "quickstart.py")
 SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
-ADMIN_URL = os.environ.get(
-    "SWEEPER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 FINISHED = ("COMPLETE", "PRUNED")
-
-
-@pytest.fixture(scope="module")
-def admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:  # the machine runs PostgreSQL: a failure here is real
-        connection.execute(sa.text("SELECT 1"))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def new_database(admin: sa.Engine) -> Iterator[Callable[[], str]]:
-    """A factory of fresh, empty databases; returns each one's storage URL."""
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"sweeper_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return admin.url.set(database=name).render_as_string(hide_password=False)
-
-    yield create
-    with admin.connect() as connection:
-        for name in created:
-            connection.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
 
 
 def launch_args(storage: str, sweep_dir: Path, data_dir: Path, *extra: str) -> list[str]:
