@@ -169,10 +169,12 @@ def run_backend(pool, manager, backend: str, counts: list[int], seconds: float) 
     return results
 
 
-def table(all_results: dict[str, dict[int, dict]], counts: list[int], seconds: float) -> str:
+def table(all_results: dict[str, dict[int, dict]], counts: list[int], seconds: float, load) -> str:
     lines = [
         f"Optuna {optuna.__version__}, RandomSampler, {seconds:g} s per run, {os.cpu_count()} "
         "CPUs; one trial = ask + 5 suggest + 3 report() + tell; ms per trial / per report().",
+        f"1-min load average before / after: {load:.2f} / {os.getloadavg()[0]:.2f} (other "
+        "processes on these cores skew the numbers).",
         "",
         f"| backend | workers | trials | trials/s | vs {counts[0]} worker(s) | median ms | p95 ms "
         "| report() ms | errors |",
@@ -202,12 +204,13 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=list(NAMES), default=list(NAMES))
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     counts, ctx = sorted(set(args.workers)), multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ctx.Pool(max(counts), initializer=_init) as pool:
         pool.map(_ready, [manager.Barrier(max(counts))] * max(counts), chunksize=1)
         results = {b: run_backend(pool, manager, b, counts, args.seconds) for b in args.backends}
-    text = table(results, counts, args.seconds)
+    text = table(results, counts, args.seconds, load)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

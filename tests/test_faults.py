@@ -1,0 +1,450 @@
+"""The fault suite: a restarted database, a killed launcher, a full or unwritable checkpoint disk.
+
+Every test runs real `sweeper launch` processes of studies/quickstart.py on a slice of the real
+CIFAR-10 and checks the stores afterwards: the trial budget is met exactly, no trial is left
+RUNNING, and each finished trial has exactly one MLflow run. The PostgreSQL test uses a
+throwaway cluster of its own (initdb in a temporary directory), never the machine's server.
+Processes are signalled only by the ids (or the process group) these tests started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeper import tracking
+from sweeper.errors import SweeperError
+from sweeper.pool import make_storage
+
+pytestmark = pytest.mark.fault
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+QUICKSTART = str(REPO / "studies" / "quickstart.py")
+STUDY = "quickstart"
+FINISHED = ("COMPLETE", "PRUNED")
+TINY = ["--train-size", "500", "--no-progress", "--no-ensemble"]
+ROOT = os.geteuid() == 0
+# A worker that died is noticed after seconds, not the default half minute.
+FAST_RETRY = {"SWEEPER_HEARTBEAT_S": "2", "SWEEPER_GRACE_S": "6"}
+
+
+# --- launching and watching sweeps -------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """A `sweeper launch` in its own process group, its output in files (never a pipe: the
+    workers inherit it, and an orphaned worker would hold a pipe open)."""
+
+    process: subprocess.Popen
+    out: Path
+    err: Path
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the launch ran past {timeout:.0f} s; its stderr:\n{self.stderr()}")
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """Kill what is left of this launch: its process group holds the launcher and its
+        workers, orphaned ones included, and nothing else."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def launches() -> Iterator[Callable[..., Launch]]:
+    """Start launches; whatever a failing test leaves running is killed at teardown."""
+    started: list[Launch] = []
+
+    def start(sweep_dir: Path, *args: str, env: dict[str, str] | None = None) -> Launch:
+        number = len(started)
+        out, err = (
+            sweep_dir.parent / f"launch{number}.out",
+            sweep_dir.parent / f"launch{number}.err",
+        )
+        with out.open("w") as out_file, err.open("w") as err_file:
+            process = subprocess.Popen(
+                [SWEEPER, "launch", QUICKSTART, "--dir", str(sweep_dir), *args],
+                stdout=out_file,
+                stderr=err_file,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        started.append(Launch(process, out, err))
+        return started[-1]
+
+    yield start
+    for launch in started:
+        launch.stop()
+
+
+def sqlite_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{sweep_dir / 'optuna.db'}"
+
+
+def stored_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials as the storage holds them now."""
+    storage = make_storage(url)
+    try:
+        return optuna.load_study(study_name=STUDY, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
+
+
+def wait_for(
+    what: str, check: Callable[[], object], launch: Launch, timeout: float = 240
+) -> object:
+    """Poll `check` until it returns something truthy, while the launch runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except (KeyError, SweeperError):  # the launcher has not created the study yet
+            found = None
+        if found:
+            return found
+        assert launch.process.poll() is None, (
+            f"the launch exited ({launch.process.returncode}) before {what}:\n{launch.stderr()}"
+        )
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s:\n{launch.stderr()}"
+        time.sleep(0.3)
+
+
+def running_checkpoints(sweep_dir: Path) -> list[Path]:
+    """The epoch checkpoints of trials in progress: one exists once a trial is past epoch 1."""
+    return list((sweep_dir / "checkpoints" / STUDY).glob("trial-*-last.pt"))
+
+
+def assert_budget_met_once(url: str, sweep_dir: Path, budget: int) -> list:
+    """Exactly `budget` finished trials, none RUNNING, and trials and MLflow runs one to one:
+    each counted trial has its own run, every trial run of the study belongs to a trial, and
+    a retry continues its first try's run instead of opening a second one."""
+    trials = stored_trials(url)
+    states = {t.number: t.state.name for t in trials}
+    counted = [t for t in trials if t.state.name in FINISHED and not t.user_attrs.get("surplus")]
+    assert len(counted) == budget, states
+    assert not [t for t in trials if t.state.name == "RUNNING"], states
+    run_ids = [t.user_attrs.get("mlflow_run_id") for t in counted]
+    assert None not in run_ids, states
+    assert len(set(run_ids)) == budget, "two finished trials share an MLflow run"
+    runs = tracking.runs_of_study(tracking.default_tracking_uri(sweep_dir), STUDY)
+    by_id = {run.info.run_id: run for run in runs}
+    assert len(by_id) == len(runs)
+    owner: dict[str, int] = {}  # run id -> the trial that finished it
+    for trial in counted:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["sweeper.trial"] == str(trial.number)
+        assert run.info.status == "FINISHED", (trial.number, run.info.status)
+        assert run.data.tags["optuna.state"] == trial.state.name
+        owner[run.info.run_id] = trial.number
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    for run in runs:  # a run no counted trial owns is a failed trial's, never a lost double
+        if run.info.run_id in owner:
+            continue
+        number = int(run.data.tags["sweeper.trial"])
+        assert states.get(number) == "FAIL", (number, states, run.info.status)
+        assert number not in retried, f"trial {number} was retried, yet its run is orphaned"
+        assert run.info.status == "FAILED", (number, run.info.status)
+    return trials
+
+
+# --- 1. PostgreSQL restarts in the middle of a sweep -------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pg_binary(name: str) -> str:
+    found = shutil.which(name) or f"/usr/lib/postgresql/15/bin/{name}"
+    assert Path(found).exists(), f"{name} not found (PostgreSQL server binaries)"
+    return found
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the postgres OS user."""
+    return ["runuser", "-u", "postgres", "--", *command] if ROOT else command
+
+
+@dataclass
+class Cluster:
+    """A throwaway PostgreSQL cluster that this module may stop and start at will."""
+
+    root: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        done = subprocess.run(
+            as_postgres([pg_binary("pg_ctl"), "-D", str(self.data), *args]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        log = (self.root / "server.log").read_text(errors="replace")[-2000:]
+        assert done.returncode == 0, f"pg_ctl {args}: {done.stdout}{done.stderr}\n{log}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1"
+        self.pg_ctl("-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "-w", "stop")
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+
+@pytest.fixture(scope="module")
+def scratch_postgres() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="sweeper-faults-pg-"))  # /tmp: reachable by postgres
+    (root / "sock").mkdir()
+    (root / "server.log").touch()
+    if ROOT:
+        for path in (root, root / "sock", root / "server.log"):
+            shutil.chown(path, "postgres", "postgres")
+    cluster = Cluster(root, free_port())
+    try:
+        done = subprocess.run(
+            as_postgres([pg_binary("initdb"), "-D", str(cluster.data), "-A", "trust",
+                         "-U", "postgres", "--no-sync"]),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        cluster.start()
+        yield cluster
+    finally:
+        if (cluster.data / "postmaster.pid").exists():
+            subprocess.run(
+                as_postgres([pg_binary("pg_ctl"), "-D", str(cluster.data), "-m", "immediate",
+                             "-w", "stop"]),
+                capture_output=True, timeout=120,
+            )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_restart_mid_sweep_loses_and_doubles_no_trial(
+    scratch_postgres: Cluster,
+    launches: Callable[..., Launch],
+    tmp_path: Path,
+    datasets_dir: Path,
+) -> None:
+    cluster, sweep_dir, budget = scratch_postgres, tmp_path / "sweep", 4
+    launch = launches(
+        sweep_dir, "--storage", cluster.url, "--trials", str(budget), "--workers", "2",
+        "--epochs", "3", "--data-dir", str(datasets_dir), *TINY, env=FAST_RETRY,
+    )  # fmt: skip
+    wait_for("trial past its first epoch", lambda: running_checkpoints(sweep_dir), launch)
+    running = [t.number for t in stored_trials(cluster.url) if t.state.name == "RUNNING"]
+    assert running, "the restart must hit a sweep with a trial in progress"
+    before = cluster.postmaster_pid()
+    cluster.stop("fast")  # every connection is cut; for 3 s nothing answers
+    time.sleep(3)
+    cluster.start()
+    assert cluster.postmaster_pid() != before  # a real restart, not a no-op
+    code = launch.wait(timeout=400)
+    assert code == 0, launch.stderr()
+    trials = assert_budget_met_once(cluster.url, sweep_dir, budget)
+    for number in running:  # the trials the restart interrupted ended (or were retried)
+        chain = [number]
+        while (
+            retry := next(
+                (t for t in trials if t.system_attrs.get("failed_trial") == chain[-1]), None
+            )
+        ) is not None:
+            chain.append(retry.number)
+        assert {t.number: t.state.name for t in trials}[chain[-1]] in FINISHED, chain
+
+
+# --- 2. the launcher is SIGKILLed mid-sweep ----------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The ids of a process's children, from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not exited (an orphan's zombie waits for a reaper that may never come)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
+    launches: Callable[..., Launch], tmp_path: Path, datasets_dir: Path
+) -> None:
+    sweep_dir, budget = tmp_path / "sweep", 4
+    args = ["--trials", str(budget), "--workers", "2", "--epochs", "2",
+            "--data-dir", str(datasets_dir), *TINY]  # fmt: skip
+    first = launches(sweep_dir, *args, env=FAST_RETRY)
+    wait_for("trial past its first epoch", lambda: running_checkpoints(sweep_dir), first)
+    workers = children(first.process.pid)
+    assert len(workers) == 2, workers
+    first.process.send_signal(signal.SIGKILL)
+    assert first.process.wait(timeout=30) == -signal.SIGKILL
+    # Orphaned, the workers go on: each runs trials until the budget is spent, then exits.
+    deadline = time.monotonic() + 300
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"orphaned workers still running: {workers}"
+        time.sleep(0.5)
+    trials = stored_trials(sqlite_url(sweep_dir))
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]
+    assert "Traceback" not in first.stderr(), first.stderr()
+    again = launches(sweep_dir, *args, env=FAST_RETRY)
+    assert again.wait(timeout=300) == 0, again.stderr()
+    assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
+
+
+# --- 3. the checkpoint directory is full or unwritable -----------------------------------------
+
+
+def fill(directory: Path) -> None:
+    """Write zeros until the file system says it is full."""
+    with open(directory / "filler", "wb", buffering=0) as file, contextlib.suppress(OSError):
+        while True:
+            file.write(b"\0" * 4096)
+
+
+def block(directory: Path, how: str) -> Callable[[], None]:
+    """Make checkpoint writes into `directory` fail; return what undoes it."""
+    if how == "disk_full":
+        if not ROOT:
+            pytest.fail("the disk-full case mounts a tmpfs: run the fault suite as root")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(directory)],
+                       check=True)  # fmt: skip
+        fill(directory)
+        return lambda: subprocess.run(["umount", "-l", str(directory)], check=True)
+    if ROOT:  # root ignores permission bits: an immutable directory refuses even root
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+    directory.chmod(0o500)
+    return lambda: directory.chmod(0o755)
+
+
+CAUSE = {"disk_full": "No space left on device", "unwritable": "Operation not permitted"}
+if not ROOT:
+    CAUSE["unwritable"] = "Permission denied"
+
+
+def checkpoint_failures(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials failed by a checkpoint write; none before the launcher made the study (the
+    MLflow store comes after it), so the test never races the launcher to create tables."""
+    if not (sweep_dir / "mlflow.db").exists():
+        return []
+    return [
+        t
+        for t in stored_trials(sqlite_url(sweep_dir))
+        if t.state.name == "FAIL"
+        and t.user_attrs.get("fail_reason", "").startswith("cannot write checkpoint")
+    ]
+
+
+def assert_one_clear_line(trial: optuna.trial.FrozenTrial, cause: str, sweep_dir: Path) -> None:
+    reason = trial.user_attrs["fail_reason"]
+    assert "\n" not in reason and cause in reason, reason
+    assert str(sweep_dir / "checkpoints" / STUDY) in reason, reason
+    run = MlflowClient(tracking.default_tracking_uri(sweep_dir)).get_run(
+        trial.user_attrs["mlflow_run_id"]
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags["sweeper.fail_reason"] == reason
+    assert run.data.tags["optuna.state"] == "FAIL"
+
+
+@pytest.mark.parametrize("how", ["disk_full", "unwritable"])
+def test_checkpoint_write_failure_fails_the_trial_not_the_study(
+    how: str, launches: Callable[..., Launch], tmp_path: Path, datasets_dir: Path
+) -> None:
+    sweep_dir, budget = tmp_path / "sweep", 3
+    checkpoints = sweep_dir / "checkpoints" / STUDY
+    checkpoints.mkdir(parents=True)
+    undo = block(checkpoints, how)
+    try:
+        launch = launches(
+            sweep_dir, "--trials", str(budget), "--workers", "1", "--epochs", "2",
+            "--data-dir", str(datasets_dir), *TINY,
+        )  # fmt: skip
+        wait_for("checkpoint failure", lambda: checkpoint_failures(sweep_dir), launch)
+    finally:
+        undo()
+    code = launch.wait(timeout=300)
+    assert code == 0, launch.stderr()
+    trials = assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
+    failed = checkpoint_failures(sweep_dir)
+    assert failed and len(failed) < 5
+    for trial in failed:
+        assert_one_clear_line(trial, CAUSE[how], sweep_dir)
+        assert trial.number not in {t.system_attrs.get("failed_trial") for t in trials}
+    stderr = launch.stderr()
+    assert "Traceback" not in stderr, stderr
+    assert "cannot write checkpoint" in stderr, stderr  # the worker says why, in one line
+
+
+def test_a_worker_gives_up_after_five_checkpoint_failures_in_a_row(
+    launches: Callable[..., Launch], tmp_path: Path, datasets_dir: Path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    checkpoints = sweep_dir / "checkpoints" / STUDY
+    checkpoints.mkdir(parents=True)
+    undo = block(checkpoints, "unwritable")
+    try:
+        launch = launches(
+            sweep_dir, "--trials", "10", "--workers", "1", "--epochs", "2",
+            "--data-dir", str(datasets_dir), *TINY,
+        )  # fmt: skip
+        code = launch.wait(timeout=300)
+    finally:
+        undo()
+    stderr = launch.stderr()
+    assert code == 2, stderr
+    assert "every worker gave up" in stderr, stderr
+    assert "worker w0 stops: 5 trials in a row failed; the last: cannot write checkpoint" in stderr
+    assert "Traceback" not in stderr, stderr
+    trials = stored_trials(sqlite_url(sweep_dir))  # the study survives, its failures recorded
+    assert [t.state.name for t in trials] == ["FAIL"] * 5
+    for trial in trials:
+        assert_one_clear_line(trial, CAUSE["unwritable"], sweep_dir)
