@@ -186,7 +186,7 @@ class DeviceSplit:
                 idx = order[start : start + batch_size]
                 x, y = self.x[idx], self.y[idx]
             if augment:
-                x = flip(crop(x, 4, generator), generator)
+                x = crop_flip(x, 4, generator)
             yield self.normalize(x), y
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,24 +194,23 @@ class DeviceSplit:
         return (x.float() - self.shift) * self.scale
 
 
-def crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop of every image after zero padding, offsets drawn per image, in one gather."""
+def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop after zero padding, then a horizontal flip of a random half of the images:
+    offsets and flips drawn per image, all of it one gather (a flip reverses the columns read).
+    """
     b, _, h, w = x.shape
     gen_device = generator.device if generator is not None else x.device
     shifts = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gen_device)
+    flips = torch.rand(b, generator=generator, device=gen_device) < 0.5
     dy, dx = shifts.to(x.device)
+    flips = flips.to(x.device)
     padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
+    columns = torch.arange(w, device=x.device)
+    columns = torch.where(flips[:, None], columns.flip(0), columns)  # [B, W]
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    cols = (dx[:, None] + columns)[:, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Horizontal flip of a random half of the images."""
-    gen_device = generator.device if generator is not None else x.device
-    mask = torch.rand(len(x), generator=generator, device=gen_device).to(x.device) < 0.5
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
 def _is_path(dataset: str) -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper.data import DeviceSplit, ImageSet, crop, flip, load_images, split
+from sweeper.data import DeviceSplit, ImageSet, crop_flip, load_images, split
 from sweeper.errors import SweeperError
 
 
@@ -99,30 +99,29 @@ def test_folder_without_test_split_is_refused(tmp_path: Path) -> None:
         load_images(str(folder))
 
 
-def test_crop_takes_a_window_of_the_padded_image() -> None:
-    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
-    out = crop(x, 2, torch.Generator().manual_seed(0))
+def test_crop_flip_takes_a_window_of_the_padded_image_mirrored_half_the_time() -> None:
+    x = torch.randint(0, 255, (200, 3, 8, 8), dtype=torch.uint8)
+    out = crop_flip(x, 2, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    offsets = set()
-    for i in range(16):
-        windows = [
-            (dy, dx)
+    offsets, flips = set(), 0
+    for i in range(200):
+        found = [
+            (dy, dx, mirrored)
             for dy in range(5)
             for dx in range(5)
-            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])
+            for mirrored in (False, True)
+            if torch.equal(out[i], _window(padded[i], dy, dx, mirrored))
         ]
-        assert windows, f"image {i} is not a crop"
-        offsets.add(windows[0])
-    assert len(offsets) > 3  # offsets are drawn per image
+        assert found, f"image {i} is not a (mirrored) crop"
+        offsets.add(found[0][:2])
+        flips += found[0][2]
+    assert len(offsets) > 15  # offsets are drawn per image
+    assert 60 < flips < 140
 
 
-def test_flip_flips_about_half() -> None:
-    x = torch.randint(0, 255, (200, 3, 4, 4), dtype=torch.uint8)
-    out = flip(x, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(200)]
-    kept = [torch.equal(out[i], x[i]) for i in range(200)]
-    assert all(f or k for f, k in zip(flipped, kept, strict=True))
-    assert 60 < sum(flipped) < 140
+def _window(image: torch.Tensor, dy: int, dx: int, mirrored: bool) -> torch.Tensor:
+    window = image[:, dy : dy + 8, dx : dx + 8]
+    return window.flip(2) if mirrored else window
 
 
 def test_device_batches_cover_the_split_once(small_cifar) -> None:

@@ -317,7 +317,7 @@ def alive(pid: int) -> bool:
 def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
     launches: Callable[..., Launch], tmp_path: Path, datasets_dir: Path
 ) -> None:
-    sweep_dir, budget = tmp_path / "sweep", 4
+    sweep_dir, budget = tmp_path / "sweep", 3
     args = ["--trials", str(budget), "--workers", "2", "--epochs", "2",
             "--data-dir", str(datasets_dir), *TINY]  # fmt: skip
     first = launches(sweep_dir, *args, env=FAST_RETRY)
@@ -399,7 +399,7 @@ def assert_one_clear_line(trial: optuna.trial.FrozenTrial, cause: str, sweep_dir
 def test_checkpoint_write_failure_fails_the_trial_not_the_study(
     how: str, launches: Callable[..., Launch], tmp_path: Path, datasets_dir: Path
 ) -> None:
-    sweep_dir, budget = tmp_path / "sweep", 3
+    sweep_dir, budget = tmp_path / "sweep", 2
     checkpoints = sweep_dir / "checkpoints" / STUDY
     checkpoints.mkdir(parents=True)
     undo = block(checkpoints, how)
