@@ -3,10 +3,11 @@ speed-up of 2 workers over 1.
 
     .venv/bin/python bench/service.py [--data-dir ../shared/datasets]
 
-Each measurement is a whole wall time, measured in this run: (a) one process that loads the data
-and calls sweeper.train.train for every config of bench/service_study.py; (b) `sweeper launch` of
-that study with 1 worker (process start-up, SQLite storage, MLflow runs, plots, checkpoints);
-(c) the same with 2 workers.
+Each measurement is the wall time of a whole process, measured in this run: (a) one Python
+process that loads the data and calls sweeper.train.train for every config of
+bench/service_study.py; (b) `sweeper launch` of that study with 1 worker (process start-ups,
+SQLite storage, MLflow runs, plots, checkpoints); (c) the same with 2 workers. --train-size and
+--epochs scale every trial (both sides alike) to show fixed against per-trial costs.
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ STUDY = HERE / "service_study.py"
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 
 
-def bare(data_dir: str) -> float:
+def bare_loop(overrides: dict) -> None:
+    """(a): what a notebook does: load the data once, train every config in turn."""
     study = load_study(STUDY)
-    started = time.perf_counter()
-    images = load_images("cifar10", data_dir)
-    config0 = study.config({"model": "cnn2"}, {"data_dir": data_dir})
+    images = load_images("cifar10", overrides["data_dir"])
+    config0 = study.config({"model": "cnn2"}, overrides)
     data = split(images, config0.val_size, config0.train_size, config0.split_seed)
     for lr in study.sampler_options["search_space"]["lr"]:
-        config = study.config(study.space(_Fixed(lr)), {"data_dir": data_dir, "device": "cpu"})
-        train(config, data)
+        train(study.config(study.space(_Fixed(lr)), {**overrides, "device": "cpu"}), data)
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - started
 
 
@@ -53,25 +58,32 @@ class _Fixed:
         return self.lr
 
 
-def service(data_dir: str, workers: int) -> float:
+def service(flags: list[str], workers: int) -> float:
     with tempfile.TemporaryDirectory() as sweep_dir:
-        started = time.perf_counter()
-        subprocess.run(
-            [SWEEPER, "launch", str(STUDY), "--dir", sweep_dir, "--workers", str(workers),
-             "--data-dir", data_dir, "--no-progress", "--no-ensemble"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        return time.perf_counter() - started
+        return timed([SWEEPER, "launch", str(STUDY), "--dir", sweep_dir, "--workers", str(workers),
+                      "--no-progress", "--no-ensemble", *flags])  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--train-size", type=int, help="training images per trial")
+    parser.add_argument("--epochs", type=int, help="epochs per trial")
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # runs (a)
     args = parser.parse_args()
+    overrides = {"data_dir": args.data_dir}
+    flags = ["--data-dir", args.data_dir]
+    for key in ("train_size", "epochs"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+            flags += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.bare:
+        bare_loop(overrides)
+        return
     load_images("cifar10", args.data_dir)  # decode into the cache before any timing
-    a = bare(args.data_dir)
-    b = service(args.data_dir, 1)
-    c = service(args.data_dir, 2)
+    a = timed([sys.executable, __file__, "--bare", *flags])
+    b = service(flags, 1)
+    c = service(flags, 2)
     rows = [
         ("(a) bare loop, one process", a, 1.0),
         ("(b) sweeper launch, 1 worker", b, b / a),
@@ -84,6 +96,7 @@ def main() -> None:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor()
     )  # fmt: skip
+    print(f"trials: train_size={args.train_size or 'study'}, epochs={args.epochs or 'study'}")
     print(f"machine: {os.cpu_count()} cores, {cpu}, torch {torch.__version__}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -18,13 +19,19 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # sweeper shows its own progress
     try:
-        return args.func(args)
+        code = args.func(args)
     except SweeperError as exc:
         print(f"sweeper: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("sweeper: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if argv is None and args.command in ("launch", "worker"):
+        # Everything is stored by now; skip the second or more of tearing down torch and MLflow.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +171,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import os
     import socket
 
     from sweeper.pool import Sweep, run_worker
@@ -299,7 +305,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import os
 
     from sweeper.pool import Sweep
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import socket
 import tarfile
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from sweeper.errors import SweeperError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+FIELDS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of an ImageSet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 TORCHVISION_SETS = {
     "cifar10": ("CIFAR10", "cifar-10-python.tar.gz or cifar10-jpeg.tar.gz"),
@@ -92,24 +94,25 @@ def load_images(
         identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     name = Path(dataset).name.split(".")[0] if _is_path(dataset) else dataset
-    cached = cache_dir() / f"{name}-{key}.npz"
-    if cached.exists():
-        with np.load(cached) as saved:
-            return ImageSet(
-                saved["train_x"],
-                saved["train_y"],
-                saved["test_x"],
-                saved["test_y"],
-                [str(c) for c in saved["classes"]],
-            )
+    cached = cache_dir() / f"{name}-{key}"
+    if (cached / "classes.npy").exists():
+        # Memory-mapped copy-on-write: opening is instant, pages come from the OS cache as read.
+        arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}
+        classes = [str(c) for c in np.load(cached / "classes.npy")]
+        return ImageSet(**arrays, classes=classes)
     images = _decode(dataset, source)
     if image_size is not None:
         images.train_x = _resize(images.train_x, image_size)
         images.test_x = _resize(images.test_x, image_size)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, classes=np.array(images.classes), **_arrays(images))
-    os.replace(tmp, cached)
+    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for field in FIELDS:
+        np.save(tmp / f"{field}.npy", getattr(images, field))
+    np.save(tmp / "classes.npy", np.array(images.classes))  # written last: marks it complete
+    try:
+        tmp.rename(cached)
+    except OSError:  # another process cached it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return images
 
 
@@ -379,12 +382,3 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
         resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
         out[start : start + 4096] = resized.round_().clamp_(0, 255).byte().numpy()
     return out
-
-
-def _arrays(images: ImageSet) -> dict[str, np.ndarray]:
-    return {
-        "train_x": images.train_x,
-        "train_y": images.train_y,
-        "test_x": images.test_x,
-        "test_y": images.test_y,
-    }

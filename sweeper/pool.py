@@ -34,6 +34,8 @@ MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, no
 MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
 EXIT_GAVE_UP = 3  # a worker's exit code after MAX_FAILURES_IN_A_ROW: not restarted
 POLL_S = 1.0
+# How long a storage connection waits for a database that is down or restarting (seconds).
+STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
 
 
 @dataclass
@@ -79,7 +81,7 @@ def make_storage(url: str) -> RDBStorage:
     try:
         for attempt in range(3):
             try:
-                return RDBStorage(
+                storage = SteadyHeartbeatStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=HEARTBEAT_S,
@@ -88,6 +90,9 @@ def make_storage(url: str) -> RDBStorage:
                         max_retry=MAX_RETRY
                     ),
                 )
+                if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
+                    sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
+                return storage
             # Two first launches on PostgreSQL created the tables at once: the loser retries.
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 if attempt == 2:
@@ -99,6 +104,36 @@ def make_storage(url: str) -> RDBStorage:
         raise SweeperError(
             f"--storage: cannot open {redact(url)}: {text[0] if text else type(exc).__name__}"
         ) from None
+
+
+class SteadyHeartbeatStorage(RDBStorage):
+    """RDBStorage whose heartbeat survives a failed beat (a database restart, a lock).
+
+    Optuna's heartbeat thread ends at its first exception, silently; the trial would then look
+    dead to the other workers while it trains on. A missed beat is retried at the next one.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            first = str(error).strip().splitlines()
+            print(f"sweeper: heartbeat of trial id {trial_id} missed ({first[0] if first else ''})",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """A new database connection; while the server is down or restarting, wait for it."""
+    deadline = time.monotonic() + STORAGE_PATIENCE_S
+    pause = 0.5
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
@@ -368,6 +403,10 @@ def run_pool(
         _stop(workers)
         view.close()
         return False
+    except BaseException:  # the launcher fails: its workers must not run on, orphaned
+        _stop(workers)
+        view.close()
+        raise
     view.close()
     view.summary()
     if all(w.returncode == EXIT_GAVE_UP for w in workers):

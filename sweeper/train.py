@@ -94,6 +94,7 @@ class TrainResult:
     device: torch.device
     mean: np.ndarray
     std: np.ndarray
+    val_predictions: torch.Tensor | None = None  # of the best epoch; None if before a resume
 
 
 def train(
@@ -134,6 +135,7 @@ def train(
     check_every = 20 if cuda else 1  # a finiteness check syncs the GPU
     sign = 1.0 if config.monitor == "val_acc" else -1.0
     status = "completed"
+    best_predictions = None
 
     while state.epoch < config.epochs:
         epoch_started = time.perf_counter()
@@ -163,7 +165,8 @@ def train(
             status = "diverged"
             break
         train_seconds = time.perf_counter() - epoch_started
-        val_loss, val_acc = evaluate(model, val_split, config.eval_batch_size, autocast)
+        val_logits = predict(model, val_split, config.eval_batch_size, autocast)
+        val_loss, val_acc = scores(val_logits, val_split.y)
         state.epoch += 1
         metrics = {
             "epoch": state.epoch,
@@ -183,6 +186,7 @@ def train(
         if state.best_score is None or score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_predictions = val_logits.argmax(1)
         else:
             state.bad_epochs += 1
         if callback is not None and callback(metrics, state):
@@ -205,6 +209,7 @@ def train(
         device=device,
         mean=mean,
         std=std,
+        val_predictions=best_predictions if state.best_epoch else None,
     )
 
 
@@ -228,9 +233,13 @@ def evaluate(
     model: nn.Module, split: DeviceSplit, batch_size: int, autocast: torch.autocast | None = None
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (0..1) of a split."""
-    logits = predict(model, split, batch_size, autocast)
-    loss = nn.functional.cross_entropy(logits, split.y).item()
-    accuracy = (logits.argmax(1) == split.y).float().mean().item()
+    return scores(predict(model, split, batch_size, autocast), split.y)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) of logits against labels."""
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
     return loss, accuracy
 
 

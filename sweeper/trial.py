@@ -45,7 +45,9 @@ class _OneLineFailures(logging.Filter):
         return True
 
 
-logging.getLogger("optuna").addFilter(_OneLineFailures())
+# A logger's filters see only the records logged on that very logger, not those of its children:
+# the filter goes on the logger that logs failed trials.
+logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
 
 
 def root_number(trial: optuna.Trial) -> int:
@@ -231,7 +233,9 @@ class Objective:
             trial.set_user_attr("fail_reason", str(error)[:500])
             self.tracker.finish(run_id, "FAIL", result.history, reason=str(error))
             raise
-        logits = predict_arrays(result, data.val_x, config.eval_batch_size)
+        predictions = result.val_predictions  # None when the best epoch came before a resume
+        if predictions is None:
+            predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
         value = self._value(result)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
         state = "PRUNED" if pruned else "COMPLETE"
@@ -241,7 +245,7 @@ class Objective:
             result.history,
             classes=data.classes,
             val_labels=data.val_y,
-            val_predictions=logits.argmax(1).cpu().numpy().astype(np.int64),
+            val_predictions=predictions.cpu().numpy().astype(np.int64),
             checkpoint=best,
             summary=summary,
         )

@@ -10,6 +10,7 @@ Processes are signalled only by the ids (or the process group) these tests start
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -59,13 +60,15 @@ class Launch:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the launch ran past {timeout:.0f} s; its stderr:\n{self.stderr()}")
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
+            pytest.fail(f"the launch ran past {timeout:.0f} s; its stderr ends:\n{self.tail()}")
 
     def stderr(self) -> str:
-        return self.err.read_text(errors="replace")[-4000:]
+        """All the launch wrote to stderr, its workers' lines included."""
+        return self.err.read_text(errors="replace")
+
+    def tail(self) -> str:
+        """The end of stderr, for an assertion's message."""
+        return self.stderr()[-4000:]
 
     def stop(self) -> None:
         """Kill what is left of this launch: its process group holds the launcher and its
@@ -129,9 +132,9 @@ def wait_for(
         if found:
             return found
         assert launch.process.poll() is None, (
-            f"the launch exited ({launch.process.returncode}) before {what}:\n{launch.stderr()}"
+            f"the launch exited ({launch.process.returncode}) before {what}:\n{launch.tail()}"
         )
-        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s:\n{launch.stderr()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s:\n{launch.tail()}"
         time.sleep(0.3)
 
 
@@ -278,7 +281,7 @@ def test_postgres_restart_mid_sweep_loses_and_doubles_no_trial(
     cluster.start()
     assert cluster.postmaster_pid() != before  # a real restart, not a no-op
     code = launch.wait(timeout=400)
-    assert code == 0, launch.stderr()
+    assert code == 0, launch.tail()
     trials = assert_budget_met_once(cluster.url, sweep_dir, budget)
     for number in running:  # the trials the restart interrupted ended (or were retried)
         chain = [number]
@@ -305,13 +308,34 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Running, not exited (an orphan's zombie waits for a reaper that may never come)."""
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@contextlib.contextmanager
+def adopting_orphans() -> Iterator[None]:
+    """Make this process the child subreaper of what it starts: a process orphaned below it
+    becomes its child, so the test can wait for it and read its exit code."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def exit_codes(pids: list[int], timeout: float) -> dict[int, int]:
+    """Wait for adopted processes to end; their exit codes (-N: killed by signal N)."""
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(codes) < len(pids):
+        for pid in set(pids) - set(codes):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        assert time.monotonic() < deadline, f"orphaned workers still running: {pids}, {codes}"
+        time.sleep(0.5)
+    return codes
 
 
 def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
@@ -320,23 +344,24 @@ def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
     sweep_dir, budget = tmp_path / "sweep", 3
     args = ["--trials", str(budget), "--workers", "2", "--epochs", "2",
             "--data-dir", str(datasets_dir), *TINY]  # fmt: skip
-    first = launches(sweep_dir, *args, env=FAST_RETRY)
-    wait_for("trial past its first epoch", lambda: running_checkpoints(sweep_dir), first)
-    workers = children(first.process.pid)
-    assert len(workers) == 2, workers
-    first.process.send_signal(signal.SIGKILL)
-    assert first.process.wait(timeout=30) == -signal.SIGKILL
-    # Orphaned, the workers go on: each runs trials until the budget is spent, then exits.
-    deadline = time.monotonic() + 300
-    while any(alive(pid) for pid in workers):
-        assert time.monotonic() < deadline, f"orphaned workers still running: {workers}"
-        time.sleep(0.5)
+    with adopting_orphans():
+        first = launches(sweep_dir, *args, env=FAST_RETRY)
+        wait_for("trial past its first epoch", lambda: running_checkpoints(sweep_dir), first)
+        workers = children(first.process.pid)
+        assert len(workers) == 2, workers
+        first.process.send_signal(signal.SIGKILL)
+        assert first.process.wait(timeout=30) == -signal.SIGKILL
+        # Orphaned, the workers go on: each runs trials until the budget is spent, then exits.
+        codes = exit_codes(workers, timeout=300)
+    assert set(codes.values()) == {0}, f"{codes}\n{first.tail()}"
     trials = stored_trials(sqlite_url(sweep_dir))
     assert not [t.number for t in trials if t.state.name == "RUNNING"]
-    assert "Traceback" not in first.stderr(), first.stderr()
+    ended = {t.number: t.datetime_complete for t in trials if t.state.name in FINISHED}
     again = launches(sweep_dir, *args, env=FAST_RETRY)
-    assert again.wait(timeout=300) == 0, again.stderr()
-    assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
+    assert again.wait(timeout=300) == 0, again.tail()
+    trials = assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
+    # The new launch ran only what was missing: no finished trial was run again.
+    assert {n: t.datetime_complete for t in trials if (n := t.number) in ended} == ended
 
 
 # --- 3. the checkpoint directory is full or unwritable -----------------------------------------
@@ -349,20 +374,32 @@ def fill(directory: Path) -> None:
             file.write(b"\0" * 4096)
 
 
-def block(directory: Path, how: str) -> Callable[[], None]:
-    """Make checkpoint writes into `directory` fail; return what undoes it."""
-    if how == "disk_full":
+@contextlib.contextmanager
+def blocked(directory: Path, how: str) -> Iterator[Callable[[], None]]:
+    """Checkpoint writes into `directory` fail until the yielded `free()` is called; whatever
+    was done to the directory is undone on leaving, whatever happened."""
+    if how == "disk_full":  # a tmpfs of its own, filled to the last byte
         if not ROOT:
             pytest.fail("the disk-full case mounts a tmpfs: run the fault suite as root")
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(directory)],
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)],
                        check=True)  # fmt: skip
-        fill(directory)
-        return lambda: subprocess.run(["umount", "-l", str(directory)], check=True)
-    if ROOT:  # root ignores permission bits: an immutable directory refuses even root
+        try:
+            fill(directory)
+            yield lambda: (directory / "filler").unlink(missing_ok=True)  # as a user frees space
+        finally:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+    elif ROOT:  # root ignores permission bits: an immutable directory refuses even root
         subprocess.run(["chattr", "+i", str(directory)], check=True)
-        return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
-    directory.chmod(0o500)
-    return lambda: directory.chmod(0o755)
+        try:
+            yield lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+        try:
+            yield lambda: directory.chmod(0o755)
+        finally:
+            directory.chmod(0o755)
 
 
 CAUSE = {"disk_full": "No space left on device", "unwritable": "Operation not permitted"}
@@ -402,26 +439,29 @@ def test_checkpoint_write_failure_fails_the_trial_not_the_study(
     sweep_dir, budget = tmp_path / "sweep", 2
     checkpoints = sweep_dir / "checkpoints" / STUDY
     checkpoints.mkdir(parents=True)
-    undo = block(checkpoints, how)
-    try:
+    with blocked(checkpoints, how) as free:
         launch = launches(
             sweep_dir, "--trials", str(budget), "--workers", "1", "--epochs", "2",
             "--data-dir", str(datasets_dir), *TINY,
         )  # fmt: skip
-        wait_for("checkpoint failure", lambda: checkpoint_failures(sweep_dir), launch)
-    finally:
-        undo()
-    code = launch.wait(timeout=300)
-    assert code == 0, launch.stderr()
+        try:
+            wait_for("checkpoint failure", lambda: checkpoint_failures(sweep_dir), launch)
+        finally:
+            free()
+        code = launch.wait(timeout=300)
+        assert code == 0, launch.tail()
+        leftovers = [p.name for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, "a failed write left its temporary file behind"
     trials = assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
     failed = checkpoint_failures(sweep_dir)
     assert failed and len(failed) < 5
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
     for trial in failed:
         assert_one_clear_line(trial, CAUSE[how], sweep_dir)
-        assert trial.number not in {t.system_attrs.get("failed_trial") for t in trials}
+        assert trial.number not in retried  # a trial that failed is not a dead worker's
     stderr = launch.stderr()
-    assert "Traceback" not in stderr, stderr
-    assert "cannot write checkpoint" in stderr, stderr  # the worker says why, in one line
+    assert "cannot write checkpoint" in stderr, stderr[-4000:]  # the worker says why...
+    assert "Traceback" not in stderr, stderr[-4000:]  # ...in one line, not a traceback
 
 
 def test_a_worker_gives_up_after_five_checkpoint_failures_in_a_row(
@@ -430,20 +470,17 @@ def test_a_worker_gives_up_after_five_checkpoint_failures_in_a_row(
     sweep_dir = tmp_path / "sweep"
     checkpoints = sweep_dir / "checkpoints" / STUDY
     checkpoints.mkdir(parents=True)
-    undo = block(checkpoints, "unwritable")
-    try:
+    with blocked(checkpoints, "unwritable"):
         launch = launches(
             sweep_dir, "--trials", "10", "--workers", "1", "--epochs", "2",
             "--data-dir", str(datasets_dir), *TINY,
         )  # fmt: skip
         code = launch.wait(timeout=300)
-    finally:
-        undo()
     stderr = launch.stderr()
-    assert code == 2, stderr
-    assert "every worker gave up" in stderr, stderr
+    assert code == 2, stderr[-4000:]
+    assert "every worker gave up" in stderr, stderr[-4000:]
     assert "worker w0 stops: 5 trials in a row failed; the last: cannot write checkpoint" in stderr
-    assert "Traceback" not in stderr, stderr
+    assert "Traceback" not in stderr, stderr[-4000:]
     trials = stored_trials(sqlite_url(sweep_dir))  # the study survives, its failures recorded
     assert [t.state.name for t in trials] == ["FAIL"] * 5
     for trial in trials:
