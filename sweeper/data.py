@@ -21,11 +21,12 @@ from sweeper.errors import SweeperError
 CACHE_VERSION = 2
 FIELDS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of an ImageSet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
+# name: (torchvision class, the folder it reads under data_dir, what to put there)
 TORCHVISION_SETS = {
-    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz or cifar10-jpeg.tar.gz"),
-    "cifar100": ("CIFAR100", "cifar-100-python.tar.gz or cifar100-jpeg.tar.gz"),
-    "mnist": ("MNIST", "the MNIST/raw/*-ubyte.gz files"),
-    "fashion_mnist": ("FashionMNIST", "the FashionMNIST/raw/*-ubyte.gz files"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz or cifar10-jpeg.tar.gz"),
+    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz or cifar100-jpeg.tar.gz"),
+    "mnist": ("MNIST", "MNIST", "the MNIST/raw/*-ubyte.gz files"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST", "the FashionMNIST/raw/*-ubyte.gz files"),
 }
 
 
@@ -233,7 +234,7 @@ def _find_source(dataset: str, data_dir: Path) -> Path:
                 "ImageFolder directory or .tar.gz archive"
             )
         return path
-    _, files = TORCHVISION_SETS[dataset]
+    _, _, files = TORCHVISION_SETS[dataset]
     archives = sorted(data_dir.glob(f"{dataset.replace('_', '')}*.tar.gz")) + sorted(
         data_dir.glob(f"{dataset}*.tar.gz")
     )
@@ -248,9 +249,11 @@ def _find_source(dataset: str, data_dir: Path) -> Path:
 
 def _torchvision_ready(dataset: str, data_dir: Path) -> bool:
     """Whether torchvision finds complete files of this dataset in data_dir."""
+    class_name, folder, _ = TORCHVISION_SETS[dataset]
+    if not (data_dir / folder).exists():  # no need to import torchvision (seconds) to know
+        return False
     import torchvision.datasets as tvd
 
-    class_name, _ = TORCHVISION_SETS[dataset]
     try:
         getattr(tvd, class_name)(str(data_dir), train=False, download=False)
     except (RuntimeError, OSError):
@@ -261,7 +264,7 @@ def _torchvision_ready(dataset: str, data_dir: Path) -> bool:
 def _download(dataset: str, data_dir: Path, files: str) -> None:
     import torchvision.datasets as tvd
 
-    class_name, _ = TORCHVISION_SETS[dataset]
+    class_name, _, _ = TORCHVISION_SETS[dataset]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -291,7 +294,7 @@ def _decode(dataset: str, source: Path) -> ImageSet:
 def _decode_torchvision(dataset: str, root: Path) -> ImageSet:
     import torchvision.datasets as tvd
 
-    class_name, _ = TORCHVISION_SETS[dataset]
+    class_name, _, _ = TORCHVISION_SETS[dataset]
     parts = [getattr(tvd, class_name)(str(root), train=t, download=False) for t in (True, False)]
 
     def arrays(part) -> tuple[np.ndarray, np.ndarray]:

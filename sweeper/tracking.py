@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -144,11 +145,38 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
 def start_launch_run(
     tracking_uri: str, experiment_id: str, study_name: str, tags: dict[str, str]
 ) -> str:
-    """Start the parent run of one launch and return its id."""
+    """Start the parent run of one launch and return its id.
+
+    Launch runs left RUNNING by a launcher that was killed (on this host, its process gone)
+    are ended as KILLED first.
+    """
+    client = PatientClient(tracking_uri)
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string="tags.`sweeper.kind` = 'launch' and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        tags_of = run.data.tags
+        if tags_of.get("sweeper.host") == socket.gethostname() and not _alive(
+            int(tags_of.get("sweeper.pid", "0"))
+        ):
+            client.set_terminated(run.info.run_id, status="KILLED")
     run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
-    all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name}
-    run = PatientClient(tracking_uri).create_run(experiment_id, tags=all_tags, run_name=run_name)
-    return run.info.run_id
+    all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name,
+                "sweeper.host": socket.gethostname(), "sweeper.pid": str(os.getpid())}  # fmt: skip
+    return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from processes import children
 
 from sweeper import tracking
 from sweeper.errors import SweeperError
@@ -297,17 +298,6 @@ def test_postgres_restart_mid_sweep_loses_and_doubles_no_trial(
 # --- 2. the launcher is SIGKILLed mid-sweep ----------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    """The ids of a process's children, from /proc."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -362,6 +352,13 @@ def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
     trials = assert_budget_met_once(sqlite_url(sweep_dir), sweep_dir, budget)
     # The new launch ran only what was missing: no finished trial was run again.
     assert {n: t.datetime_complete for t in trials if (n := t.number) in ended} == ended
+    # The killed launcher's MLflow run was ended as KILLED by the new launch; the new one FINISHED.
+    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep_dir))
+    experiment = client.get_experiment_by_name(STUDY)
+    launch_runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sweeper.kind` = 'launch'"
+    )
+    assert sorted(r.info.status for r in launch_runs) == ["FINISHED", "KILLED"]
 
 
 # --- 3. the checkpoint directory is full or unwritable -----------------------------------------

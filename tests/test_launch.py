@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from processes import children
 
 from sweeper import tracking
 from sweeper.pool import make_storage
@@ -116,19 +117,6 @@ def test_train_from_run_repeats_a_trial(sweep: Path, datasets_dir: Path) -> None
     assert report["config"]["train_size"] == 1000
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> None:
     env = {**os.environ, "SWEEPER_HEARTBEAT_S": "1", "SWEEPER_GRACE_S": "4"}
     launcher = subprocess.Popen(
@@ -144,7 +132,7 @@ def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> N
         assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
         time.sleep(0.2)
     killed_trial = int(next(checkpoints.glob("trial-*-last.pt")).name.split("-")[1])
-    (worker,) = _children(launcher.pid)
+    (worker,) = children(launcher.pid)
     os.kill(worker, signal.SIGKILL)
     out, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-3000:]

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
+from processes import children
 
 from sweeper import tracking
 from sweeper.cli import main
@@ -67,19 +68,6 @@ def sweeper(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def pause(pid: int) -> None:
     """SIGSTOP a worker outside any SQLite write (it holds no POSIX lock), so reads go on."""
     for _ in range(200):
@@ -116,7 +104,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
         while not first.exists():  # trial 0 is past its first epoch
             assert time.time() < deadline and launcher.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
-        (worker,) = _children(launcher.pid)
+        (worker,) = children(launcher.pid)
         pause(worker)  # hold trial 0 RUNNING while the report reads it
         try:
             running = sweeper("report", NAME, "--dir", str(directory),

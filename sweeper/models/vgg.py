@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from sweeper.errors import SweeperError
@@ -56,8 +56,10 @@ class VGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def imagenet_weights(name: str, batch_norm: bool) -> torchvision.models.WeightsEnum:
+def imagenet_weights(name: str, batch_norm: bool) -> Any:
     """The torchvision ImageNet weights enum member for vgg11..vgg19 with or without BN."""
+    import torchvision  # only for pretrained weights: importing it takes seconds
+
     enum_name = name.upper() + ("_BN" if batch_norm else "") + "_Weights"
     return getattr(torchvision.models, enum_name).IMAGENET1K_V1
 
