@@ -62,15 +62,15 @@ def history(epochs: int) -> list[dict[str, float]]:
 
 
 def count_log_batch(tracker: TrialTracker) -> list[int]:
-    """Count the tracker's log_batch calls (the real method still runs)."""
+    """Count the tracker's log_batch calls to MLflow (the real method still runs)."""
     calls: list[int] = []
-    real = tracker.client.log_batch
+    real = tracker.client.raw.log_batch
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real(*args, **kwargs)
 
-    tracker.client.log_batch = counting  # type: ignore[method-assign]
+    tracker.client.raw.log_batch = counting  # type: ignore[method-assign]
     return calls
 
 
