@@ -177,7 +177,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sweeper.study import load_study
 
     study = load_study(args.study)
-    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
+    sweep = Sweep.existing(args.dir, args.storage, args.tracking_uri)  # joins, never creates
     tags = None
     if args.ensemble:
         from sweeper import tracking

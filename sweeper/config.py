@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 from sweeper.models import MODEL_OPTIONS
 from sweeper.models.registry import check_options
 
@@ -134,7 +134,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise SweeperError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {first}"
         ) from None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 
 CACHE_VERSION = 2
 FIELDS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of an ImageSet
@@ -272,7 +272,7 @@ def _download(dataset: str, data_dir: Path, files: str) -> None:
         getattr(tvd, class_name)(str(data_dir), train=True, download=True)
         getattr(tvd, class_name)(str(data_dir), train=False, download=True)
     except Exception as exc:  # any network or filesystem failure means the same to the user
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 120)
         raise SweeperError(
             f"dataset: {dataset} is not in {data_dir} and could not be downloaded ({reason}); "
             f"put {files} in {data_dir} (or point --data-dir / SWEEPER_DATA_DIR at them)"

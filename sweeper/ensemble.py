@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sweeper.config import TrainConfig
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 from sweeper.models import build_model
 
 CHECKPOINT_KEYS = ("model", "config", "classes", "in_channels", "image_size", "mean", "std")
@@ -80,8 +80,7 @@ def load_member(checkpoint: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: all the same to the user
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else repr(exc)
-        raise SweeperError(f"ensemble: cannot read checkpoint {path} ({reason})") from None
+        raise SweeperError(f"ensemble: cannot read checkpoint {path} ({first_line(exc)})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(saved, dict) or k not in saved]
     if missing:
         raise SweeperError(

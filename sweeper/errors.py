@@ -3,3 +3,9 @@
 
 class SweeperError(Exception):
     """Bad input or a missing resource, with a message that names the field and the fix."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (its type name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sweeper.ensemble import Ensemble
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 
 FORMATS = ("torchscript", "onnx", "mlflow")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -124,11 +124,6 @@ def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def _load_torchscript(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
     extra = {"classes.json": "", "input.json": ""}
     try:
@@ -137,7 +132,7 @@ def _load_torchscript(path: Path) -> tuple[Predictor, list[str], tuple[int, int]
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise SweeperError(
-            f"predict: cannot load {path} as TorchScript ({_first_line(exc)}); "
+            f"predict: cannot load {path} as TorchScript ({first_line(exc)}); "
             "export it again with `sweeper export --format torchscript`"
         ) from None
     module.eval()
@@ -158,7 +153,7 @@ def _load_onnx(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise SweeperError(
-            f"predict: cannot load {path} as ONNX ({_first_line(exc)}); "
+            f"predict: cannot load {path} as ONNX ({first_line(exc)}); "
             "export it again with `sweeper export --format onnx`"
         ) from None
     meta = session.get_modelmeta().custom_metadata_map
@@ -185,7 +180,7 @@ def _load_mlflow(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | No
         model = mlflow.pyfunc.load_model(str(path))
     except Exception as exc:
         raise SweeperError(
-            f"predict: cannot load MLflow model {path} ({_first_line(exc)})"
+            f"predict: cannot load MLflow model {path} ({first_line(exc)})"
         ) from None
     classes = (model.metadata.metadata or {}).get("classes")
     if classes is None:  # a pickled Ensemble keeps them as an attribute
@@ -249,7 +244,7 @@ def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], 
                 array = np.asarray(image, dtype=np.float32) / 255
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise SweeperError(
-                f"predict: cannot read image {file} ({_first_line(exc)}); "
+                f"predict: cannot read image {file} ({first_line(exc)}); "
                 "remove it or convert it to PNG or JPEG"
             ) from None
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))

@@ -19,7 +19,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 
 from sweeper import tracking
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 from sweeper.study import Study
 
 # Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.
@@ -100,10 +100,7 @@ def make_storage(url: str) -> RDBStorage:
                 time.sleep(0.5)
         raise AssertionError("unreachable")
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
-        text = str(exc).strip().splitlines()
-        raise SweeperError(
-            f"--storage: cannot open {redact(url)}: {text[0] if text else type(exc).__name__}"
-        ) from None
+        raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
 
 
 class SteadyHeartbeatStorage(RDBStorage):
@@ -117,8 +114,7 @@ class SteadyHeartbeatStorage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-            first = str(error).strip().splitlines()
-            print(f"sweeper: heartbeat of trial id {trial_id} missed ({first[0] if first else ''})",
+            print(f"sweeper: heartbeat of trial id {trial_id} missed ({first_line(error)})",
                   file=sys.stderr)  # fmt: skip
 
 

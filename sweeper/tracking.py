@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 from requests.exceptions import RequestException  # noqa: E402
 
-from sweeper.errors import SweeperError  # noqa: E402
+from sweeper.errors import SweeperError, first_line  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PatientClient:
                     raise
                 if not warned:
                     log.warning("tracking server %s unreachable (%s); waiting up to %.0f s",
-                                self.tracking_uri, _first_line(error), PATIENCE_S)  # fmt: skip
+                                self.tracking_uri, first_line(error), PATIENCE_S)  # fmt: skip
                     warned = True
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)
@@ -95,11 +95,6 @@ class PatientClient:
             if warned:
                 log.warning("tracking server %s is back", self.tracking_uri)
             return result
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
@@ -298,7 +293,7 @@ class TrialTracker:
                     raise
                 if not self.buffering:
                     log.warning("tracking server %s unreachable (%s): buffering epoch metrics",
-                                self.client.tracking_uri, _first_line(error))  # fmt: skip
+                                self.client.tracking_uri, first_line(error))  # fmt: skip
                     self.buffering = True
                 return
             self.pending.pop(0)
@@ -535,9 +530,9 @@ def load_registered(tracking_uri: str, name: str, alias: str = "champion") -> An
     try:
         return mlflow.pytorch.load_model(f"models:/{name}@{alias}", map_location="cpu")
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0][:200]
         raise SweeperError(
-            f"export: no registered ensemble '{name}@{alias}' in {tracking_uri} ({first}); "
+            f"export: no registered ensemble '{name}@{alias}' in {tracking_uri} "
+            f"({first_line(exc)}); "
             f"run `sweeper ensemble {name}` first"
         ) from None
 

@@ -16,6 +16,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData, load_images, split
+from sweeper.errors import first_line
 from sweeper.gpulock import gpu_slot
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
@@ -69,7 +70,7 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
-        cause = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        cause = getattr(error, "strerror", None) or first_line(error)
         raise CheckpointError(
             f"cannot write checkpoint {path}: {cause}; free disk space or make"
             f" {path.parent} writable, then launch again"

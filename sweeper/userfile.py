@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 
 
 def import_file(path: Path, module_name: str) -> ModuleType:
@@ -30,5 +30,6 @@ def line_in(exc: BaseException, path: Path) -> int | str:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """`Type: first line of the message`."""
+    text = first_line(exc) if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
