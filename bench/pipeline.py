@@ -65,7 +65,7 @@ class PilDataset(torch.utils.data.Dataset):
 
 def dataloader_images_per_s(name: str, data: SplitData, steps: int) -> float:
     """(a): the documents' pipeline; returns training images/s over `steps` steps."""
-    mean, std = data.mean_std()
+    mean, std = data.mean_std
     transform = transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),

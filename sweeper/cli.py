@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, help="CPU threads for training")
     worker.add_argument("--experiment-id", help=argparse.SUPPRESS)
     worker.add_argument("--parent-run", help=argparse.SUPPRESS)
+    worker.add_argument("--context-stdin", action="store_true", help=argparse.SUPPRESS)
     worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     worker.add_argument(
         "--ensemble", action="store_true", help="train the study's ensemble members"
@@ -173,11 +174,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
-    from sweeper.pool import Sweep, run_worker
+    # torch and MLflow load (seconds) while a launcher creates the MLflow store and launch run
+    from sweeper import tracking, trial  # noqa: F401
+    from sweeper.pool import Sweep, read_context, run_worker
     from sweeper.study import load_study
 
     study = load_study(args.study)
     sweep = Sweep.existing(args.dir, args.storage, args.tracking_uri)  # joins, never creates
+    if args.context_stdin:  # a launcher's worker, started before its MLflow launch run existed
+        context = read_context(sys.stdin)
+        args.experiment_id, args.parent_run = context["experiment_id"], context["parent_run_id"]
     tags = None
     if args.ensemble:
         from sweeper import tracking

@@ -12,8 +12,7 @@ from typing import Any
 import yaml
 
 from sweeper.errors import SweeperError, first_line
-from sweeper.models import MODEL_OPTIONS
-from sweeper.models.registry import check_options
+from sweeper.models.options import MODEL_OPTIONS, check_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle")

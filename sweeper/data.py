@@ -1,4 +1,4 @@
-"""Datasets: find, decode once into a cached uint8 array, split, and batch on the device."""
+"""Datasets: find, decode once into a cached uint8 array, and split (torch only when needed)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import os
 import shutil
 import socket
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from sweeper.errors import SweeperError, first_line
 
@@ -62,8 +60,11 @@ class SplitData:
     def image_size(self) -> int:
         return self.train_x.shape[2]
 
+    @cached_property
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std of the train split, on the 0..1 scale."""
+        """Per-channel mean and std of the train split, on the 0..1 scale (once per split)."""
+        import torch  # a fast multi-threaded sum; torch is loaded by then wherever this is used
+
         total = np.zeros(self.in_channels)
         squares = np.zeros(self.in_channels)
         for start in range(0, len(self.train_x), 4096):  # chunks keep the peak memory small
@@ -148,73 +149,6 @@ def split(
         images.classes,
         digest.hexdigest()[:12],
     )
-
-
-class DeviceSplit:
-    """One split resident on the training device; batches are cut and augmented there."""
-
-    def __init__(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        mean: np.ndarray,
-        std: np.ndarray,
-        device: torch.device,
-        channels_last: bool = False,
-    ) -> None:
-        self.x = torch.from_numpy(x).to(device)
-        self.y = torch.from_numpy(y).to(device)
-        self.device = device
-        shape = (1, -1, 1, 1)
-        self.shift = torch.as_tensor(mean * 255, device=device).view(shape)
-        self.scale = torch.as_tensor(1 / (std * 255), device=device).view(shape)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled (when given a generator) normalized batches; the last one may be short."""
-        n = len(self.y)
-        order = (
-            torch.randperm(n, generator=generator, device=generator.device).to(self.device)
-            if generator is not None
-            else None
-        )
-        for start in range(0, n, batch_size):
-            if order is None:
-                x, y = self.x[start : start + batch_size], self.y[start : start + batch_size]
-            else:
-                idx = order[start : start + batch_size]
-                x, y = self.x[idx], self.y[idx]
-            if augment:
-                x = crop_flip(x, 4, generator)
-            yield self.normalize(x), y
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=self.memory_format)
-        return (x.float() - self.shift) * self.scale
-
-
-def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop after zero padding, then a horizontal flip of a random half of the images:
-    offsets and flips drawn per image, all of it one gather (a flip reverses the columns read).
-    """
-    b, _, h, w = x.shape
-    gen_device = generator.device if generator is not None else x.device
-    shifts = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gen_device)
-    flips = torch.rand(b, generator=generator, device=gen_device) < 0.5
-    dy, dx = shifts.to(x.device)
-    flips = flips.to(x.device)
-    padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
-    columns = torch.arange(w, device=x.device)
-    columns = torch.where(flips[:, None], columns.flip(0), columns)  # [B, W]
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (dx[:, None] + columns)[:, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded[batch, rows, cols].permute(0, 3, 1, 2)
 
 
 def _is_path(dataset: str) -> bool:
@@ -379,6 +313,9 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     """Resize all images once, in chunks, with antialiasing."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
+    import torch
+    import torch.nn.functional as F
+
     out = np.empty((len(x), x.shape[1], size, size), dtype=np.uint8)
     for start in range(0, len(x), 4096):
         chunk = torch.from_numpy(x[start : start + 4096]).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,16 +10,16 @@ import sys
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from sweeper import tracking
 from sweeper.errors import SweeperError, first_line
 from sweeper.study import Study
 
@@ -34,6 +35,8 @@ MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, no
 MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
 EXIT_GAVE_UP = 3  # a worker's exit code after MAX_FAILURES_IN_A_ROW: not restarted
 POLL_S = 1.0
+# An NVIDIA or AMD (ROCm) driver shows one of these; without them torch sees no GPU either.
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
 # How long a storage connection waits for a database that is down or restarting (seconds).
 STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
 
@@ -54,8 +57,8 @@ class Sweep:
         return cls(
             dir=root,
             storage_url=storage or f"sqlite:///{root / 'optuna.db'}",
-            tracking_uri=tracking_uri or tracking.default_tracking_uri(root),
-            artifact_root=None if tracking_uri else tracking.default_artifact_root(root),
+            tracking_uri=tracking_uri or default_tracking_uri(root),
+            artifact_root=None if tracking_uri else default_artifact_root(root),
         )
 
     @classmethod
@@ -69,6 +72,16 @@ class Sweep:
 
     def checkpoint_dir(self, study_name: str) -> Path:
         return self.dir / "checkpoints" / study_name
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    """The embedded MLflow store of a local sweep: a sqlite file inside the sweep directory."""
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(sweep_dir: Path) -> str:
+    """Where a local sweep's artifacts go: `<sweep dir>/artifacts`, as an absolute path."""
+    return str(Path(sweep_dir).resolve() / "artifacts")
 
 
 def make_storage(url: str) -> RDBStorage:
@@ -204,6 +217,7 @@ def run_worker(
     packed: bool = False,
 ) -> int:
     """Run trials until the budget is spent or the deadline passes; return an exit code."""
+    from sweeper import tracking
     from sweeper.trial import Objective
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -273,9 +287,11 @@ def _requeue_interrupted(study: optuna.Study, worker: str) -> None:
 
 def default_devices(workers: int | None, trials_per_gpu: int) -> list[str]:
     """One slot per GPU (times trials_per_gpu), else one CPU worker; --workers overrides."""
-    import torch
+    gpus = 0
+    if any(Path(p).exists() for p in GPU_DRIVER_FILES):  # else no need to import torch (seconds)
+        import torch
 
-    gpus = torch.cuda.device_count()
+        gpus = torch.cuda.device_count()
     if gpus:
         slots = [f"cuda:{i}" for i in range(gpus) for _ in range(trials_per_gpu)]
         count = workers or len(slots)
@@ -305,27 +321,36 @@ def launch(
     progress: bool = True,
     ensemble: dict[str, Any] | None = None,
 ) -> int:
-    """Create the study and the MLflow parent run, run the pool to the end, then the ensemble."""
+    """Create the study, run the pool and the MLflow launch run to the end, then the ensemble."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     storage = make_storage(sweep.storage_url)
     optuna_study = open_study(study, storage)
     optuna_study.set_user_attr("study_file", study.file)
     optuna_study.set_user_attr("study_file_hash", study.file_hash)
-    experiment_id = tracking.experiment_for(sweep.tracking_uri, study.name, sweep.artifact_root)
-    parent_run_id = tracking.start_launch_run(
-        sweep.tracking_uri,
-        experiment_id,
-        study.name,
-        {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))},
-    )
     _prefetch_data(study, overrides)
+    ids: dict[str, str] = {}
+
+    def start_tracking() -> dict[str, str]:
+        """The experiment and the launch run, made while the workers import torch and MLflow."""
+        from sweeper import tracking
+
+        ids["experiment_id"] = tracking.experiment_for(
+            sweep.tracking_uri, study.name, sweep.artifact_root
+        )
+        ids["parent_run_id"] = tracking.start_launch_run(
+            sweep.tracking_uri,
+            ids["experiment_id"],
+            study.name,
+            {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))},
+        )
+        return ids
+
     deadline = time.time() + timeout if timeout else None
-    context = ["--experiment-id", experiment_id, "--parent-run", parent_run_id]
     status = "FAILED"
     try:
         if not run_pool(optuna_study, study, sweep, devices=devices, budget=budget,
-                        deadline=deadline, overrides=overrides, extra=context,
-                        progress=progress):  # fmt: skip
+                        deadline=deadline, overrides=overrides, extra=[],
+                        progress=progress, context=start_tracking):  # fmt: skip
             status = "KILLED"
             print("sweeper: stopped; running trials keep their checkpoints and resume next launch")
             return 130
@@ -333,7 +358,8 @@ def launch(
             from sweeper.retrain import build_ensemble
 
             if not build_ensemble(study, sweep, optuna_study, devices=devices,
-                                  experiment_id=experiment_id, parent_run_id=parent_run_id,
+                                  experiment_id=ids["experiment_id"],
+                                  parent_run_id=ids["parent_run_id"],
                                   overrides=overrides, progress=progress,
                                   **ensemble):  # fmt: skip
                 status = "KILLED"
@@ -341,7 +367,10 @@ def launch(
         status = "FINISHED"
         return 0
     finally:
-        tracking.end_run(sweep.tracking_uri, parent_run_id, status)
+        if "parent_run_id" in ids:
+            from sweeper import tracking
+
+            tracking.end_run(sweep.tracking_uri, ids["parent_run_id"], status)
 
 
 def run_pool(
@@ -355,8 +384,14 @@ def run_pool(
     overrides: dict[str, Any],
     extra: list[str],
     progress: bool,
+    context: Callable[[], dict[str, str]] | None = None,
 ) -> bool:
-    """Run worker processes until the work is done; False if interrupted (Ctrl-C, SIGTERM)."""
+    """Run worker processes until the work is done; False if interrupted (Ctrl-C, SIGTERM).
+
+    context, if given, is called once the workers have started, so its work (creating the
+    MLflow store and launch run) overlaps their start-up; what it returns reaches every worker
+    on its stdin (see read_context).
+    """
     from sweeper.progress import Progress
 
     threads = max(1, (os.cpu_count() or 1) // len(devices))
@@ -369,13 +404,29 @@ def run_pool(
         extra += ["--deadline", str(deadline)]
     for key, value in overrides.items():
         extra += [f"--{key.replace('_', '-')}", str(value)]
+    if context is not None:
+        extra.append("--context-stdin")
     commands = [
         worker_command(study, sweep, device, f"w{i}", extra) for i, device in enumerate(devices)
     ]
-    workers = [subprocess.Popen(command) for command in commands]
+    handed = ""
+
+    def start(command: list[str]) -> subprocess.Popen:
+        if context is None:
+            return subprocess.Popen(command)
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+        if handed:
+            _hand(worker, handed)
+        return worker
+
+    workers = [start(command) for command in commands]
     restarts = [0] * len(workers)
     view = Progress(optuna_study, budget, enabled=progress)
     try:
+        if context is not None:
+            handed = json.dumps(context()) + "\n"
+            for w in workers:
+                _hand(w, handed)
         while True:
             view.update()
             for i, w in enumerate(workers):
@@ -391,7 +442,7 @@ def run_pool(
                             f"worker w{i} keeps failing (exit code {w.returncode}, "
                             f"{restarts[i]} starts); its error is printed above"
                         )
-                    workers[i] = subprocess.Popen(commands[i])
+                    workers[i] = start(commands[i])
             if all(w.poll() is not None for w in workers):
                 break
             time.sleep(POLL_S)
@@ -408,6 +459,23 @@ def run_pool(
     if all(w.returncode == EXIT_GAVE_UP for w in workers):
         raise SweeperError("every worker gave up after failed trials; their errors are above")
     return True
+
+
+def _hand(worker: subprocess.Popen, line: str) -> None:
+    """Give a worker its launch context; one that already died is replaced by the pool loop."""
+    try:
+        worker.stdin.write(line)
+        worker.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def read_context(stream: TextIO) -> dict[str, str]:
+    """The launch context a launcher writes to its workers' stdin (see run_pool)."""
+    line = stream.readline()
+    if not line:
+        raise SweeperError("the launcher stopped before it handed over the MLflow launch run")
+    return json.loads(line)
 
 
 def _stop(workers: list[subprocess.Popen]) -> None:

@@ -97,28 +97,18 @@ class PatientClient:
             return result
 
 
-def default_tracking_uri(sweep_dir: Path) -> str:
-    """The embedded store of a local sweep: a sqlite file inside the sweep directory."""
-    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
-
-
-def default_artifact_root(sweep_dir: Path) -> str:
-    """Where a local sweep's artifacts go: `<sweep dir>/artifacts`, as an absolute path."""
-    return str(Path(sweep_dir).resolve() / "artifacts")
-
-
 def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
     """Get or create the experiment named after the study and return its id.
 
-    Called once by the launcher before any worker starts, so the sqlite store is created
-    (and migrated) there. With a sqlite store and no artifact_root, artifacts go next to
+    Called once by the launcher before any worker touches MLflow, so the sqlite store is
+    created (and migrated) there. With a sqlite store and no artifact_root, artifacts go next to
     the database file rather than into MLflow's default `./mlruns` of the working directory.
     """
     sqlite_file = _sqlite_path(tracking_uri)
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         if artifact_root is None:
-            artifact_root = default_artifact_root(sqlite_file.parent)
+            artifact_root = str(sqlite_file.parent / "artifacts")
     client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
-from sweeper.data import DeviceSplit, SplitData
+from sweeper.data import SplitData
 from sweeper.errors import SweeperError
 from sweeper.models import build_model
 
@@ -120,7 +121,7 @@ def train(
         image_size=data.image_size,
     )
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    mean, std = data.mean_std()
+    mean, std = data.mean_std
     train_split = DeviceSplit(data.train_x, data.train_y, mean, std, device, channels_last)
     val_split = DeviceSplit(data.val_x, data.val_y, mean, std, device, channels_last)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)

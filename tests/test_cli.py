@@ -99,3 +99,15 @@ def test_wrong_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], exp
     assert expected in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_cli_checks_a_study_without_importing_torch_or_mlflow() -> None:
+    """A launcher starts its workers first and loads MLflow meanwhile; `status` stays instant."""
+    code = (
+        "import sys; from sweeper import cli, data, pool, study; cli.build_parser();"
+        " study.load_study('studies/vgg.py');"
+        " print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert done.stdout.strip() == "[]", done.stderr

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper.data import DeviceSplit, ImageSet, crop_flip, load_images, split
+from sweeper.batches import DeviceSplit, crop_flip
+from sweeper.data import ImageSet, load_images, split
 from sweeper.errors import SweeperError
 
 
@@ -47,7 +48,7 @@ def test_split_rejects_impossible_sizes(cifar10: ImageSet) -> None:
 
 
 def test_train_statistics_match_the_dataset_readme(small_cifar) -> None:
-    mean, std = small_cifar.mean_std()
+    mean, std = small_cifar.mean_std
     assert np.allclose(mean, [0.4913, 0.4821, 0.4465], atol=0.01)
     assert np.allclose(std, [0.2452, 0.2428, 0.2606], atol=0.01)
 
@@ -125,7 +126,7 @@ def _window(image: torch.Tensor, dy: int, dx: int, mirrored: bool) -> torch.Tens
 
 
 def test_device_batches_cover_the_split_once(small_cifar) -> None:
-    mean, std = small_cifar.mean_std()
+    mean, std = small_cifar.mean_std
     device_split = DeviceSplit(
         small_cifar.train_x, small_cifar.train_y, mean, std, torch.device("cpu")
     )

@@ -30,7 +30,7 @@ from processes import children
 
 from sweeper import tracking
 from sweeper.errors import SweeperError
-from sweeper.pool import make_storage
+from sweeper.pool import default_tracking_uri, make_storage
 
 pytestmark = pytest.mark.fault
 
@@ -156,7 +156,7 @@ def assert_budget_met_once(url: str, sweep_dir: Path, budget: int) -> list:
     run_ids = [t.user_attrs.get("mlflow_run_id") for t in counted]
     assert None not in run_ids, states
     assert len(set(run_ids)) == budget, "two finished trials share an MLflow run"
-    runs = tracking.runs_of_study(tracking.default_tracking_uri(sweep_dir), STUDY)
+    runs = tracking.runs_of_study(default_tracking_uri(sweep_dir), STUDY)
     by_id = {run.info.run_id: run for run in runs}
     assert len(by_id) == len(runs)
     owner: dict[str, int] = {}  # run id -> the trial that finished it
@@ -353,7 +353,7 @@ def test_killed_launcher_orphans_finish_and_a_new_launch_resumes(
     # The new launch ran only what was missing: no finished trial was run again.
     assert {n: t.datetime_complete for t in trials if (n := t.number) in ended} == ended
     # The killed launcher's MLflow run was ended as KILLED by the new launch; the new one FINISHED.
-    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep_dir))
+    client = MlflowClient(tracking_uri=default_tracking_uri(sweep_dir))
     experiment = client.get_experiment_by_name(STUDY)
     launch_runs = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`sweeper.kind` = 'launch'"
@@ -421,9 +421,7 @@ def assert_one_clear_line(trial: optuna.trial.FrozenTrial, cause: str, sweep_dir
     reason = trial.user_attrs["fail_reason"]
     assert "\n" not in reason and cause in reason, reason
     assert str(sweep_dir / "checkpoints" / STUDY) in reason, reason
-    run = MlflowClient(tracking.default_tracking_uri(sweep_dir)).get_run(
-        trial.user_attrs["mlflow_run_id"]
-    )
+    run = MlflowClient(default_tracking_uri(sweep_dir)).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["sweeper.fail_reason"] == reason
     assert run.data.tags["optuna.state"] == "FAIL"

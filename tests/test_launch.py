@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from processes import children
 
 from sweeper import tracking
-from sweeper.pool import make_storage
+from sweeper.pool import default_tracking_uri, make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
@@ -49,7 +49,7 @@ def test_every_trial_finishes_and_has_one_run(sweep: Path) -> None:
     trials = study.get_trials()
     assert len(trials) == 4
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
-    uri = tracking.default_tracking_uri(sweep)
+    uri = default_tracking_uri(sweep)
     runs = tracking.runs_of_study(uri, "quickstart")
     assert len(runs) == 4
     client = MlflowClient(tracking_uri=uri)
@@ -146,7 +146,7 @@ def test_a_killed_worker_loses_no_trial(tmp_path: Path, datasets_dir: Path) -> N
     assert retry.user_attrs["resumed_from_epoch"] >= 1
     assert retry.params == failed.params
     assert retry.user_attrs["mlflow_run_id"] == failed.user_attrs["mlflow_run_id"]
-    runs = tracking.runs_of_study(tracking.default_tracking_uri(tmp_path), "quickstart")
+    runs = tracking.runs_of_study(default_tracking_uri(tmp_path), "quickstart")
     assert len(runs) == 3  # the retry continued the killed trial's run
 
 
@@ -178,3 +178,44 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     assert resumed.state.name in ("COMPLETE", "PRUNED")
     assert resumed.user_attrs["resumed_from_epoch"] >= 1
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 2
+
+
+def test_a_launcher_that_fails_to_start_tracking_stops_its_early_workers(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    """Workers start while the launcher creates the MLflow run; when that fails, none stays."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    uri = default_tracking_uri(sweep_dir)
+    MlflowClient(uri).delete_experiment(tracking.experiment_for(uri, "quickstart"))
+    done = sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), "--workers", "2",
+                   "--data-dir", str(datasets_dir), *SMALL, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert "MLflow experiment 'quickstart'" in done.stderr and "is deleted" in done.stderr
+    assert load(sweep_dir).trials == []
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _mentions(p, str(sweep_dir))]
+    assert left == []
+
+
+def _mentions(cmdline: Path, text: str) -> bool:
+    try:
+        return text in cmdline.read_text()
+    except OSError:  # the process ended meanwhile
+        return False
+
+
+def test_a_worker_whose_launcher_died_before_handing_over_says_so(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    optuna.create_study(study_name="quickstart", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    done = subprocess.run(
+        [SWEEPER, "worker", QUICKSTART, "--dir", str(sweep_dir), "--context-stdin"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "sweeper: error: the launcher stopped before it handed over the MLflow launch run"
+    )

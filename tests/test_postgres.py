@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa  # noqa: E402
 
 from sweeper import tracking
-from sweeper.pool import make_storage
+from sweeper.pool import default_tracking_uri, make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
@@ -53,7 +53,7 @@ def test_launch_on_postgres(
     assert done.returncode == 0, done.stderr[-3000:]
     trials = counted(storage)
     assert len(trials) == 3
-    runs = tracking.runs_of_study(tracking.default_tracking_uri(tmp_path), "quickstart")
+    runs = tracking.runs_of_study(default_tracking_uri(tmp_path), "quickstart")
     assert sorted(r.info.run_id for r in runs) == sorted(
         t.user_attrs["mlflow_run_id"] for t in trials
     )

@@ -27,6 +27,7 @@ from processes import children
 
 from sweeper import tracking
 from sweeper.cli import main
+from sweeper.pool import default_tracking_uri
 from sweeper.report import StudyData, _curves, _settings, load_dashboard, render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ def test_sweep_report_renders_in_chromium(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_table_matches_the_mlflow_runs(sweep: Path) -> None:
-    uri = tracking.default_tracking_uri(sweep)
+    uri = default_tracking_uri(sweep)
     client = MlflowClient(tracking_uri=uri)
     table = rows(sweep / "reports" / f"{NAME}-evaluation.csv")
     runs = {run.info.run_id: run for run in tracking.runs_of_study(uri, NAME)}
@@ -245,7 +246,7 @@ def test_report_of_a_running_study_says_so(sweep: Path) -> None:
 
 
 def test_report_is_logged_to_the_launch_run(sweep: Path) -> None:
-    uri = tracking.default_tracking_uri(sweep)
+    uri = default_tracking_uri(sweep)
     launch = tracking.latest_run(uri, NAME, "launch")
     assert launch is not None
     client = MlflowClient(tracking_uri=uri)

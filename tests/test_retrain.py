@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from sweeper import tracking
 from sweeper.data import load_images
 from sweeper.export import load_exported
-from sweeper.pool import make_storage
+from sweeper.pool import default_tracking_uri, make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
@@ -51,18 +51,18 @@ def test_members_are_tracked_runs_linked_to_their_source(sweep: Path) -> None:
     assert sorted((t.params["source_trial"], t.params["seed"]) for t in trials) == sorted(
         {(s, seed) for s in {t.params["source_trial"] for t in trials} for seed in (0, 1)}
     )
-    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep))
+    client = MlflowClient(tracking_uri=default_tracking_uri(sweep))
     for trial in trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["sweeper.kind"] == "ensemble_member"
         assert run.data.tags["sweeper.source_trial"] == str(trial.params["source_trial"])
         assert run.data.params["seed"] == str(trial.params["seed"])
     # the sweep's own runs stay the trials'
-    assert len(tracking.runs_of_study(tracking.default_tracking_uri(sweep), "quickstart")) == 3
+    assert len(tracking.runs_of_study(default_tracking_uri(sweep), "quickstart")) == 3
 
 
 def test_ensemble_run_is_logged_and_registered_as_champion(sweep: Path) -> None:
-    client = MlflowClient(tracking_uri=tracking.default_tracking_uri(sweep))
+    client = MlflowClient(tracking_uri=default_tracking_uri(sweep))
     version = client.get_model_version_by_alias("quickstart", "champion")
     run = client.get_run(version.run_id)
     assert run.data.tags["sweeper.kind"] == "ensemble"
@@ -85,7 +85,7 @@ def test_exports_match_the_registered_ensemble(
     out = tmp_path / name
     done = sweeper("export", "quickstart", "--dir", str(sweep), "--format", fmt, "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    model = tracking.load_registered(tracking.default_tracking_uri(sweep), "quickstart")
+    model = tracking.load_registered(default_tracking_uri(sweep), "quickstart")
     images = load_images("cifar10", str(datasets_dir)).test_x[:1000].astype(np.float32) / 255
     import torch
 

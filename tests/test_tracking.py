@@ -11,10 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeper.errors import SweeperError
+from sweeper.pool import default_artifact_root, default_tracking_uri
 from sweeper.tracking import (
     TrialTracker,
-    default_artifact_root,
-    default_tracking_uri,
     end_run,
     experiment_for,
     run_config,

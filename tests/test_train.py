@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
-from sweeper.data import DeviceSplit, SplitData
+from sweeper.data import SplitData
 from sweeper.train import TrainState, evaluate, evaluate_test, lr_factor, train
 
 FAST = {"model": "cnn2", "batch_size": 128, "threads": 2, "device": "cpu"}
