@@ -1,7 +1,7 @@
 """What the service costs: a sweep on 1 worker against the same configs in a bare loop, and the
 speed-up of 2 workers over 1.
 
-    .venv/bin/python bench/service.py [--data-dir ../shared/datasets]
+    .venv/bin/python bench/service.py [--data-dir ../shared/datasets] [--repeats 3]
 
 Each measurement is the wall time of a whole process, measured in this run: (a) one Python
 process that loads the data and calls sweeper.train.train for every config of
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
     parser.add_argument("--train-size", type=int, help="training images per trial")
     parser.add_argument("--epochs", type=int, help="epochs per trial")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (a), (b), (c)")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # runs (a)
     args = parser.parse_args()
     overrides = {"data_dir": args.data_dir}
@@ -81,9 +83,16 @@ def main() -> None:
         bare_loop(overrides)
         return
     load_images("cifar10", args.data_dir)  # decode into the cache before any timing
-    a = timed([sys.executable, __file__, "--bare", *flags])
-    b = service(flags, 1)
-    c = service(flags, 2)
+    rounds = []
+    for i in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all three
+        rounds.append((timed([sys.executable, __file__, "--bare", *flags]), service(flags, 1),
+                       service(flags, 2)))  # fmt: skip
+        if args.repeats > 1:
+            a, b, c = rounds[-1]
+            print(f"round {i + 1}: (a) {a:.1f} s  (b) {b:.1f} s  (c) {c:.1f} s  b/a {b / a:.3f}")
+    a, b, c = (statistics.median(column) for column in zip(*rounds, strict=True))
+    if args.repeats > 1:
+        print(f"medians of {args.repeats} rounds:")
     rows = [
         ("(a) bare loop, one process", a, 1.0),
         ("(b) sweeper launch, 1 worker", b, b / a),
@@ -91,7 +100,10 @@ def main() -> None:
     ]
     for name, seconds, ratio in rows:
         print(f"{name:32s} {seconds:7.1f} s  {ratio:.3f}x of (a)")
-    print(f"service overhead (b/a - 1): {100 * (b / a - 1):+.1f}%; 2 workers vs 1: {b / c:.2f}x")
+    overhead = statistics.median(b_i / a_i for a_i, b_i, _ in rounds)  # paired, round by round
+    speedup = statistics.median(b_i / c_i for _, b_i, c_i in rounds)
+    print(f"service overhead (b/a - 1): {100 * (overhead - 1):+.1f}%; "
+          f"2 workers vs 1: {speedup:.2f}x")  # fmt: skip
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor()

@@ -96,9 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
     worker.add_argument("--worker-name", default=None, help="name in tags (default: host-pid)")
     worker.add_argument("--threads", type=int, help="CPU threads for training")
-    worker.add_argument("--experiment-id", help=argparse.SUPPRESS)
-    worker.add_argument("--parent-run", help=argparse.SUPPRESS)
-    worker.add_argument("--context-stdin", action="store_true", help=argparse.SUPPRESS)
+    # A launcher's worker starts before its study exists and reads the MLflow ids on stdin.
+    worker.add_argument("--from-launcher", action="store_true", help=argparse.SUPPRESS)
     worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     worker.add_argument(
         "--ensemble", action="store_true", help="train the study's ensemble members"
@@ -174,24 +173,22 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
-    # torch and MLflow load (seconds) while a launcher creates the MLflow store and launch run
+    # torch and MLflow load (seconds) while a launcher opens the study and the MLflow launch run
     from sweeper import tracking, trial  # noqa: F401
     from sweeper.pool import Sweep, read_context, run_worker
     from sweeper.study import load_study
 
     study = load_study(args.study)
+    context = read_context(sys.stdin) if args.from_launcher else {}
+    experiment_id, parent_run_id = context.get("experiment_id"), context.get("parent_run_id")
     sweep = Sweep.existing(args.dir, args.storage, args.tracking_uri)  # joins, never creates
-    if args.context_stdin:  # a launcher's worker, started before its MLflow launch run existed
-        context = read_context(sys.stdin)
-        args.experiment_id, args.parent_run = context["experiment_id"], context["parent_run_id"]
     tags = None
     if args.ensemble:
-        from sweeper import tracking
         from sweeper.pool import make_storage
         from sweeper.retrain import MEMBER_KIND, load_member_study
 
-        if args.experiment_id is None:
-            args.experiment_id = tracking.experiment_for(
+        if experiment_id is None:
+            experiment_id = tracking.experiment_for(
                 sweep.tracking_uri, study.name, sweep.artifact_root
             )
         study = load_member_study(study, make_storage(sweep.storage_url))
@@ -207,8 +204,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sweep,
         device=args.device,
         worker=args.worker_name or f"{socket.gethostname()}-{os.getpid()}",
-        experiment_id=args.experiment_id,
-        parent_run_id=args.parent_run,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
         budget=budget,
         deadline=deadline,
         overrides=sweep_overrides(args),

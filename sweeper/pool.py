@@ -323,34 +323,35 @@ def launch(
 ) -> int:
     """Create the study, run the pool and the MLflow launch run to the end, then the ensemble."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    storage = make_storage(sweep.storage_url)
-    optuna_study = open_study(study, storage)
-    optuna_study.set_user_attr("study_file", study.file)
-    optuna_study.set_user_attr("study_file_hash", study.file_hash)
-    _prefetch_data(study, overrides)
-    ids: dict[str, str] = {}
+    optuna_study: optuna.Study | None = None
+    context: dict[str, str] = {}
 
-    def start_tracking() -> dict[str, str]:
-        """The experiment and the launch run, made while the workers import torch and MLflow."""
+    def setup() -> tuple[optuna.Study, dict[str, str]]:
+        """The Optuna study, the data cache and the MLflow launch run, made while the workers
+        import torch and MLflow."""
+        nonlocal optuna_study
         from sweeper import tracking
 
-        ids["experiment_id"] = tracking.experiment_for(
+        optuna_study = open_study(study, make_storage(sweep.storage_url))
+        optuna_study.set_user_attr("study_file", study.file)
+        optuna_study.set_user_attr("study_file_hash", study.file_hash)
+        _prefetch_data(study, overrides)
+        context["experiment_id"] = tracking.experiment_for(
             sweep.tracking_uri, study.name, sweep.artifact_root
         )
-        ids["parent_run_id"] = tracking.start_launch_run(
+        context["parent_run_id"] = tracking.start_launch_run(
             sweep.tracking_uri,
-            ids["experiment_id"],
+            context["experiment_id"],
             study.name,
             {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))},
         )
-        return ids
+        return optuna_study, context
 
     deadline = time.time() + timeout if timeout else None
     status = "FAILED"
     try:
-        if not run_pool(optuna_study, study, sweep, devices=devices, budget=budget,
-                        deadline=deadline, overrides=overrides, extra=[],
-                        progress=progress, context=start_tracking):  # fmt: skip
+        if not run_pool(study, sweep, setup, devices=devices, budget=budget, deadline=deadline,
+                        overrides=overrides, extra=[], progress=progress):  # fmt: skip
             status = "KILLED"
             print("sweeper: stopped; running trials keep their checkpoints and resume next launch")
             return 130
@@ -358,8 +359,8 @@ def launch(
             from sweeper.retrain import build_ensemble
 
             if not build_ensemble(study, sweep, optuna_study, devices=devices,
-                                  experiment_id=ids["experiment_id"],
-                                  parent_run_id=ids["parent_run_id"],
+                                  experiment_id=context["experiment_id"],
+                                  parent_run_id=context["parent_run_id"],
                                   overrides=overrides, progress=progress,
                                   **ensemble):  # fmt: skip
                 status = "KILLED"
@@ -367,16 +368,16 @@ def launch(
         status = "FINISHED"
         return 0
     finally:
-        if "parent_run_id" in ids:
+        if "parent_run_id" in context:
             from sweeper import tracking
 
-            tracking.end_run(sweep.tracking_uri, ids["parent_run_id"], status)
+            tracking.end_run(sweep.tracking_uri, context["parent_run_id"], status)
 
 
 def run_pool(
-    optuna_study: optuna.Study,
     study: Study,
     sweep: Sweep,
+    setup: Callable[[], tuple[optuna.Study, dict[str, str | None]]],
     *,
     devices: list[str],
     budget: int | None,
@@ -384,18 +385,17 @@ def run_pool(
     overrides: dict[str, Any],
     extra: list[str],
     progress: bool,
-    context: Callable[[], dict[str, str]] | None = None,
 ) -> bool:
     """Run worker processes until the work is done; False if interrupted (Ctrl-C, SIGTERM).
 
-    context, if given, is called once the workers have started, so its work (creating the
-    MLflow store and launch run) overlaps their start-up; what it returns reaches every worker
-    on its stdin (see read_context).
+    The workers start first: while they import torch and MLflow (seconds), setup() opens the
+    Optuna study they work on and makes the MLflow runs; it returns that study and the launch
+    context (experiment and parent run ids) that every worker reads on its stdin.
     """
     from sweeper.progress import Progress
 
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    extra = [*extra, "--threads", str(threads)]
+    extra = [*extra, "--from-launcher", "--threads", str(threads)]
     if len(set(devices)) < len(devices) and devices[0].startswith("cuda"):
         extra.append("--packed")
     if budget is not None:
@@ -404,16 +404,12 @@ def run_pool(
         extra += ["--deadline", str(deadline)]
     for key, value in overrides.items():
         extra += [f"--{key.replace('_', '-')}", str(value)]
-    if context is not None:
-        extra.append("--context-stdin")
     commands = [
         worker_command(study, sweep, device, f"w{i}", extra) for i, device in enumerate(devices)
     ]
-    handed = ""
+    handed = ""  # the context line, once setup() made it
 
     def start(command: list[str]) -> subprocess.Popen:
-        if context is None:
-            return subprocess.Popen(command)
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
         if handed:
             _hand(worker, handed)
@@ -421,12 +417,13 @@ def run_pool(
 
     workers = [start(command) for command in commands]
     restarts = [0] * len(workers)
-    view = Progress(optuna_study, budget, enabled=progress)
+    view = None
     try:
-        if context is not None:
-            handed = json.dumps(context()) + "\n"
-            for w in workers:
-                _hand(w, handed)
+        optuna_study, context = setup()
+        handed = json.dumps(context) + "\n"
+        for w in workers:
+            _hand(w, handed)
+        view = Progress(optuna_study, budget, enabled=progress)
         while True:
             view.update()
             for i, w in enumerate(workers):
@@ -446,13 +443,12 @@ def run_pool(
             if all(w.poll() is not None for w in workers):
                 break
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
+    except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
         _stop(workers)
-        view.close()
-        return False
-    except BaseException:  # the launcher fails: its workers must not run on, orphaned
-        _stop(workers)
-        view.close()
+        if view is not None:
+            view.close()
+        if isinstance(error, KeyboardInterrupt):
+            return False
         raise
     view.close()
     view.summary()

@@ -107,11 +107,10 @@ def build_ensemble(
         + (f" (only {len(plan['sources'])} distinct complete configs)" if short else "")
     )
     member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
-    if not run_pool(members, spec, sweep, devices=devices, budget=spec.trials, deadline=None,
-                    overrides=member_overrides, progress=progress,
-                    extra=["--ensemble", "--experiment-id", experiment_id,
-                           *(["--parent-run", parent_run_id] if parent_run_id else [])],
-                    ):  # fmt: skip
+    context = {"experiment_id": experiment_id, "parent_run_id": parent_run_id}
+    if not run_pool(spec, sweep, lambda: (members, context), devices=devices, budget=spec.trials,
+                    deadline=None, overrides=member_overrides, extra=["--ensemble"],
+                    progress=progress):  # fmt: skip
         return False
     if budget_state(members, spec.trials) != "done":
         print("ensemble: some members did not finish; building from those that did")

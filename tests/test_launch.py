@@ -180,19 +180,27 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 2
 
 
-def test_a_launcher_that_fails_to_start_tracking_stops_its_early_workers(
-    tmp_path: Path, datasets_dir: Path
+@pytest.mark.parametrize("broken", ["mlflow experiment", "optuna study"])
+def test_a_launcher_whose_setup_fails_stops_its_early_workers(
+    tmp_path: Path, datasets_dir: Path, broken: str
 ) -> None:
-    """Workers start while the launcher creates the MLflow run; when that fails, none stays."""
+    """Workers start while the launcher opens the study and the MLflow run; if that fails, none
+    stays."""
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    uri = default_tracking_uri(sweep_dir)
-    MlflowClient(uri).delete_experiment(tracking.experiment_for(uri, "quickstart"))
+    if broken == "mlflow experiment":
+        uri = default_tracking_uri(sweep_dir)
+        MlflowClient(uri).delete_experiment(tracking.experiment_for(uri, "quickstart"))
+        expected = ["MLflow experiment 'quickstart'", "is deleted"]
+    else:
+        optuna.create_study(study_name="quickstart", direction="minimize",
+                            storage=f"sqlite:///{sweep_dir / 'optuna.db'}")  # fmt: skip
+        expected = ["quickstart.py: metric='val_acc' needs direction maximize", "rename the study"]
     done = sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), "--workers", "2",
                    "--data-dir", str(datasets_dir), *SMALL, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-    assert "MLflow experiment 'quickstart'" in done.stderr and "is deleted" in done.stderr
+    assert all(text in done.stderr for text in expected), done.stderr
     assert load(sweep_dir).trials == []
     left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _mentions(p, str(sweep_dir))]
     assert left == []
@@ -208,11 +216,8 @@ def _mentions(cmdline: Path, text: str) -> bool:
 def test_a_worker_whose_launcher_died_before_handing_over_says_so(
     tmp_path: Path, datasets_dir: Path
 ) -> None:
-    sweep_dir = tmp_path / "sweep"
-    sweep_dir.mkdir()
-    optuna.create_study(study_name="quickstart", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     done = subprocess.run(
-        [SWEEPER, "worker", QUICKSTART, "--dir", str(sweep_dir), "--context-stdin"],
+        [SWEEPER, "worker", QUICKSTART, "--dir", str(tmp_path / "sweep"), "--from-launcher"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
