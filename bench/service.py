@@ -7,7 +7,9 @@ Each measurement is the wall time of a whole process, measured in this run: (a) 
 process that loads the data and calls sweeper.train.train for every config of
 bench/service_study.py; (b) `sweeper launch` of that study with 1 worker (process start-ups,
 SQLite storage, MLflow runs, plots, checkpoints); (c) the same with 2 workers. --train-size and
---epochs scale every trial (both sides alike) to show fixed against per-trial costs.
+--epochs scale every trial (both sides alike) to show fixed against per-trial costs. Besides
+the wall ratio it prints what (b) spends outside training epochs beyond what (a) does: the
+service's own cost, free of the noise in training speed between runs of a shared machine.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+from mlflow import MlflowClient
 
 from sweeper.data import load_images, split
+from sweeper.pool import default_tracking_uri
 from sweeper.study import load_study
 from sweeper.train import train
 
@@ -39,14 +43,17 @@ def bare_loop(overrides: dict) -> None:
     images = load_images("cifar10", overrides["data_dir"])
     config0 = study.config({"model": "cnn2"}, overrides)
     data = split(images, config0.val_size, config0.train_size, config0.split_seed)
+    seconds = 0.0
     for lr in study.sampler_options["search_space"]["lr"]:
-        train(study.config(study.space(_Fixed(lr)), {**overrides, "device": "cpu"}), data)
+        result = train(study.config(study.space(_Fixed(lr)), {**overrides, "device": "cpu"}), data)
+        seconds += sum(epoch["seconds"] for epoch in result.history)
+    print(seconds)  # the time inside training epochs, for main()
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, str]:
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - started
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, done.stdout
 
 
 class _Fixed:
@@ -59,10 +66,19 @@ class _Fixed:
         return self.lr
 
 
-def service(flags: list[str], workers: int) -> float:
+def service(flags: list[str], workers: int) -> tuple[float, float]:
+    """Wall time of a launch, and the time its trials spent inside training epochs."""
     with tempfile.TemporaryDirectory() as sweep_dir:
-        return timed([SWEEPER, "launch", str(STUDY), "--dir", sweep_dir, "--workers", str(workers),
-                      "--no-progress", "--no-ensemble", *flags])  # fmt: skip
+        command = [SWEEPER, "launch", str(STUDY), "--dir", sweep_dir, "--workers", str(workers),
+                   "--no-progress", "--no-ensemble", *flags]  # fmt: skip
+        wall, _ = timed(command)
+        client = MlflowClient(default_tracking_uri(Path(sweep_dir)))
+        experiment = client.get_experiment_by_name(load_study(STUDY).name)
+        runs = client.search_runs([experiment.experiment_id])
+        seconds = sum(
+            m.value for r in runs for m in client.get_metric_history(r.info.run_id, "seconds")
+        )
+        return wall, seconds
 
 
 def main() -> None:
@@ -85,25 +101,30 @@ def main() -> None:
     load_images("cifar10", args.data_dir)  # decode into the cache before any timing
     rounds = []
     for i in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all three
-        rounds.append((timed([sys.executable, __file__, "--bare", *flags]), service(flags, 1),
-                       service(flags, 2)))  # fmt: skip
-        if args.repeats > 1:
-            a, b, c = rounds[-1]
-            print(f"round {i + 1}: (a) {a:.1f} s  (b) {b:.1f} s  (c) {c:.1f} s  b/a {b / a:.3f}")
-    a, b, c = (statistics.median(column) for column in zip(*rounds, strict=True))
-    if args.repeats > 1:
-        print(f"medians of {args.repeats} rounds:")
+        a, out = timed([sys.executable, __file__, "--bare", *flags])
+        a_train = float(out.split()[-1])
+        (b, b_train), (c, _) = service(flags, 1), service(flags, 2)
+        # Time outside training epochs: what the service adds, without the noise of the
+        # training speed itself, which moves by +-10% between runs on a shared machine.
+        added = (b - b_train) - (a - a_train)
+        rounds.append((a, b, c, added))
+        print(f"round {i + 1}: (a) {a:.1f} s  (b) {b:.1f} s  (c) {c:.1f} s  b/a {b / a:.3f}  "
+              f"outside training: (a) {a - a_train:.1f} s  (b) {b - b_train:.1f} s")  # fmt: skip
+    a, b, c, added = (statistics.median(column) for column in zip(*rounds, strict=True))
     rows = [
         ("(a) bare loop, one process", a, 1.0),
         ("(b) sweeper launch, 1 worker", b, b / a),
         ("(c) sweeper launch, 2 workers", c, c / a),
     ]
+    print(f"medians of {args.repeats} round(s):")
     for name, seconds, ratio in rows:
         print(f"{name:32s} {seconds:7.1f} s  {ratio:.3f}x of (a)")
-    overhead = statistics.median(b_i / a_i for a_i, b_i, _ in rounds)  # paired, round by round
-    speedup = statistics.median(b_i / c_i for _, b_i, c_i in rounds)
-    print(f"service overhead (b/a - 1): {100 * (overhead - 1):+.1f}%; "
+    overhead = statistics.median(r[1] / r[0] for r in rounds)  # paired, round by round
+    speedup = statistics.median(r[1] / r[2] for r in rounds)
+    print(f"service overhead, wall (b/a - 1): {100 * (overhead - 1):+.1f}%; "
           f"2 workers vs 1: {speedup:.2f}x")  # fmt: skip
+    print(f"service overhead, outside training epochs: {added:+.1f} s = "
+          f"{100 * added / a:+.1f}% of (a)")  # fmt: skip
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor()
