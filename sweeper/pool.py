@@ -323,19 +323,19 @@ def launch(
 ) -> int:
     """Create the study, run the pool and the MLflow launch run to the end, then the ensemble."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    _prefetch_data(study, overrides)  # milliseconds once cached; a missing dataset fails here
     optuna_study: optuna.Study | None = None
     context: dict[str, str] = {}
 
     def setup() -> tuple[optuna.Study, dict[str, str]]:
-        """The Optuna study, the data cache and the MLflow launch run, made while the workers
-        import torch and MLflow."""
+        """The Optuna study and the MLflow launch run, made while the workers import torch and
+        MLflow."""
         nonlocal optuna_study
         from sweeper import tracking
 
         optuna_study = open_study(study, make_storage(sweep.storage_url))
         optuna_study.set_user_attr("study_file", study.file)
         optuna_study.set_user_attr("study_file_hash", study.file_hash)
-        _prefetch_data(study, overrides)
         context["experiment_id"] = tracking.experiment_for(
             sweep.tracking_uri, study.name, sweep.artifact_root
         )

@@ -206,6 +206,17 @@ def test_a_launcher_whose_setup_fails_stops_its_early_workers(
     assert left == []
 
 
+def test_a_launch_without_its_data_fails_before_it_stores_anything(tmp_path: Path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    done = sweeper("launch", QUICKSTART, "--dir", str(tmp_path / "sweep"), "--data-dir", str(empty),
+                   *SMALL, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(f"sweeper: error: dataset: cifar10 is not in {empty}")
+    assert not (tmp_path / "sweep" / "optuna.db").exists()
+
+
 def _mentions(cmdline: Path, text: str) -> bool:
     try:
         return text in cmdline.read_text()
