@@ -35,8 +35,8 @@ MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, no
 MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
 EXIT_GAVE_UP = 3  # a worker's exit code after MAX_FAILURES_IN_A_ROW: not restarted
 POLL_S = 1.0
-# An NVIDIA or AMD (ROCm) driver shows one of these; without them torch sees no GPU either.
-GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+# An NVIDIA, AMD (ROCm) or WSL2 GPU driver shows one of these; without them torch sees no GPU.
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 # How long a storage connection waits for a database that is down or restarting (seconds).
 STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
 
@@ -466,7 +466,7 @@ def _hand(worker: subprocess.Popen, line: str) -> None:
         pass
 
 
-def read_context(stream: TextIO) -> dict[str, str]:
+def read_context(stream: TextIO) -> dict[str, str | None]:
     """The launch context a launcher writes to its workers' stdin (see run_pool)."""
     line = stream.readline()
     if not line:
