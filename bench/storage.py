@@ -3,7 +3,7 @@
     .venv/bin/python bench/storage.py [--seconds 10] [--workers 1 2 4 8]
                                       [--backends sqlite postgresql] [--markdown FILE]
 
-Storages come from sweeper.pool.make_storage, as sweeper's workers use them. SQLite: a file in
+Storages come from sweeper.storage.make_storage, as sweeper's workers use them. SQLite: a file in
 a temporary directory (120 s busy timeout). PostgreSQL: a fresh database sweeper_bench_<random>,
 dropped at the end, on the server of $SWEEPER_BENCH_PG_URL (default
 postgresql+psycopg2://postgres@127.0.0.1:5432/postgres, an admin URL).
@@ -43,7 +43,7 @@ NAN = float("nan")
 
 
 def _init() -> None:
-    import sweeper.pool  # noqa: F401  (pulls in MLflow: seconds, so once per pool process)
+    import sweeper.storage  # noqa: F401  (imported once per pool process, not per timing)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="Heartbeat of storage")  # ask/tell, not optimize
@@ -63,7 +63,7 @@ def _ratio(a: float, b: float) -> float:
 
 def worker(url: str, study_name: str, seed: int, seconds: float, barrier) -> dict:
     """Run trials for `seconds` after the barrier; return latencies, report() times, errors."""
-    from sweeper.pool import make_storage
+    from sweeper.storage import make_storage
 
     out = {"latency": [], "report": [], "errors": Counter(), "elapsed": 0.0}
     try:
@@ -108,7 +108,7 @@ def worker(url: str, study_name: str, seed: int, seconds: float, barrier) -> dic
 
 def measure(pool, manager, url: str, n: int, seconds: float) -> dict:
     """A new study, n workers started together: throughput, latency percentiles, errors."""
-    from sweeper.pool import make_storage
+    from sweeper.storage import make_storage
 
     storage = make_storage(url)
     optuna.create_study(study_name=f"bench_{n}", storage=storage, direction="maximize")

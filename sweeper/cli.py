@@ -184,8 +184,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sweep = Sweep.existing(args.dir, args.storage, args.tracking_uri)  # joins, never creates
     tags = None
     if args.ensemble:
-        from sweeper.pool import make_storage
         from sweeper.retrain import MEMBER_KIND, load_member_study
+        from sweeper.storage import make_storage
 
         if experiment_id is None:
             experiment_id = tracking.experiment_for(
@@ -216,8 +216,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from sweeper import tracking
-    from sweeper.pool import Sweep, default_devices, make_storage, open_study
+    from sweeper.pool import Sweep, default_devices
     from sweeper.retrain import build_ensemble
+    from sweeper.storage import make_storage, open_study
 
     sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
     study = _study_from_name_or_file(args.study, sweep)
@@ -245,7 +246,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def _study_from_name_or_file(target: str, sweep: Any) -> Any:
     """A study file, or the file a launched study was started from."""
 
-    from sweeper.pool import load_stored_study, make_storage
+    from sweeper.storage import load_stored_study, make_storage
     from sweeper.study import load_by_name_or_file, load_study
 
     study, name = load_by_name_or_file(target)
@@ -290,8 +291,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    from sweeper.pool import Sweep, load_stored_study, make_storage
+    from sweeper.pool import Sweep
     from sweeper.progress import trials_table
+    from sweeper.storage import load_stored_study, make_storage
     from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)

@@ -1,4 +1,4 @@
-"""The worker pool: storage, one worker process per device slot, budget, retries, progress."""
+"""The worker pool: one worker process per device slot, the trial budget, retries, progress."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,29 +15,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import optuna
-import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from sweeper.errors import SweeperError, first_line
+from sweeper.storage import load_stored_study, make_storage, open_study
 from sweeper.study import Study
 
-# Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-# A live worker refreshes its trial's heartbeat this often (seconds); a trial unrefreshed for
-# the grace period belongs to a dead worker: it is failed, then retried from its checkpoint.
-HEARTBEAT_S = int(os.environ.get("SWEEPER_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
-MAX_RETRY = 3
 MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, not unlucky
 MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
 EXIT_GAVE_UP = 3  # a worker's exit code after MAX_FAILURES_IN_A_ROW: not restarted
 POLL_S = 1.0
 # An NVIDIA, AMD (ROCm) or WSL2 GPU driver shows one of these; without them torch sees no GPU.
 GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
-# How long a storage connection waits for a database that is down or restarting (seconds).
-STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
 
 
 @dataclass
@@ -82,108 +71,6 @@ def default_tracking_uri(sweep_dir: Path) -> str:
 def default_artifact_root(sweep_dir: Path) -> str:
     """Where a local sweep's artifacts go: `<sweep dir>/artifacts`, as an absolute path."""
     return str(Path(sweep_dir).resolve() / "artifacts")
-
-
-def make_storage(url: str) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats, retries of dead workers' trials, and patient SQLite."""
-    if url.startswith("sqlite"):
-        # Optuna's heartbeat thread dies silently on "database is locked": wait instead.
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    try:
-        for attempt in range(3):
-            try:
-                storage = SteadyHeartbeatStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRY
-                    ),
-                )
-                if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
-                    sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
-                return storage
-            # Two first launches on PostgreSQL created the tables at once: the loser retries.
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.5)
-        raise AssertionError("unreachable")
-    except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
-        raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
-
-
-class SteadyHeartbeatStorage(RDBStorage):
-    """RDBStorage whose heartbeat survives a failed beat (a database restart, a lock).
-
-    Optuna's heartbeat thread ends at its first exception, silently; the trial would then look
-    dead to the other workers while it trains on. A missed beat is retried at the next one.
-    """
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            super().record_heartbeat(trial_id)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-            print(f"sweeper: heartbeat of trial id {trial_id} missed ({first_line(error)})",
-                  file=sys.stderr)  # fmt: skip
-
-
-def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-    """A new database connection; while the server is down or restarting, wait for it."""
-    deadline = time.monotonic() + STORAGE_PATIENCE_S
-    pause = 0.5
-    while True:
-        try:
-            return dialect.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.OperationalError:
-            if time.monotonic() + pause > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
-
-
-def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
-    """An existing study, or one line that names the studies the storage does hold."""
-    try:
-        return optuna.load_study(study_name=name, storage=storage, **kwargs)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        held = ", ".join(names) if names else "none"
-        raise SweeperError(
-            f"no study '{name}' in {redact(url)} (it holds: {held}); launch it first with "
-            "`sweeper launch STUDY_FILE`, or check --dir/--storage and the file's `name`"
-        ) from None
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
-
-
-def open_study(study: Study, storage: RDBStorage) -> optuna.Study:
-    """Create the Optuna study on the first launch, load it on the next ones."""
-    created = optuna.create_study(
-        study_name=study.name,
-        storage=storage,
-        direction=study.direction,
-        sampler=study.make_sampler(),
-        pruner=study.make_pruner(),
-        load_if_exists=True,
-    )
-    if created.direction.name.lower() != study.direction:
-        raise SweeperError(
-            f"{study.file}: metric={study.metric!r} needs direction {study.direction}, but the "
-            f"stored study '{study.name}' is {created.direction.name.lower()}; rename the study"
-        )
-    return created
 
 
 def budget_state(study: optuna.Study, budget: int | None) -> str:
@@ -265,6 +152,11 @@ def run_worker(
     except KeyboardInterrupt:
         _requeue_interrupted(optuna_study, worker)
         return 130
+    except optuna.exceptions.StorageInternalError as error:  # cut off while creating a trial
+        cause = first_line(error.__cause__ or error)
+        print(f"sweeper: worker {worker} lost the storage ({cause}); the launcher starts another",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
     import optuna
     from optuna.storages import get_storage, run_grpc_proxy_server
 
-    from sweeper.pool import make_storage, redact
+    from sweeper.storage import make_storage, redact
 
     try:
         import grpc  # noqa: F401

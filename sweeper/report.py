@@ -114,7 +114,7 @@ def collect(name: str, sweep: Sweep, mlflow_url: str) -> StudyData:
     """Read the study, its trial runs and their metric histories, and the ensemble run."""
 
     from sweeper import tracking
-    from sweeper.pool import load_stored_study, make_storage
+    from sweeper.storage import load_stored_study, make_storage
 
     study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
     trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
@@ -469,7 +469,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         from optuna_dashboard import run_server
     except ImportError:
         raise SweeperError("dashboard: optuna-dashboard is not installed; pip install it") from None
-    from sweeper.pool import load_stored_study, make_storage
+    from sweeper.storage import load_stored_study, make_storage
 
     storage = make_storage(sweep.storage_url)
     load_stored_study(name, storage, sweep.storage_url)  # one line if it is not there

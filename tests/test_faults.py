@@ -30,7 +30,8 @@ from processes import children
 
 from sweeper import tracking
 from sweeper.errors import SweeperError
-from sweeper.pool import default_tracking_uri, make_storage
+from sweeper.pool import default_tracking_uri
+from sweeper.storage import make_storage
 
 pytestmark = pytest.mark.fault
 

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from processes import children
 
 from sweeper import tracking
-from sweeper.pool import default_tracking_uri, make_storage
+from sweeper.pool import default_tracking_uri
+from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")

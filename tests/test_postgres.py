@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ import pytest
 import sqlalchemy as sa  # noqa: E402
 
 from sweeper import tracking
-from sweeper.pool import default_tracking_uri, make_storage
+from sweeper.pool import default_tracking_uri
+from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
@@ -88,7 +90,7 @@ def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> Non
     """Processes opening a fresh database at once race to create Optuna's tables."""
     for _ in range(3):
         storage = new_database()
-        code = f"from sweeper.pool import make_storage; make_storage({storage!r})"
+        code = f"from sweeper.storage import make_storage; make_storage({storage!r})"
         opens = [
             subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
             for _ in range(4)
@@ -96,6 +98,53 @@ def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> Non
         for process in opens:
             _, err = process.communicate(timeout=120)
             assert process.returncode == 0, err[-2000:]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask and report, not optimize
+def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], str]) -> None:
+    """A restart cuts the connection of a query in flight: the trial's report must not fail.
+
+    The storage's UPDATE waits on a table lock held here; its server process is then terminated
+    (as a restart does), the lock released, and the report must land on a new connection.
+    """
+    url = new_database()
+    storage = make_storage(url)
+    study = optuna.create_study(storage=storage, study_name="cut")
+    trial = study.ask()
+    trial.report(0.25, 1)
+    holder = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    errors: list[BaseException] = []
+
+    def report() -> None:
+        try:
+            trial.report(0.5, 2)
+        except BaseException as error:
+            errors.append(error)
+
+    with holder.connect() as lock, holder.connect() as killer:
+        lock.execute(sa.text("LOCK TABLE trial_intermediate_values IN ACCESS EXCLUSIVE MODE"))
+        reporter = threading.Thread(target=report)
+        reporter.start()
+        waiting = sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        )
+        for _ in range(200):
+            pids = killer.execute(waiting).scalars().all()
+            if pids:
+                break
+            time.sleep(0.05)
+        assert len(pids) == 1, "the report never waited on the lock"
+        killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+        killer.commit()
+        time.sleep(0.5)  # the cut-off query has failed by now
+        lock.rollback()  # releases the lock
+        reporter.join(timeout=60)
+    assert not reporter.is_alive() and not errors, errors
+    stored = optuna.load_study(study_name="cut", storage=make_storage(url)).trials[0]
+    assert stored.intermediate_values == {1: 0.25, 2: 0.5}
+    storage.engine.dispose()
+    holder.dispose()
 
 
 def _password_rejecting_server(sock: socket.socket) -> None:

@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from sweeper import tracking
 from sweeper.data import load_images
 from sweeper.export import load_exported
-from sweeper.pool import default_tracking_uri, make_storage
+from sweeper.pool import default_tracking_uri
+from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")

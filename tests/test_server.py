@@ -24,7 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeper import tracking
-from sweeper.pool import make_storage
+from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

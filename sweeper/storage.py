@@ -1,0 +1,169 @@
+"""Optuna's storage as sweeper's workers use it: heartbeats, retried dead workers' trials,
+patience with a locked SQLite file or a restarting database server."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from sweeper.errors import SweeperError, first_line
+from sweeper.study import Study
+
+# Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# A live worker refreshes its trial's heartbeat this often (seconds); a trial unrefreshed for
+# the grace period belongs to a dead worker: it is failed, then retried from its checkpoint.
+HEARTBEAT_S = int(os.environ.get("SWEEPER_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
+MAX_RETRY = 3
+# How long a storage connection waits for a database that is down or restarting (seconds).
+STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
+
+
+def make_storage(url: str) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats, retries of dead workers' trials, and patient SQLite."""
+    if url.startswith("sqlite"):
+        # Optuna's heartbeat thread dies silently on "database is locked": wait instead.
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        for attempt in range(3):
+            try:
+                storage = PatientStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY
+                    ),
+                )
+                if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
+                    sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
+                return storage
+            # Two first launches on PostgreSQL created the tables at once: the loser retries.
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+    except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
+        raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
+
+
+class PatientStorage(RDBStorage):
+    """RDBStorage that waits out a database restart instead of failing the trial in progress.
+
+    A query whose connection was cut (the server restarted or dropped it) is asked again on a
+    new connection, which waits for the server (`_patient_connect`). Only idempotent methods are
+    repeated: a repeated `create_new_trial` could add a second trial that no worker owns, so a
+    cut there ends the worker and the launcher starts another. Optuna's heartbeat thread ends at
+    its first exception, silently, and the trial would then look dead to the other workers while
+    it trains on: a missed beat is reported and made up at the next one.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            print(f"sweeper: heartbeat of trial id {trial_id} missed ({first_line(error)})",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _repeated_when_cut_off(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def repeated(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + STORAGE_PATIENCE_S
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as error:
+                if not _cut_off(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    return repeated
+
+
+def _cut_off(error: Exception) -> bool:
+    """Did the query fail because its connection was lost, rather than because of what it asked?"""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    return isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+
+
+# What Optuna's cached storage and a worker call while a trial runs, create_new_trial excepted.
+for _name in (
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "set_study_user_attr",
+    "set_study_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials",
+    "_get_best_trial_id", "_get_stale_trial_ids", "_set_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+):  # fmt: skip
+    setattr(PatientStorage, _name, _repeated_when_cut_off(getattr(RDBStorage, _name)))
+
+
+def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """A new database connection; while the server is down or restarting, wait for it."""
+    deadline = time.monotonic() + STORAGE_PATIENCE_S
+    pause = 0.5
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
+    """An existing study, or one line that names the studies the storage does hold."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        held = ", ".join(names) if names else "none"
+        raise SweeperError(
+            f"no study '{name}' in {redact(url)} (it holds: {held}); launch it first with "
+            "`sweeper launch STUDY_FILE`, or check --dir/--storage and the file's `name`"
+        ) from None
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def open_study(study: Study, storage: RDBStorage) -> optuna.Study:
+    """Create the Optuna study on the first launch, load it on the next ones."""
+    created = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        direction=study.direction,
+        sampler=study.make_sampler(),
+        pruner=study.make_pruner(),
+        load_if_exists=True,
+    )
+    if created.direction.name.lower() != study.direction:
+        raise SweeperError(
+            f"{study.file}: metric={study.metric!r} needs direction {study.direction}, but the "
+            f"stored study '{study.name}' is {created.direction.name.lower()}; rename the study"
+        )
+    return created
