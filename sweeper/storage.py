@@ -4,6 +4,7 @@ patience with a locked SQLite file or a restarting database server."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
@@ -51,6 +52,7 @@ def make_storage(url: str) -> RDBStorage:
                 )
                 if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
                     sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
+                    sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
                 return storage
             # Two first launches on PostgreSQL created the tables at once: the loser retries.
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
@@ -71,7 +73,23 @@ class PatientStorage(RDBStorage):
     cut there ends the worker and the launcher starts another. Optuna's heartbeat thread ends at
     its first exception, silently, and the trial would then look dead to the other workers while
     it trains on: a missed beat is reported and made up at the next one.
+
+    After this process lost a connection, the other workers' heartbeats may be as old as the
+    outage while their trials train on: no trial is called dead (and retried) until they have
+    had the grace period to beat again.
     """
+
+    lost_at = -math.inf  # when this process last lost a database connection (monotonic)
+
+    def note_lost(self, *_: Any) -> None:
+        self.lost_at = time.monotonic()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        assert self.heartbeat_interval is not None and self.grace_period is not None
+        stale = super()._get_stale_trial_ids(study_id)  # may be what finds the connection lost
+        if time.monotonic() - self.lost_at < self.grace_period + self.heartbeat_interval:
+            return []
+        return stale
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -111,7 +129,7 @@ for _name in (
     "_get_best_trial_id", "_get_stale_trial_ids", "_set_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
 ):  # fmt: skip
-    setattr(PatientStorage, _name, _repeated_when_cut_off(getattr(RDBStorage, _name)))
+    setattr(PatientStorage, _name, _repeated_when_cut_off(getattr(PatientStorage, _name)))
 
 
 def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:

@@ -20,6 +20,7 @@ import optuna
 import pytest
 import sqlalchemy as sa  # noqa: E402
 
+from sweeper import storage as storage_module
 from sweeper import tracking
 from sweeper.pool import default_tracking_uri
 from sweeper.storage import make_storage
@@ -145,6 +146,35 @@ def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], st
     assert stored.intermediate_values == {1: 0.25, 2: 0.5}
     storage.engine.dispose()
     holder.dispose()
+
+
+def test_a_worker_that_lost_its_connection_calls_no_trial_dead_at_once(
+    new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an outage every heartbeat is as old as the outage: a worker that saw it must give
+    the live workers the grace period to beat again before it fails and retries their trials."""
+    monkeypatch.setattr(storage_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(storage_module, "GRACE_S", 2)
+    url = new_database()
+    trainer, watcher = make_storage(url), make_storage(url)
+    study = optuna.create_study(storage=trainer, study_name="stale")
+    trial = study.ask()
+    trainer.record_heartbeat(trial._trial_id)
+    study_id = study._study_id
+    time.sleep(3.5)  # the beat is older than the grace period, as after a long outage
+    assert watcher._get_stale_trial_ids(study_id) == [trial._trial_id]  # a dead worker's trial
+
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as killer:
+        cut = sa.text(
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert all(killer.execute(cut).scalars().all())
+    assert watcher._get_stale_trial_ids(study_id) == []  # it reconnected: an outage just ended
+    time.sleep(3.5)  # grace period and heartbeat interval: a live worker would have beaten
+    assert watcher._get_stale_trial_ids(study_id) == [trial._trial_id]
+    trainer.engine.dispose()
+    watcher.engine.dispose()
 
 
 def _password_rejecting_server(sock: socket.socket) -> None:
