@@ -1,4 +1,5 @@
-"""Real PostgreSQL storage: launches, two launches at once, and one clean line per bad URL.
+"""Real PostgreSQL storage: launches, two launches at once, cut connections, and one clean line
+per bad URL.
 
 Each test's database is created fresh on the real server by conftest's `new_database` and
 dropped at the end of the module.
@@ -101,6 +102,7 @@ def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> Non
             assert process.returncode == 0, err[-2000:]
 
 
+@pytest.mark.fault
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask and report, not optimize
 def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], str]) -> None:
     """A restart cuts the connection of a query in flight: the trial's report must not fail.
@@ -148,6 +150,7 @@ def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], st
     holder.dispose()
 
 
+@pytest.mark.fault
 def test_a_worker_that_lost_its_connection_calls_no_trial_dead_at_once(
     new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
