@@ -1,5 +1,4 @@
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ def test_cifar10_archive_decodes_whole(cifar10: ImageSet) -> None:
 
 
 def test_second_load_comes_from_the_cache(cifar10: ImageSet, datasets_dir: Path) -> None:
-    started = time.perf_counter()
     again = load_images("cifar10", str(datasets_dir))
-    assert time.perf_counter() - started < 5  # the decode takes ~10 s; the cache well under 1 s
+    assert isinstance(again.train_x, np.memmap)  # mapped from the cache, not decoded again
     assert np.array_equal(again.train_x[:100], cifar10.train_x[:100])
 
 
