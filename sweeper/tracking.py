@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from sweeper.errors import SweeperError, first_line  # noqa: E402
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+CREATE_TOKEN = "sweeper.create_token"  # one per create_run call: finds a run created twice
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
@@ -96,6 +98,19 @@ class PatientClient:
                 log.warning("tracking server %s is back", self.tracking_uri)
             return result
 
+    def create_run_once(self, experiment_id: str, tags: dict[str, str], run_name: str) -> Run:
+        """create_run that a lost reply cannot double. Over HTTP the request is then sent again
+        (by MLflow's own retry or by wait_for) and the server makes a second run; the run the
+        reply named is kept and its double deleted."""
+        token = uuid.uuid4().hex
+        run = self.create_run(experiment_id, tags={**tags, CREATE_TOKEN: token}, run_name=run_name)
+        if self.patient:
+            query = f"tags.`{CREATE_TOKEN}` = '{token}'"
+            for double in self.search_runs([experiment_id], filter_string=query):
+                if double.info.run_id != run.info.run_id:
+                    self.delete_run(double.info.run_id)
+        return run
+
 
 def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
     """Get or create the experiment named after the study and return its id.
@@ -149,7 +164,7 @@ def start_launch_run(
     run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
     all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name,
                 "sweeper.host": socket.gethostname(), "sweeper.pid": str(os.getpid())}  # fmt: skip
-    return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+    return client.create_run_once(experiment_id, all_tags, run_name).info.run_id
 
 
 def _alive(pid: int) -> bool:
@@ -240,9 +255,7 @@ class TrialTracker:
             return run_id
         if self.parent_run_id is not None:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        run = self.client.create_run(
-            self.experiment_id, tags=run_tags, run_name=f"trial-{trial_number}"
-        )
+        run = self.client.create_run_once(self.experiment_id, run_tags, f"trial-{trial_number}")
         run_id = run.info.run_id
         params = [Param(key, _param_value(value)) for key, value in config.items()]
         self.client.log_batch(run_id, params=params)
@@ -443,7 +456,7 @@ def log_ensemble(
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if note:
         tags["sweeper.note"] = note
-    run = client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-ensemble")
+    run = client.create_run_once(experiment_id, tags, f"{study_name}-ensemble")
     run_id = run.info.run_id
     metrics = {
         "ensemble_test_acc": report.ensemble_test_acc,

@@ -9,12 +9,15 @@ nothing may be missing afterwards.
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,3 +273,65 @@ def test_tracking_server_down_for_20_s_loses_nothing(
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == list(range(1, epochs + 1)), key  # every epoch once, none twice
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+
+
+class ReplyLosingProxy(http.server.ThreadingHTTPServer):
+    """Passes HTTP on to the MLflow server, except that the reply to the first runs/create is
+    lost: the server made the run, the client hears only a closed connection."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream = upstream
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.creates = 0
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    server: ReplyLosingProxy
+
+    def forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        request = urllib.request.Request(
+            self.server.upstream + self.path, data=body, headers=headers, method=self.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, reply_headers, payload = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, reply_headers, payload = error.code, error.headers, error.read()
+        if self.path.endswith("/runs/create"):
+            self.server.creates += 1
+            if self.server.creates == 1:
+                self.close_connection = True
+                return
+        self.send_response(status)
+        for key, value in reply_headers.items():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length", "date",
+                                   "server"):  # fmt: skip
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.fault
+def test_a_trial_run_created_twice_after_a_lost_reply_is_kept_once(server: MlflowServer) -> None:
+    proxy = ReplyLosingProxy(server.url)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        experiment = tracking.experiment_for(server.url, "lost-reply")
+        tracker = tracking.TrialTracker(proxy.url, experiment, None)
+        run_id = tracker.start("lost-reply", 0, {"lr": 0.1}, {})
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert proxy.creates == 2  # the client sent create_run again: the server made two runs
+    [run] = tracking.runs_of_study(server.url, "lost-reply")
+    assert run.info.run_id == run_id
+    assert run.data.params == {"lr": "0.1"}
