@@ -151,6 +151,7 @@ def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], st
 
 
 @pytest.mark.fault
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask, not optimize
 def test_a_worker_that_lost_its_connection_calls_no_trial_dead_at_once(
     new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
