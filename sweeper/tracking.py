@@ -102,13 +102,14 @@ class PatientClient:
         """create_run that a lost reply cannot double. Over HTTP the request is then sent again
         (by MLflow's own retry or by wait_for) and the server makes a second run; the run the
         reply named is kept and its double deleted."""
+        if not self.patient:  # a local store has no reply to lose
+            return self.create_run(experiment_id, tags=tags, run_name=run_name)
         token = uuid.uuid4().hex
         run = self.create_run(experiment_id, tags={**tags, CREATE_TOKEN: token}, run_name=run_name)
-        if self.patient:
-            query = f"tags.`{CREATE_TOKEN}` = '{token}'"
-            for double in self.search_runs([experiment_id], filter_string=query):
-                if double.info.run_id != run.info.run_id:
-                    self.delete_run(double.info.run_id)
+        query = f"tags.`{CREATE_TOKEN}` = '{token}'"
+        for double in self.search_runs([experiment_id], filter_string=query):
+            if double.info.run_id != run.info.run_id:
+                self.delete_run(double.info.run_id)
         return run
 
 
