@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 from typing import Any
@@ -15,6 +17,7 @@ from torch import nn
 
 from sweeper.errors import SweeperError
 from sweeper.models import MODEL_NAMES, MODEL_OPTIONS, build_model
+from sweeper.models.registry import BUILDERS
 
 torch.set_num_threads(1)
 
@@ -52,6 +55,17 @@ def test_public_constants() -> None:
         "pretrained": False,
         "freeze_features": False,
     }
+
+
+def test_every_name_has_a_builder() -> None:
+    """The registry table covers exactly MODEL_NAMES."""
+    assert set(BUILDERS) == set(MODEL_NAMES)
+
+
+def test_import_stays_torch_free() -> None:
+    """Importing sweeper.models (names, options) does not import torch."""
+    code = "import sys, sweeper.models; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

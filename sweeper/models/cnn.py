@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from sweeper.models.registry import conv_layers, flat_size
+from sweeper.models.layers import conv_layers, flat_size, init_weights
 
 
 class ConvNet(nn.Module):
@@ -53,3 +55,13 @@ def CNN2(  # noqa: N802
         nn.MaxPool2d(2),
     )
     return ConvNet(features, num_classes, in_channels, image_size)
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> ConvNet:
+    """CNN1 or CNN2 (by name) for the options; batch_norm defaults to off."""
+    make = CNN1 if name == "cnn1" else CNN2
+    model = make(num_classes, in_channels, image_size, opts["activation"], bool(opts["batch_norm"]))
+    init_weights(model, opts["init"])
+    return model

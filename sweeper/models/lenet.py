@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from sweeper.models.registry import conv_layers, dense_layers, flat_size
+from sweeper.models.layers import conv_layers, dense_layers, flat_size, init_weights
 
 
 class LeNet5(nn.Module):
@@ -39,3 +40,20 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits [B, num_classes]."""
         return self.classifier(self.features(x))
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> LeNet5:
+    """LeNet-5 for the options; hidden defaults to (120, 84)."""
+    model = LeNet5(
+        num_classes,
+        in_channels,
+        image_size,
+        hidden=(120, 84) if opts["hidden"] is None else opts["hidden"],
+        activation=opts["activation"],
+        dropout=opts["dropout"],
+        batch_norm=bool(opts["batch_norm"]),
+    )
+    init_weights(model, opts["init"])
+    return model

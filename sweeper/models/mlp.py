@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from sweeper.models.registry import dense_layers
+from sweeper.models.layers import dense_layers, init_weights
 
 
 class MLP(nn.Module):
@@ -30,3 +31,19 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits [B, num_classes]."""
         return self.net(x)
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> MLP:
+    """MLP for the options; hidden defaults to (512, 256)."""
+    model = MLP(
+        in_channels * image_size * image_size,
+        num_classes,
+        hidden=(512, 256) if opts["hidden"] is None else opts["hidden"],
+        activation=opts["activation"],
+        dropout=opts["dropout"],
+        batch_norm=bool(opts["batch_norm"]),
+    )
+    init_weights(model, opts["init"])
+    return model

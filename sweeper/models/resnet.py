@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.models.registry import make_activation
+from sweeper.models.layers import init_weights, make_activation
 
 
 class PadShortcut(nn.Module):
@@ -85,3 +87,13 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits [B, num_classes]."""
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> CifarResNet:
+    """CifarResNet of the depth in the name; init "default" means he_normal here."""
+    depth = int(name.removeprefix("resnet"))
+    model = CifarResNet(depth, num_classes, in_channels, opts["activation"], opts["shortcut"])
+    init_weights(model, "he_normal" if opts["init"] == "default" else opts["init"])
+    return model

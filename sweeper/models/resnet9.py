@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from sweeper.models.registry import make_activation
+from sweeper.models.layers import init_weights, make_activation
 
 
 def conv_bn(cin: int, cout: int, activation: str) -> nn.Sequential:
@@ -56,3 +58,12 @@ class ResNet9(nn.Module):
         """Return logits [B, num_classes]."""
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.fc(self.pool(x).flatten(1)) * self.scale
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> ResNet9:
+    """ResNet-9 for the options (image image_size free: it ends in a global pool)."""
+    model = ResNet9(num_classes, in_channels, activation=opts["activation"])
+    init_weights(model, opts["init"])
+    return model

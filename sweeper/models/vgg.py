@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError
-from sweeper.models.registry import conv_layers, dense_layers
+from sweeper.models.layers import conv_layers, dense_layers, init_weights
 
 CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -91,3 +91,25 @@ def load_pretrained(model: VGG, name: str, batch_norm: bool) -> None:
         raise SweeperError(
             f"pretrained: {path} does not match {name} features (batch_norm={batch_norm})"
         ) from exc
+
+
+def build(
+    name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> VGG:
+    """VGG for the options (batch_norm on, hidden (512,) by default), then ImageNet features."""
+    if opts["pretrained"] and in_channels != 3:
+        raise SweeperError(f"pretrained: ImageNet weights need in_channels 3, got {in_channels}")
+    batch_norm = True if opts["batch_norm"] is None else opts["batch_norm"]
+    model = VGG(
+        CFGS[name],
+        num_classes,
+        in_channels,
+        hidden=(512,) if opts["hidden"] is None else opts["hidden"],
+        activation=opts["activation"],
+        dropout=opts["dropout"],
+        batch_norm=batch_norm,
+    )
+    init_weights(model, opts["init"])
+    if opts["pretrained"]:
+        load_pretrained(model, name, batch_norm)
+    return model
