@@ -6,7 +6,7 @@ sweeper report quickstart --dashboard evaluation
 
 import plotly.express as px
 
-from sweeper.report import StudyData
+from sweeper.studydata import StudyData
 
 title = "Evaluation"
 
@@ -44,12 +44,12 @@ def summary(data: StudyData) -> str:
             f"{best.best_epoch} of {best.epochs_run}, after {best.train_minutes:.1f} minutes."
         )
     if data.ensemble is not None:
-        m = data.ensemble.data.metrics
+        m = data.ensemble  # a row: status, run_id, metrics.<key>, ...
         lines.append(
-            f"Seed ensemble of {int(m.get('members', 0))} retrained members: test accuracy "
-            f"{m.get('ensemble_test_acc', float('nan')):.4f} against "
-            f"{m.get('best_member_test_acc', float('nan')):.4f} for its best member "
-            f"({m.get('gain_over_best_member', float('nan')):+.4f})."
+            f"Seed ensemble of {int(m.get('metrics.members', 0))} retrained members: test "
+            f"accuracy {m.get('metrics.ensemble_test_acc', float('nan')):.4f} against "
+            f"{m.get('metrics.best_member_test_acc', float('nan')):.4f} for its best member "
+            f"({m.get('metrics.gain_over_best_member', float('nan')):+.4f})."
         )
     return "\n\n".join(lines)
 

@@ -6,7 +6,7 @@ sweeper report quickstart --dashboard sweep
 import optuna.visualization as vis
 import plotly.express as px
 
-from sweeper.report import StudyData
+from sweeper.studydata import StudyData
 
 title = "Sweep"
 

@@ -1,4 +1,8 @@
-"""The `sweeper` command."""
+"""The `sweeper` command: parses, calls one module, turns a SweeperError into one line.
+
+Commands import the heavy modules they need inside themselves: `sweeper status` and a launcher
+that starts its workers must not wait for torch or MLflow to load.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ import os
 import sys
 from typing import Any
 
-from sweeper.errors import SweeperError
+from sweeper import proxy, report
+from sweeper.errors import SweeperError, bad_value
+from sweeper.paths import SweepPaths
+from sweeper.study import load_by_name_or_file, load_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sweeper", description="Optuna sweeps of image-classification CNNs, tracked in MLflow."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_training_commands(commands)
+    add_result_commands(commands)
+    report.register(commands)
+    proxy.register(commands)
+    return parser
 
+
+def add_training_commands(commands: Any) -> None:
+    """train, launch, ensemble and worker: the commands that train."""
     train = commands.add_parser("train", help="train one config and print its accuracy")
     train.add_argument("--config", help="YAML or JSON file of config keys (flags override it)")
     train.add_argument("--json", action="store_true", help="print one JSON line instead")
@@ -52,14 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch = commands.add_parser("launch", help="run a study on a worker pool")
     launch.add_argument("study", help="a study file, e.g. studies/quickstart.py")
     add_sweep_flags(launch)
-    launch.add_argument(
-        "--workers", type=int, help="worker processes (default: one per GPU, else 1)"
-    )
-    launch.add_argument("--trials-per-gpu", type=int, default=1, help="trials packed on one GPU")
-    launch.add_argument("--no-progress", action="store_true", help="print a line per trial instead")
-    launch.add_argument(
-        "--no-ensemble", action="store_true", help="skip the seed ensemble at the end"
-    )
+    add_pool_flags(launch, "trial")
+    launch.add_argument("--no-ensemble", action="store_true", help="skip the seed ensemble")
     launch.set_defaults(func=cmd_launch)
 
     ensemble = commands.add_parser("ensemble", help="retrain the top configs with seeds, average")
@@ -68,13 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--k", type=int, help="top configs to retrain (study default: 3)")
     ensemble.add_argument("--seeds", type=int, help="seeds per config (study default: 3)")
     ensemble.add_argument("--greedy", action="store_true", help="also greedy selection on val")
-    ensemble.add_argument(
-        "--workers", type=int, help="worker processes (default: one per GPU, else 1)"
-    )
-    ensemble.add_argument("--trials-per-gpu", type=int, default=1, help="members packed on one GPU")
-    ensemble.add_argument("--no-progress", action="store_true", help="print a line per member")
+    add_pool_flags(ensemble, "member")
     ensemble.set_defaults(func=cmd_ensemble)
 
+    worker = commands.add_parser("worker", help="join a running study (same storage)")
+    worker.add_argument("study", help="the study file")
+    add_sweep_flags(worker)
+    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
+    worker.add_argument("--worker-name", default=None, help="name in tags (default: host-pid)")
+    worker.add_argument("--threads", type=int, help="CPU threads for training")
+    # A launcher's worker starts before its study exists and reads the MLflow ids on stdin.
+    worker.add_argument("--from-launcher", action="store_true", help=argparse.SUPPRESS)
+    worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    worker.add_argument("--ensemble", action="store_true", help="train the ensemble's members")
+    worker.add_argument("--packed", action="store_true", help="this GPU is shared with others")
+    worker.set_defaults(func=cmd_worker)
+
+
+def add_result_commands(commands: Any) -> None:
+    """export, predict, status and ui: the commands that read what a sweep stored."""
     export = commands.add_parser("export", help="write the study's registered ensemble to a file")
     export.add_argument("study", help="the study name (or file)")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "mlflow"])
@@ -89,21 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--top", type=int, default=1, help="classes to show per image")
     predict.set_defaults(func=cmd_predict)
-
-    worker = commands.add_parser("worker", help="join a running study (same storage)")
-    worker.add_argument("study", help="the study file")
-    add_sweep_flags(worker)
-    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
-    worker.add_argument("--worker-name", default=None, help="name in tags (default: host-pid)")
-    worker.add_argument("--threads", type=int, help="CPU threads for training")
-    # A launcher's worker starts before its study exists and reads the MLflow ids on stdin.
-    worker.add_argument("--from-launcher", action="store_true", help=argparse.SUPPRESS)
-    worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
-    worker.add_argument(
-        "--ensemble", action="store_true", help="train the study's ensemble members"
-    )
-    worker.add_argument("--packed", action="store_true", help="this GPU is shared with others")
-    worker.set_defaults(func=cmd_worker)
 
     status = commands.add_parser("status", help="print the trials of a study as a table")
     status.add_argument("study", help="a study name or file")
@@ -121,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
 
-    from sweeper import proxy, report
 
-    report.register(commands)
-    proxy.register(commands)
-    return parser
+def add_pool_flags(parser: argparse.ArgumentParser, unit: str) -> None:
+    """How many workers train the trials (or members), and how they show progress."""
+    parser.add_argument("--workers", type=int, help="worker processes (default: 1 per GPU, or 1)")
+    parser.add_argument("--trials-per-gpu", type=int, default=1, help=f"{unit}s packed on one GPU")
+    parser.add_argument("--no-progress", action="store_true", help=f"a line per {unit}, no bar")
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
@@ -146,125 +153,78 @@ def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("epochs", "train_size", "trials", "threads"):
         value = getattr(args, key, None)
         if value is not None and value < 1:
-            raise SweeperError(
-                f"--{key.replace('_', '-')}={value} is invalid; it must be 1 or more"
-            )
+            raise bad_value("", f"--{key.replace('_', '-')}", value, "it must be 1 or more")
     return {k: v for k, v in overrides.items() if v is not None}
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from sweeper.pool import Sweep, default_devices, launch
-    from sweeper.study import load_study
+    from sweeper.launch import launch
+    from sweeper.pool import default_devices
 
     study = load_study(args.study)
     overrides = sweep_overrides(args)
     if args.workers is not None and args.workers < 1:
-        raise SweeperError(f"--workers={args.workers} is invalid; it must be 1 or more")
-    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
-    devices = default_devices(args.workers, args.trials_per_gpu)
-    budget = args.trials if args.trials is not None else study.trials
-    timeout = args.timeout if args.timeout is not None else study.timeout
-    progress = not args.no_progress and sys.stderr.isatty()
-    ensemble = None if args.no_ensemble else study.ensemble
-    return launch(study, sweep, devices=devices, budget=budget, timeout=timeout,
-                  overrides=overrides, progress=progress, ensemble=ensemble)  # fmt: skip
+        raise bad_value("", "--workers", args.workers, "it must be 1 or more")
+    return launch(
+        study,
+        SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
+        devices=default_devices(args.workers, args.trials_per_gpu),
+        budget=args.trials if args.trials is not None else study.trials,
+        timeout=args.timeout if args.timeout is not None else study.timeout,
+        overrides=overrides,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        ensemble=None if args.no_ensemble else study.ensemble,
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import socket
+    from sweeper.launch import join
 
-    # torch and MLflow load (seconds) while a launcher opens the study and the MLflow launch run
-    from sweeper import tracking, trial  # noqa: F401
-    from sweeper.pool import Sweep, read_context, run_worker
-    from sweeper.study import load_study
-
-    study = load_study(args.study)
-    context = read_context(sys.stdin) if args.from_launcher else {}
-    experiment_id, parent_run_id = context.get("experiment_id"), context.get("parent_run_id")
-    sweep = Sweep.existing(args.dir, args.storage, args.tracking_uri)  # joins, never creates
-    tags = None
-    if args.ensemble:
-        from sweeper.retrain import MEMBER_KIND, load_member_study
-        from sweeper.storage import make_storage
-
-        if experiment_id is None:
-            experiment_id = tracking.experiment_for(
-                sweep.tracking_uri, study.name, sweep.artifact_root
-            )
-        study = load_member_study(study, make_storage(sweep.storage_url))
-        tags = {"sweeper.kind": MEMBER_KIND}
-    budget = args.trials if args.trials is not None else study.trials
-    deadline = args.deadline
-    if deadline is None and (args.timeout or study.timeout):
-        import time
-
-        deadline = time.time() + (args.timeout or study.timeout)
-    return run_worker(
-        study,
-        sweep,
+    return join(
+        args.study,
+        args.dir,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        from_launcher=args.from_launcher,
         device=args.device,
-        worker=args.worker_name or f"{socket.gethostname()}-{os.getpid()}",
-        experiment_id=experiment_id,
-        parent_run_id=parent_run_id,
-        budget=budget,
-        deadline=deadline,
+        worker=args.worker_name,
+        ensemble=args.ensemble,
+        budget=args.trials,
+        timeout=args.timeout,
+        deadline=args.deadline,
         overrides=sweep_overrides(args),
-        tags=tags,
         packed=args.packed,
     )
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from sweeper import tracking
-    from sweeper.pool import Sweep, default_devices
-    from sweeper.retrain import build_ensemble
-    from sweeper.storage import make_storage, open_study
+    from sweeper.launch import ensemble_again
+    from sweeper.pool import default_devices
 
-    sweep = Sweep.resolve(args.dir, args.storage, args.tracking_uri)
-    study = _study_from_name_or_file(args.study, sweep)
-    settings = {**study.ensemble}
+    settings: dict[str, Any] = {"greedy": True} if args.greedy else {}
     for key in ("k", "seeds", "epochs"):
         value = getattr(args, key, None)
         if value is not None:
             if value < 1:
-                raise SweeperError(f"--{key}={value} is invalid; it must be 1 or more")
+                raise bad_value("", f"--{key}", value, "it must be 1 or more")
             settings[key] = value
-    if args.greedy:
-        settings["greedy"] = True
-    settings.setdefault("k", 3)
-    overrides = {k: v for k, v in sweep_overrides(args).items() if k != "epochs"}
-    optuna_study = open_study(study, make_storage(sweep.storage_url))
-    experiment_id = tracking.experiment_for(sweep.tracking_uri, study.name, sweep.artifact_root)
-    devices = default_devices(args.workers, args.trials_per_gpu)
-    progress = not args.no_progress and sys.stderr.isatty()
-    done = build_ensemble(study, sweep, optuna_study, devices=devices,
-                          experiment_id=experiment_id, parent_run_id=None,
-                          overrides=overrides, progress=progress, **settings)  # fmt: skip
-    return 0 if done else 130
-
-
-def _study_from_name_or_file(target: str, sweep: Any) -> Any:
-    """A study file, or the file a launched study was started from."""
-
-    from sweeper.storage import load_stored_study, make_storage
-    from sweeper.study import load_by_name_or_file, load_study
-
-    study, name = load_by_name_or_file(target)
-    if study is not None:
-        return study
-    stored = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
-    return load_study(stored.user_attrs["study_file"])
+    return ensemble_again(
+        args.study,
+        SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
+        devices=default_devices(args.workers, args.trials_per_gpu),
+        settings=settings,
+        overrides={k: v for k, v in sweep_overrides(args).items() if k != "epochs"},
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sweeper import tracking
-    from sweeper.pool import Sweep
-    from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
-    sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+    sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
     out = Path(args.out)
     if args.format == "mlflow":
         path = tracking.download_registered(sweep.tracking_uri, name, out, args.alias)
@@ -291,13 +251,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    from sweeper.pool import Sweep
     from sweeper.progress import trials_table
     from sweeper.storage import load_stored_study, make_storage
-    from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
-    sweep = Sweep.existing(args.dir, args.storage, None)
+    sweep = SweepPaths.existing(args.dir, args.storage, None)
     study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
     table = trials_table(study)
     if args.json:
@@ -311,9 +269,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
 
-    from sweeper.pool import Sweep
-
-    sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+    sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
     command = ["mlflow", "ui", "--backend-store-uri", sweep.tracking_uri,
                "--host", args.host, "--port", str(args.port)]  # fmt: skip
     if sweep.artifact_root:
@@ -347,9 +303,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     if args.from_run:
         from sweeper import tracking
-        from sweeper.pool import Sweep
 
-        sweep = Sweep.resolve(args.dir, None, args.tracking_uri)
+        sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
         values = {**tracking.run_config(sweep.tracking_uri, args.from_run), **values}
     source = args.config or (f"run {args.from_run}" if args.from_run else "flags")
     names = {f.name for f in dataclasses.fields(TrainConfig)}

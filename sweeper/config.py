@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sweeper.errors import SweeperError, first_line
+from sweeper.errors import SweeperError, bad_value, first_line
 from sweeper.models.options import MODEL_OPTIONS, check_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -95,7 +95,7 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         def bad(key: str, accepted: str) -> SweeperError:
-            return SweeperError(f"{source}: {key}={getattr(self, key)!r} is invalid; {accepted}")
+            return bad_value(source, key, getattr(self, key), accepted)
 
         check_options(self.model_options())
         if self.optimizer not in OPTIMIZERS:
@@ -162,7 +162,7 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
     }[base]
     if not ok:
-        raise SweeperError(f"{source}: {key}={value!r} is invalid; expected {base}")
+        raise bad_value(source, key, value, f"expected {base}")
     if base == "float":
         return float(value)
     if base.startswith("list"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import socket
 import tarfile
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from sweeper.atomic import replacing
 from sweeper.errors import SweeperError, first_line
 
 CACHE_VERSION = 2
@@ -106,15 +106,14 @@ def load_images(
     if image_size is not None:
         images.train_x = _resize(images.train_x, image_size)
         images.test_x = _resize(images.test_x, image_size)
-    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for field in FIELDS:
-        np.save(tmp / f"{field}.npy", getattr(images, field))
-    np.save(tmp / "classes.npy", np.array(images.classes))  # written last: marks it complete
     try:
-        tmp.rename(cached)
+        with replacing(cached) as tmp:
+            tmp.mkdir()
+            for field in FIELDS:
+                np.save(tmp / f"{field}.npy", getattr(images, field))
+            np.save(tmp / "classes.npy", np.array(images.classes))
     except OSError:  # another process cached it first
-        shutil.rmtree(tmp, ignore_errors=True)
+        pass
     return images
 
 

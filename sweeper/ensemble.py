@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, first_line
 from sweeper.models import build_model
+from sweeper.train import predict
 
 CHECKPOINT_KEYS = ("model", "config", "classes", "in_channels", "image_size", "mean", "std")
 
@@ -108,24 +111,12 @@ def probabilities(
     device: torch.device | str = "cpu",
     batch_size: int = 1000,
 ) -> np.ndarray:
-    """Softmax probabilities [N, classes] (float32) for uint8 images [N, C, H, W].
-
-    Moves the model to `device` and sets eval mode; normalizes exactly as Ensemble does.
-    """
+    """Softmax probabilities [N, classes] (float32) for uint8 images [N, C, H, W], normalized
+    and batched as in training. Moves the model to `device`."""
     device = torch.device(device)
-    model.to(device).eval()
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(shape)
-    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(shape)
-    out = []
-    for start in range(0, len(x), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-        batch = batch.to(device).float() / 255
-        logits = model((batch - mean) / std)
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out)
+    labels = np.zeros(len(x), dtype=np.int64)
+    split = DeviceSplit(x, labels, np.asarray(mean), np.asarray(std), device)
+    return torch.softmax(predict(model.to(device), split, batch_size), dim=1).cpu().numpy()
 
 
 def average(probs: list[np.ndarray], chosen: list[int]) -> np.ndarray:
@@ -227,18 +218,11 @@ class EnsembleReport:
         return rows
 
 
-def evaluate(
-    members: list[tuple[str, Path]],
-    val: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    device: torch.device | str = "cpu",
-    greedy: bool = False,
-) -> tuple[Ensemble, EnsembleReport]:
-    """Score every member once on val and test; return the plain-average Ensemble (on the CPU)
-    and the report (greedy selection figures included when greedy=True)."""
-    if not members:
-        raise SweeperError("ensemble: no members given; pass (label, checkpoint) pairs")
-    models, saved = zip(*(load_member(path) for _, path in members), strict=True)
+def _common_shape(
+    members: list[tuple[str, Path]], saved: Sequence[dict[str, Any]], splits: dict[str, np.ndarray]
+) -> tuple[int, int, int]:
+    """The [C, H, W] every member takes; members of other datasets or shapes are refused, and so
+    are empty splits or splits of other images."""
     first = saved[0]
     shape = (int(first["in_channels"]), int(first["image_size"]), int(first["image_size"]))
     for (_, path), ckpt in zip(members[1:], saved[1:], strict=True):
@@ -252,7 +236,7 @@ def evaluate(
                 f"ensemble: {path} takes {ckpt['in_channels']}x{ckpt['image_size']} images, "
                 f"the first member {shape[0]}x{shape[1]}; members must share one input shape"
             )
-    for name, (x, _) in (("val", val), ("test", test)):
+    for name, x in splits.items():
         if len(x) == 0:
             raise SweeperError(f"ensemble: the {name} split is empty; it needs images to score")
         if tuple(x.shape[1:]) != shape:
@@ -260,6 +244,22 @@ def evaluate(
                 f"ensemble: {name} images are {tuple(x.shape[1:])}, the members take {shape}; "
                 "load the dataset the members were trained on"
             )
+    return shape
+
+
+def evaluate(
+    members: list[tuple[str, Path]],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    device: torch.device | str = "cpu",
+    greedy: bool = False,
+) -> tuple[Ensemble, EnsembleReport]:
+    """Score every member once on val and test; return the plain-average Ensemble (on the CPU)
+    and the report (greedy selection figures included when greedy=True)."""
+    if not members:
+        raise SweeperError("ensemble: no members given; pass (label, checkpoint) pairs")
+    models, saved = zip(*(load_member(path) for _, path in members), strict=True)
+    shape = _common_shape(members, saved, {"val": val[0], "test": test[0]})
     val_probs, test_probs = [], []
     for model, ckpt in zip(models, saved, strict=True):
         val_probs.append(probabilities(model, ckpt["mean"], ckpt["std"], val[0], device))
@@ -268,11 +268,8 @@ def evaluate(
     member_val = [accuracy(p, val[1]) for p in val_probs]
     member_test = [accuracy(p, test[1]) for p in test_probs]
     labels = [label for label, _ in members]
-    groups = {}
-    for label in dict.fromkeys(labels):
-        accs = [a for a, lab in zip(member_test, labels, strict=True) if lab == label]
-        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-        groups[label] = (float(np.mean(accs)), std)
+    stats = pd.Series(member_test).groupby(labels, sort=False).agg(["mean", "std"]).fillna(0.0)
+    groups = {label: (float(mean), float(std)) for label, (mean, std) in stats.iterrows()}
     everyone = list(range(len(members)))
     ensemble_test = accuracy(average(test_probs, everyone), test[1])
     chosen = greedy_test = greedy_val = None
@@ -298,7 +295,7 @@ def evaluate(
         list(models),
         [c["mean"] for c in saved],
         [c["std"] for c in saved],
-        list(first["classes"]),
+        list(saved[0]["classes"]),
         image_size=shape[1],
     )
     return ensemble, report

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sweeper.atomic import replacing
 from sweeper.ensemble import Ensemble
 from sweeper.errors import SweeperError, first_line
 
@@ -60,16 +60,9 @@ def export(ensemble: Ensemble | nn.Module, fmt: str, out: Path, example: Tensor)
         example = example.to(tensors[0].device)
     classes = [str(c) for c in getattr(ensemble, "classes", [])]  # [] shows indices
     info = {"classes": classes, "input_shape": list(example.shape[1:])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        if fmt == "torchscript":
-            _write_torchscript(ensemble, example, tmp, info)
-        else:
-            _write_onnx(ensemble, example, tmp, info)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write = _write_torchscript if fmt == "torchscript" else _write_onnx
+    with replacing(out) as tmp:
+        write(ensemble, example, tmp, info)
     return out
 
 

@@ -9,36 +9,30 @@ import pandas as pd
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from sweeper.storage import counted_trials
+
+# trials_dataframe() columns -> the columns of `sweeper status` (params follow as params.NAME)
+COLUMNS = {
+    "number": "trial", "state": "state", "value": "value", "user_attrs_best_epoch": "best_epoch",
+    "user_attrs_epochs_run": "epochs_run", "duration": "seconds", "user_attrs_worker": "worker",
+    "user_attrs_mlflow_run_id": "mlflow_run_id", "system_attrs_failed_trial": "retry_of",
+    "user_attrs_fail_reason": "fail_reason",
+}  # fmt: skip
+
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial (surplus claims left out), best first."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
-            continue
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if (t.datetime_complete and t.datetime_start)
-            else None
-        )
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "best_epoch": t.user_attrs.get("best_epoch"),
-                "epochs_run": t.user_attrs.get("epochs_run"),
-                "seconds": seconds,
-                "worker": t.user_attrs.get("worker"),
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                "retry_of": t.system_attrs.get("failed_trial"),
-                "fail_reason": t.user_attrs.get("fail_reason"),
-                **{f"params.{k}": v for k, v in t.params.items()},
-            }
-        )
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
+    frame = study.trials_dataframe(
+        attrs=("number", "state", "value", "duration", "params", "user_attrs", "system_attrs")
+    )
+    if "user_attrs_surplus" in frame:
+        frame = frame[frame["user_attrs_surplus"] != True]  # noqa: E712 (NaN for the others)
+    if frame.empty:
+        return pd.DataFrame()
+    params = {c: f"params.{c.removeprefix('params_')}" for c in frame if c.startswith("params_")}
+    table = frame.reindex(columns=[*COLUMNS, *params]).rename(columns={**COLUMNS, **params})
+    table["seconds"] = table["seconds"].dt.total_seconds()
+    table = table.astype({"best_epoch": "Int64", "epochs_run": "Int64", "retry_of": "Int64"})
     ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
     return table.sort_values("value", ascending=ascending, na_position="last").reset_index(
         drop=True
@@ -56,9 +50,7 @@ class Progress:
         self.seen: set[int] = set()
 
     def update(self) -> None:
-        trials = [
-            t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")
-        ]
+        trials = counted_trials(self.study)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
         finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         self.bar.update(finished - self.bar.n)

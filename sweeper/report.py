@@ -7,80 +7,30 @@ A dashboard file (dashboards/evaluation.py, dashboards/sweep.py) is plain Python
 
 Each section returns a plotly Figure, a pandas DataFrame (a table), a str (a paragraph) or a list
 of those; the first line of its docstring is its heading. The report's first table is also
-written as CSV, and both files are logged to the study's latest launch run in MLflow.
+written as CSV, and both files are logged to the study's latest launch run in MLflow. What the
+sections read (StudyData) is collected in sweeper.studydata.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import SweeperError
+from sweeper.paths import SweepPaths
+from sweeper.studydata import StudyData, collect, run_url  # dashboards may import StudyData here
 from sweeper.userfile import import_file, line_in, one_line
 
 if TYPE_CHECKING:
-    import optuna
     import pandas as pd
-    from mlflow.entities import Run
-
-    from sweeper.pool import Sweep
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
-CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "seconds")
-MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others ignore the momentum setting
-SETTINGS = ("trial", "state", "setting", "model", "gpu", "device", "batch_size", "activation",
-            "init", "optimizer", "lr", "momentum", "weight_decay", "lr_decay", "train_minutes",
-            "best_epoch", "epochs_run", "val_acc", "value", "other", "status", "fail_reason",
-            "retry_of", "worker", "start", "end", "mlflow_run", "run_id")  # fmt: skip
-SHOWN = {"model", "batch_size", "activation", "init", "optimizer", "lr", "momentum",
-         "weight_decay", "schedule", "milestones", "gamma", "device"}  # fmt: skip
-
-
-@dataclass
-class StudyData:
-    """Everything a dashboard may show, read once from the Optuna storage and MLflow."""
-
-    name: str
-    study: optuna.Study  # for optuna.visualization
-    trials: list[optuna.trial.FrozenTrial]  # by number; surplus claims left out
-    settings: pd.DataFrame  # one row per trial: the documents' columns and more (see _settings)
-    curves: pd.DataFrame  # one row per trial and epoch: the MLflow runs' per-epoch metrics
-    launch: Run | None  # the latest launch run (the report is logged there)
-    ensemble: Run | None  # the latest ensemble run
-    members: pd.DataFrame | None  # that run's ensemble_members.json table
-    collected: datetime
-
-    @property
-    def metric(self) -> str:
-        return "val_acc" if self.maximize else "val_loss"
-
-    @property
-    def maximize(self) -> bool:
-        return self.study.direction.name == "MAXIMIZE"
-
-    def count(self, state: str) -> int:
-        return int((self.settings["state"] == state).sum()) if len(self.settings) else 0
-
-    @property
-    def running(self) -> bool:
-        """Trials still run, or the launch has not ended (as the stores say now)."""
-        launch_running = self.launch is not None and self.launch.info.status == "RUNNING"
-        return launch_running or self.count("RUNNING") > 0
-
-    def best(self) -> pd.Series | None:
-        """The settings row of the best complete trial."""
-        done = self.settings[self.settings["state"] == "COMPLETE"]
-        if done.empty:
-            return None
-        index = done["value"].idxmax() if self.maximize else done["value"].idxmin()
-        return done.loc[index]
 
 
 @dataclass
@@ -108,167 +58,6 @@ def load_dashboard(target: str) -> Dashboard:
         )
     title = getattr(module, "title", path.stem)
     return Dashboard(file=path, title=str(title), sections=list(sections))
-
-
-def collect(name: str, sweep: Sweep, mlflow_url: str) -> StudyData:
-    """Read the study, its trial runs and their metric histories, and the ensemble run."""
-
-    from sweeper import tracking
-    from sweeper.storage import load_stored_study, make_storage
-
-    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
-    trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
-    runs = {run.info.run_id: run for run in tracking.runs_of_study(sweep.tracking_uri, name)}
-    histories = {
-        run_id: tracking.metric_histories(sweep.tracking_uri, run_id, CURVE_METRICS)
-        for run_id in runs
-    }
-    curves = _curves(trials, runs, histories)
-    ensemble = tracking.latest_run(sweep.tracking_uri, name, "ensemble")
-    return StudyData(
-        name=name,
-        study=study,
-        trials=trials,
-        settings=_settings(trials, runs, curves, mlflow_url.rstrip("/")),
-        curves=curves,
-        launch=tracking.latest_run(sweep.tracking_uri, name, "launch"),
-        ensemble=ensemble,
-        members=tracking.ensemble_table(sweep.tracking_uri, ensemble) if ensemble else None,
-        collected=datetime.now(),
-    )
-
-
-def _own_run(trial: optuna.trial.FrozenTrial, runs: dict[str, Run]) -> Run | None:
-    """The trial's MLflow run, unless a retry continued it (the run then counts for the retry)."""
-    run = runs.get(trial.user_attrs.get("mlflow_run_id", ""))
-    return run if run and run.data.tags.get("sweeper.trial") == str(trial.number) else None
-
-
-def _curves(
-    trials: list[optuna.trial.FrozenTrial],
-    runs: dict[str, Run],
-    histories: dict[str, dict[str, list]],
-) -> pd.DataFrame:
-    import pandas as pd
-
-    rows: dict[tuple[int, int], dict[str, Any]] = {}
-    for trial in trials:
-        run = _own_run(trial, runs)
-        for key, points in histories[run.info.run_id].items() if run else ():
-            for step, value in points:
-                row = rows.setdefault((trial.number, step), {"trial": trial.number, "epoch": step})
-                row[key] = value
-    columns = ["trial", "setting", "epoch", *CURVE_METRICS]
-    frame = pd.DataFrame(list(rows.values()), columns=[c for c in columns if c != "setting"])
-    labels = {t.number: _label(t) for t in trials}
-    frame.insert(1, "setting", frame["trial"].map(labels))
-    return frame.sort_values(["trial", "epoch"]).reset_index(drop=True)
-
-
-def _label(trial: optuna.trial.FrozenTrial) -> str:
-    """A setting's short name: trial number, model, optimizer and the suggested values."""
-    config = trial.user_attrs.get("config", {})
-    parts = [f"#{trial.number}", str(config.get("model", "")), str(config.get("optimizer", ""))]
-    parts += [
-        f"{k}={_short(v)}" for k, v in trial.params.items() if k not in ("model", "optimizer")
-    ]
-    return " ".join(p for p in parts if p)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _settings(
-    trials: list[optuna.trial.FrozenTrial],
-    runs: dict[str, Run],
-    curves: pd.DataFrame,
-    mlflow_url: str,
-) -> pd.DataFrame:
-    """One row per trial: the documents' evaluation columns, then state, timing and links."""
-    import pandas as pd
-
-    seconds = curves.groupby("trial")["seconds"].sum(min_count=1)
-    epochs = curves.dropna(subset=["val_acc"]).groupby("trial")["epoch"].max()
-    rows = []
-    for t in trials:
-        config = t.user_attrs.get("config", {})
-        linked = runs.get(t.user_attrs.get("mlflow_run_id", ""))
-        run = _own_run(t, runs)  # metrics only from the trial's own run
-        metrics = run.data.metrics if run else {}
-        device = linked.data.tags.get("sweeper.device", "") if linked else config.get("device")
-        optimizer = config.get("optimizer")
-        best_epoch = metrics.get("best_epoch")
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "setting": _label(t),
-                "model": _model(config),
-                "gpu": "O" if str(device).startswith("cuda") else "X",
-                "device": device,
-                "batch_size": config.get("batch_size"),
-                "activation": config.get("activation"),
-                "init": config.get("init"),
-                "optimizer": optimizer,
-                "lr": config.get("lr"),
-                "momentum": config.get("momentum") if optimizer in MOMENTUM_OPTIMIZERS else None,
-                "weight_decay": config.get("weight_decay"),
-                "lr_decay": _lr_decay(config),
-                "train_minutes": seconds.get(t.number, math.nan) / 60,
-                "best_epoch": int(best_epoch) if best_epoch else None,
-                "epochs_run": epochs.get(t.number),
-                "val_acc": metrics.get("best_val_acc"),
-                "value": t.value,
-                "other": ", ".join(
-                    f"{k}={_short(v)}" for k, v in t.params.items() if k not in SHOWN
-                ),
-                "status": t.user_attrs.get("train_status", ""),
-                "fail_reason": _fail_reason(t),
-                "retry_of": t.system_attrs.get("failed_trial"),
-                "worker": t.user_attrs.get("worker", ""),
-                "start": t.datetime_start,
-                "end": t.datetime_complete,
-                "mlflow_run": _run_url(mlflow_url, linked) if linked else "",
-                "run_id": linked.info.run_id if linked else "",
-            }
-        )
-    frame = pd.DataFrame(rows, columns=list(SETTINGS))
-    return frame.astype(
-        {k: "Int64" for k in ("batch_size", "best_epoch", "epochs_run", "retry_of")}
-    )
-
-
-def _fail_reason(trial: optuna.trial.FrozenTrial) -> str:
-    if trial.state.name != "FAIL":
-        return ""
-    if "interrupted" in trial.user_attrs:
-        return "interrupted by Ctrl-C or SIGTERM"
-    return trial.user_attrs.get("fail_reason", "no heartbeat: its worker died")
-
-
-def _model(config: dict[str, Any]) -> str:
-    model = str(config.get("model", ""))
-    extras = ["bn"] if config.get("batch_norm") else []
-    if config.get("dropout"):
-        extras.append(f"dropout {config['dropout']:g}")
-    if config.get("pretrained"):
-        extras.append("pretrained")
-    return f"{model} ({', '.join(extras)})" if extras else model
-
-
-def _lr_decay(config: dict[str, Any]) -> str:
-    schedule = config.get("schedule", "")
-    if schedule == "step":
-        at = ", ".join(f"{m:g}" for m in config.get("milestones", []))
-        schedule = f"step x{config.get('gamma', 0.1):g} at {at} of the epochs"
-    if config.get("warmup_epochs"):
-        schedule += f", warmup {config['warmup_epochs']:g} epochs"
-    return schedule
-
-
-def _run_url(mlflow_url: str, run: Run) -> str:
-    return f"{mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
 def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | None]:
@@ -309,7 +98,7 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
             + "</section>"
         )
     state = "running" if data.running else "finished"
-    launch = data.launch.info.status if data.launch else "no launch run"
+    launch = data.launch["status"] if data.launch is not None else "no launch run"
     page = PAGE.format(
         title=html.escape(f"{dashboard.title}: {data.name}"),
         plotly=get_plotlyjs(),
@@ -338,29 +127,29 @@ def _figure(figure: Any, div_id: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    """A plain HTML table; URLs become links, rows carry their trial state as a class."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for record in frame.to_dict("records"):
-        state = html.escape(str(record.get("state", "")))
-        cells = "".join(f"<td>{_cell(value)}</td>" for value in record.values())
-        rows.append(f'<tr class="{state}">{cells}</tr>')
-    return f'<div class="table"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+    """DataFrame.to_html, with blank NaN, floats to 4 significant digits, datetimes to the
+    second and URLs as links; each row on one line, classed by its trial state if it has one."""
+    shown = frame.astype(object).where(frame.notna(), "").map(_text)
+    shown.columns = [html.escape(str(column)) for column in frame.columns]
+    text = shown.to_html(index=False, escape=False, float_format="{:.4g}".format, border=0)
+    text = re.sub(r">\s+<", "><", text)
+    if "state" in frame.columns:
+        states = iter(html.escape(str(state)) for state in frame["state"])
+        head, tbody, body = text.partition("<tbody>")
+        text = head + tbody + re.sub("<tr>", lambda _: f'<tr class="{next(states)}">', body)
+    return f'<div class="table">{text}</div>'
 
 
-def _cell(value: Any) -> str:
-    import pandas as pd
-
-    if pd.api.types.is_scalar(value) and pd.isna(value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, datetime):
+def _text(value: Any) -> Any:
+    """A cell as to_html should show it: strings escaped (URLs as links), datetimes to the
+    second; numbers are left to to_html's float_format."""
+    if hasattr(value, "strftime"):
         return f"{value:%Y-%m-%d %H:%M:%S}"
-    text = str(value)
-    if text.startswith(("http://", "https://")):
-        return f'<a href="{html.escape(text)}">{html.escape(text.rsplit("/", 1)[-1][:8])}</a>'
-    return html.escape(text)
+    if not isinstance(value, str):
+        return value
+    if value.startswith(("http://", "https://")):
+        return f'<a href="{html.escape(value)}">{html.escape(value.rsplit("/", 1)[-1][:8])}</a>'
+    return html.escape(value)
 
 
 def _paragraphs(text: str) -> str:
@@ -389,7 +178,7 @@ tr.RUNNING td, tr.WAITING td {{ background: #fff6d6; font-style: italic; }}
 
 def write_report(
     dashboard: Dashboard, data: StudyData, out: Path, tracking_uri: str
-) -> tuple[list[Path], Run | None]:
+) -> tuple[list[Path], pd.Series | None]:
     """Write the HTML (and CSV of the first table); log them to the latest launch run."""
     from sweeper import tracking
 
@@ -402,7 +191,7 @@ def write_report(
         table.to_csv(csv, index=False)
         paths.append(csv)
     if data.launch is not None:
-        tracking.log_report(tracking_uri, data.launch.info.run_id, paths)
+        tracking.log_report(tracking_uri, data.launch["run_id"], paths)
     return paths, data.launch
 
 
@@ -437,45 +226,43 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
 
 
-def _sweep(args: argparse.Namespace) -> tuple[Sweep, str]:
+def _stores(args: argparse.Namespace) -> tuple[SweepPaths, str]:
     """The sweep's stores (never created here) and the study's name."""
-    from sweeper.pool import Sweep
     from sweeper.study import load_by_name_or_file
 
     _, name = load_by_name_or_file(args.study)
-    return Sweep.existing(args.dir, args.storage, args.tracking_uri), name
+    return SweepPaths.existing(args.dir, args.storage, args.tracking_uri), name
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     dashboard = load_dashboard(args.dashboard)
-    sweep, name = _sweep(args)
-    default = sweep.dir / "reports" / f"{name}-{dashboard.file.stem}.html"
-    out = Path(args.out) if args.out else default
+    stores, name = _stores(args)
+    out = Path(args.out) if args.out else stores.report(name, dashboard.file.stem)
     if out.suffix.lower() not in (".html", ".htm"):
         raise SweeperError(f"--out {out}: the report is HTML; name a .html file")
-    data = collect(name, sweep, args.mlflow_url)
-    paths, launch = write_report(dashboard, data, out, sweep.tracking_uri)
-    print(f"report: {' and '.join(str(p) for p in paths)}")
+    data = collect(name, stores, args.mlflow_url)
+    files, launch = write_report(dashboard, data, out, stores.tracking_uri)
+    print(f"report: {' and '.join(str(p) for p in files)}")
     if launch is None:
         print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
     else:
-        print(f"report: logged to {_run_url(args.mlflow_url.rstrip('/'), launch)} (report/)")
+        print(f"report: logged to {run_url(args.mlflow_url.rstrip('/'), launch)} (report/)")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    sweep, name = _sweep(args)
+    stores, name = _stores(args)
     try:
         from optuna_dashboard import run_server
     except ImportError:
         raise SweeperError("dashboard: optuna-dashboard is not installed; pip install it") from None
     from sweeper.storage import load_stored_study, make_storage
 
-    storage = make_storage(sweep.storage_url)
-    load_stored_study(name, storage, sweep.storage_url)  # one line if it is not there
+    storage = make_storage(stores.storage_url)
+    load_stored_study(name, storage, stores.storage_url)  # one line if it is not there
     study_id = storage.get_study_id_from_name(name)
     url = f"http://{args.host}:{args.port}/dashboard/studies/{study_id}"
     print(f"optuna-dashboard: {url} (Ctrl-C stops it)")
     sys.stdout.flush()
-    run_server(sweep.storage_url, host=args.host, port=args.port)
+    run_server(stores.storage_url, host=args.host, port=args.port)
     return 0

@@ -15,8 +15,10 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SweeperError, first_line
+from sweeper.patience import patiently
 from sweeper.study import Study
 
 # Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.
@@ -38,30 +40,28 @@ def make_storage(url: str) -> RDBStorage:
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        for attempt in range(3):
-            try:
-                storage = PatientStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRY
-                    ),
-                )
-                if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
-                    sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
-                    sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
-                return storage
-            # Two first launches on PostgreSQL created the tables at once: the loser retries.
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.5)
-        raise AssertionError("unreachable")
+
+    def open_storage() -> PatientStorage:
+        storage = PatientStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+        if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
+            sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
+            sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
+        return storage
+
+    try:  # two first launches on PostgreSQL create the tables at once: the loser tries again
+        return patiently(open_storage, retry=_lost_table_race, patience_s=1.5, max_pause=0.5)
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
+
+
+def _lost_table_race(error: Exception) -> bool:
+    return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
 
 
 class PatientStorage(RDBStorage):
@@ -102,48 +102,42 @@ class PatientStorage(RDBStorage):
 def _repeated_when_cut_off(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def repeated(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + STORAGE_PATIENCE_S
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as error:
-                if not _cut_off(error) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.5)
+        return patiently(lambda: method(self, *args, **kwargs), retry=_cut_off,
+                         patience_s=STORAGE_PATIENCE_S, max_pause=0.5)  # fmt: skip
 
     return repeated
 
 
 def _cut_off(error: Exception) -> bool:
     """Did the query fail because its connection was lost, rather than because of what it asked?"""
+    if not isinstance(error, sqlalchemy.exc.DBAPIError | optuna.exceptions.StorageInternalError):
+        return False
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
     return isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
 
 
 # What Optuna's cached storage and a worker call while a trial runs, create_new_trial excepted.
-for _name in (
+# Private names among them are Optuna's internals: tests/test_optuna_names.py checks they exist.
+REPEATED_METHODS = (
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "set_study_user_attr",
     "set_study_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
     "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials",
     "_get_best_trial_id", "_get_stale_trial_ids", "_set_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-):  # fmt: skip
+)  # fmt: skip
+for _name in REPEATED_METHODS:
     setattr(PatientStorage, _name, _repeated_when_cut_off(getattr(PatientStorage, _name)))
 
 
 def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
     """A new database connection; while the server is down or restarting, wait for it."""
-    deadline = time.monotonic() + STORAGE_PATIENCE_S
-    pause = 0.5
-    while True:
-        try:
-            return dialect.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.OperationalError:
-            if time.monotonic() + pause > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
+    return patiently(
+        lambda: dialect.connect(*cargs, **cparams),
+        retry=lambda error: isinstance(error, dialect.loaded_dbapi.OperationalError),
+        patience_s=STORAGE_PATIENCE_S,
+        max_pause=5.0,
+    )
 
 
 def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
@@ -185,3 +179,12 @@ def open_study(study: Study, storage: RDBStorage) -> optuna.Study:
             f"stored study '{study.name}' is {created.direction.name.lower()}; rename the study"
         )
     return created
+
+
+def counted_trials(
+    study: optuna.Study, states: tuple[TrialState, ...] | None = None
+) -> list[FrozenTrial]:
+    """The trials that count towards the budget: all but surplus claims (a trial that lost the
+    race for the last place of the budget to another worker's)."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    return [t for t in trials if not t.user_attrs.get("surplus")]

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from sweeper.config import TrainConfig
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, bad_value
 from sweeper.userfile import import_file, line_in, one_line
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
@@ -128,7 +128,7 @@ def validate(study: Study, draws: int = 32) -> None:
     where = study.file or study.name
 
     def bad(key: str, accepted: str) -> SweeperError:
-        return SweeperError(f"{where}: {key}={getattr(study, key)!r} is invalid; {accepted}")
+        return bad_value(where, key, getattr(study, key), accepted)
 
     if not isinstance(study.name, str) or not study.name.strip():
         raise bad("name", "give the study a non-empty name")

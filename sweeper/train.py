@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,78 +107,33 @@ def train(
     """Train one config; early stopping restores the best epoch's weights."""
     started = time.perf_counter()
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    channels_last = cuda and config.channels_last
-    model = build_model(
-        config.model_options(),
-        num_classes=len(data.classes),
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-    )
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    mean, std = data.mean_std
-    train_split = DeviceSplit(data.train_x, data.train_y, mean, std, device, channels_last)
-    val_split = DeviceSplit(data.val_x, data.val_y, mean, std, device, channels_last)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    optimizer = make_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    state = TrainState(model, optimizer, scheduler, generator)
+    state, train_split, val_split = prepare(config, data, device)
     if resume is not None:
         state.load_state_dict(resume)
+    model = state.model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    cuda = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and config.bf16)
-    check_every = 20 if cuda else 1  # a finiteness check syncs the GPU
     sign = 1.0 if config.monitor == "val_acc" else -1.0
     status = "completed"
     best_predictions = None
 
     while state.epoch < config.epochs:
         epoch_started = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        lr = optimizer.param_groups[0]["lr"]
-        seen = 0
-        batches = train_split.batches(config.batch_size, generator, augment=config.augment)
-        for step, (x, y) in enumerate(batches):
-            with autocast:
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if step % check_every == 0 and not torch.isfinite(loss_sum):
-                status = "diverged"
-                break
-        if status == "diverged" or not torch.isfinite(loss_sum):
+        lr = state.optimizer.param_groups[0]["lr"]
+        batches = train_split.batches(config.batch_size, state.generator, augment=config.augment)
+        trained = train_epoch(state, batches, loss_fn, autocast, config.grad_clip)
+        if trained is None:
             status = "diverged"
             break
         train_seconds = time.perf_counter() - epoch_started
         val_logits = predict(model, val_split, config.eval_batch_size, autocast)
         val_loss, val_acc = scores(val_logits, val_split.y)
         state.epoch += 1
-        metrics = {
-            "epoch": state.epoch,
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - epoch_started,
-            "images_per_s": seen / train_seconds,
-        }
+        metrics = {"epoch": state.epoch, "train_loss": trained[0], "train_acc": trained[1],
+                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                   "seconds": time.perf_counter() - epoch_started,
+                   "images_per_s": len(train_split) / train_seconds}  # fmt: skip
         state.history.append(metrics)
         if not math.isfinite(val_loss):
             status = "diverged"
@@ -200,18 +155,73 @@ def train(
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     best_val_acc = state.history[state.best_epoch - 1]["val_acc"] if state.best_epoch else None
-    return TrainResult(
-        status=status,
-        history=state.history,
-        best_epoch=state.best_epoch,
-        best_val_acc=best_val_acc,
-        seconds=time.perf_counter() - started,
-        model=model,
-        device=device,
-        mean=mean,
-        std=std,
-        val_predictions=best_predictions if state.best_epoch else None,
+    return TrainResult(status, state.history, state.best_epoch, best_val_acc,
+                       time.perf_counter() - started, model, device, *data.mean_std,
+                       val_predictions=best_predictions if state.best_epoch else None)  # fmt: skip
+
+
+def prepare(
+    config: TrainConfig, data: SplitData, device: torch.device
+) -> tuple[TrainState, DeviceSplit, DeviceSplit]:
+    """The seeded model, optimizer, schedule and batch generator of a run, and its train and
+    validation splits resident on the device."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    channels_last = cuda and config.channels_last
+    model = build_model(
+        config.model_options(),
+        num_classes=len(data.classes),
+        in_channels=data.in_channels,
+        image_size=data.image_size,
     )
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    mean, std = data.mean_std
+    train_split = DeviceSplit(data.train_x, data.train_y, mean, std, device, channels_last)
+    val_split = DeviceSplit(data.val_x, data.val_y, mean, std, device, channels_last)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    optimizer = make_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    return TrainState(model, optimizer, scheduler, generator), train_split, val_split
+
+
+def train_epoch(
+    state: TrainState,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: nn.Module,
+    autocast: torch.autocast,
+    grad_clip: float | None,
+) -> tuple[float, float] | None:
+    """One pass over the batches: mean loss and accuracy, or None once the loss is not finite."""
+    model, optimizer = state.model, state.optimizer
+    model.train()
+    device = next(model.parameters()).device
+    check_every = 20 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(batches):
+        with autocast:
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        state.scheduler.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            return None
+    if not torch.isfinite(loss_sum):
+        return None
+    return loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.no_grad()

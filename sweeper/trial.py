@@ -14,10 +14,12 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from sweeper.atomic import replacing
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData, load_images, split
 from sweeper.errors import first_line
 from sweeper.gpulock import gpu_slot
+from sweeper.storage import counted_trials
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
 from sweeper.train import EpochCallback, TrainResult, TrainState, predict_arrays, train
@@ -53,23 +55,19 @@ logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
 
 def root_number(trial: optuna.Trial) -> int:
     """The number of a trial's first try: its retries resume from that try's checkpoint."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial exposes no system attrs
+    (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
     history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     return history[0] if history else trial.number
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """Write a checkpoint so that a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as file:
+        with replacing(path) as tmp, open(tmp, "wb") as file:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
         cause = getattr(error, "strerror", None) or first_line(error)
         raise CheckpointError(
             f"cannot write checkpoint {path}: {cause}; free disk space or make"
@@ -272,11 +270,10 @@ class Objective:
     def _check_budget(self, trial: optuna.Trial) -> None:
         if self.budget is None:
             return
-        states = (optuna.trial.TrialState.FAIL,)
         earlier = [
             t
-            for t in trial.study.get_trials(deepcopy=False)
-            if t.number < trial.number and t.state not in states and not t.user_attrs.get("surplus")
+            for t in counted_trials(trial.study)
+            if t.number < trial.number and t.state != optuna.trial.TrialState.FAIL
         ]
         if len(earlier) >= self.budget:
             trial.set_user_attr("surplus", True)

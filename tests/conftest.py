@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import REPO, Store
 
 from sweeper.data import ImageSet, SplitData, load_images, split
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = (REPO.parent / "shared" / "datasets").resolve()
 
 ADMIN_URL = os.environ.get(
@@ -24,6 +24,7 @@ ADMIN_URL = os.environ.get(
 
 # Decoded arrays are cached across test sessions; a fresh clone decodes once (about 10 s).
 os.environ.setdefault("SWEEPER_CACHE_DIR", str(REPO / ".pytest_cache" / "sweeper-data"))
+os.environ.setdefault("SWEEPER_DATA_DIR", str(DATASETS))  # as `make test` sets it
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,19 @@ def new_database(admin: sa.Engine) -> Iterator[Callable[[], str]]:
                 {"name": name},
             )
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Callable[[Path], Store]:
+    """Makes the storage of one sweep directory: its SQLite default, or a fresh PostgreSQL
+    database on the machine's server. Launch tests take it to run over both (as Optuna's own
+    suite runs over its storages)."""
+    if request.param == "sqlite":
+        return lambda sweep_dir: Store("sqlite", f"sqlite:///{sweep_dir / 'optuna.db'}", ())
+    create = request.getfixturevalue("new_database")
+
+    def postgres(_: Path) -> Store:
+        url = create()
+        return Store("postgresql", url, ("--storage", url))
+
+    return postgres

@@ -4,16 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
-
-
-def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=300, **kwargs)
+from helpers import REPO, sweeper
 
 
 def test_train_json_reports_every_key(datasets_dir: Path) -> None:
-    done = run(
+    done = sweeper(
         "train",
         "--model",
         "cnn2",
@@ -73,7 +68,7 @@ def test_train_from_a_config_file_prints_accuracies(datasets_dir: Path, tmp_path
         f"model: mlp\nhidden: [64]\ndata_dir: {datasets_dir}\ntrain_size: 500\nval_size: 500\n"
         "epochs: 1\nimage_size: 16\n"
     )
-    done = run("train", "--config", str(config), "--lr", "0.01")
+    done = sweeper("train", "--config", str(config), "--lr", "0.01")
     assert done.returncode == 0, done.stderr
     assert "validation accuracy:" in done.stdout and "test accuracy:" in done.stdout
 
@@ -94,7 +89,7 @@ def test_wrong_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], exp
     config = tmp_path / "bad.yaml"
     config.write_text("learning_rate: 0.1\n")
     args = [str(config) if a == "CONFIG" else a for a in args]
-    done = run("train", "--epochs", "1", "--train-size", "100", *args)
+    done = sweeper("train", "--epochs", "1", "--train-size", "100", *args)
     assert done.returncode == 2
     assert expected in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -104,10 +99,10 @@ def test_wrong_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], exp
 def test_the_cli_checks_a_study_without_importing_torch_or_mlflow() -> None:
     """A launcher starts its workers first and loads MLflow meanwhile; `status` stays instant."""
     code = (
-        "import sys; from sweeper import cli, data, pool, study; cli.build_parser();"
+        "import sys; from sweeper import cli, data, launch, pool, study; cli.build_parser();"
         " study.load_study('studies/vgg.py');"
         " print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+                          cwd=REPO, timeout=120)  # fmt: skip
     assert done.stdout.strip() == "[]", done.stderr

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import REPO
 
 from sweeper.cli import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
 VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 

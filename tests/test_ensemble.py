@@ -228,7 +228,7 @@ def test_mlflow_model_directory_loads_for_predict(trained: Trained, tmp_path: Pa
     with torch.no_grad():
         expected = trained.ensemble(torch.from_numpy(x)).numpy()
     directory = tmp_path / "mlflow-model"
-    mlflow_pytorch.save_model(  # as sweeper.tracking.log_ensemble writes it (format pt2)
+    mlflow_pytorch.save_model(  # MLflow's default format (pt2); log_ensemble pickles instead
         trained.ensemble,
         str(directory),
         signature=infer_signature(x, expected),

@@ -14,9 +14,7 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,19 +23,16 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import QUICKSTART, SWEEPER, children, free_port
 from mlflow import MlflowClient
-from processes import children
 
 from sweeper import tracking
 from sweeper.errors import SweeperError
-from sweeper.pool import default_tracking_uri
+from sweeper.paths import default_tracking_uri
 from sweeper.storage import make_storage
 
 pytestmark = pytest.mark.fault
 
-REPO = Path(__file__).resolve().parents[1]
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
-QUICKSTART = str(REPO / "studies" / "quickstart.py")
 STUDY = "quickstart"
 FINISHED = ("COMPLETE", "PRUNED")
 TINY = ["--train-size", "500", "--no-progress", "--no-ensemble"]
@@ -157,34 +152,27 @@ def assert_budget_met_once(url: str, sweep_dir: Path, budget: int) -> list:
     run_ids = [t.user_attrs.get("mlflow_run_id") for t in counted]
     assert None not in run_ids, states
     assert len(set(run_ids)) == budget, "two finished trials share an MLflow run"
-    runs = tracking.runs_of_study(default_tracking_uri(sweep_dir), STUDY)
-    by_id = {run.info.run_id: run for run in runs}
-    assert len(by_id) == len(runs)
+    runs = tracking.runs_of_study(default_tracking_uri(sweep_dir), STUDY).set_index("run_id")
+    assert runs.index.is_unique
     owner: dict[str, int] = {}  # run id -> the trial that finished it
     for trial in counted:
-        run = by_id[trial.user_attrs["mlflow_run_id"]]
-        assert run.data.tags["sweeper.trial"] == str(trial.number)
-        assert run.info.status == "FINISHED", (trial.number, run.info.status)
-        assert run.data.tags["optuna.state"] == trial.state.name
-        owner[run.info.run_id] = trial.number
+        run = runs.loc[trial.user_attrs["mlflow_run_id"]]
+        assert run["tags.sweeper.trial"] == str(trial.number)
+        assert run["status"] == "FINISHED", (trial.number, run["status"])
+        assert run["tags.optuna.state"] == trial.state.name
+        owner[run.name] = trial.number
     retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    for run in runs:  # a run no counted trial owns is a failed trial's, never a lost double
-        if run.info.run_id in owner:
+    for run_id, run in runs.iterrows():  # a run no counted trial owns is a failed trial's
+        if run_id in owner:
             continue
-        number = int(run.data.tags["sweeper.trial"])
-        assert states.get(number) == "FAIL", (number, states, run.info.status)
+        number = int(run["tags.sweeper.trial"])
+        assert states.get(number) == "FAIL", (number, states, run["status"])
         assert number not in retried, f"trial {number} was retried, yet its run is orphaned"
-        assert run.info.status == "FAILED", (number, run.info.status)
+        assert run["status"] == "FAILED", (number, run["status"])
     return trials
 
 
 # --- 1. PostgreSQL restarts in the middle of a sweep -------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pg_binary(name: str) -> str:

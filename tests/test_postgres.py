@@ -1,5 +1,5 @@
-"""Real PostgreSQL storage: launches, two launches at once, cut connections, and one clean line
-per bad URL.
+"""Real PostgreSQL storage: two launches at once, cut connections, one clean line per bad URL.
+The launch tests of test_launch.py run over it too.
 
 Each test's database is created fresh on the real server by conftest's `new_database` and
 dropped at the end of the module.
@@ -19,16 +19,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
+from helpers import QUICKSTART, SWEEPER
 
 from sweeper import storage as storage_module
-from sweeper import tracking
-from sweeper.pool import default_tracking_uri
 from sweeper.storage import make_storage
 
-REPO = Path(__file__).resolve().parents[1]
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
-QUICKSTART = str(REPO / "studies" / "quickstart.py")
 SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -46,21 +42,6 @@ def counted(storage: str) -> list[optuna.trial.FrozenTrial]:
         for t in study.get_trials()
         if t.state.name in FINISHED and not t.user_attrs.get("surplus")
     ]
-
-
-def test_launch_on_postgres(
-    new_database: Callable[[], str], tmp_path: Path, datasets_dir: Path
-) -> None:
-    storage = new_database()
-    args = launch_args(storage, tmp_path, datasets_dir, "--trials", "3", "--workers", "2")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    trials = counted(storage)
-    assert len(trials) == 3
-    runs = tracking.runs_of_study(default_tracking_uri(tmp_path), "quickstart")
-    assert sorted(r.info.run_id for r in runs) == sorted(
-        t.user_attrs["mlflow_run_id"] for t in trials
-    )
 
 
 def test_two_launches_at_once_share_the_budget(

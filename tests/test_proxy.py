@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import SWEEPER, free_port, sweeper
 
 
 @pytest.fixture
@@ -53,10 +45,7 @@ def test_studies_through_the_proxy_land_in_the_storage(proxy: tuple[int, str]) -
 
 
 def test_a_bad_storage_is_one_line() -> None:
-    done = subprocess.run(
-        [SWEEPER, "storage-proxy", "--storage", "postgresq://u:s3cretpw@127.0.0.1/x"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = sweeper("storage-proxy", "--storage", "postgresq://u:s3cretpw@127.0.0.1/x", timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("sweeper: error: --storage:")
     assert len(done.stderr.strip().splitlines()) == 1 and "s3cretpw" not in done.stderr

@@ -9,29 +9,27 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+from helpers import REPO, SWEEPER, children, free_port, sweeper
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
-from processes import children
 
 from sweeper import tracking
 from sweeper.cli import main
-from sweeper.pool import default_tracking_uri
-from sweeper.report import StudyData, _curves, _settings, load_dashboard, render
+from sweeper.paths import default_tracking_uri
+from sweeper.report import load_dashboard, render
+from sweeper.studydata import StudyData, _curves, _settings
 
-REPO = Path(__file__).resolve().parents[1]
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
 NAME = "reportcheck"
 # Trial 0 completes; trial 1 diverges (FAIL); trial 2 learns nothing and is pruned after epoch 1
 # by the median of trial 0; trials 3 and 4 go as the pruner sees them. A seed ensemble follows.
@@ -63,10 +61,6 @@ CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--proxy-server=127.0.0.1:9",  # nothing may come from the network
             "--hide-scrollbars", "--virtual-time-budget=5000"]  # fmt: skip
-
-
-def sweeper(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def pause(pid: int) -> None:
@@ -206,27 +200,30 @@ def test_table_matches_the_mlflow_runs(sweep: Path) -> None:
     uri = default_tracking_uri(sweep)
     client = MlflowClient(tracking_uri=uri)
     table = rows(sweep / "reports" / f"{NAME}-evaluation.csv")
-    runs = {run.info.run_id: run for run in tracking.runs_of_study(uri, NAME)}
+    runs = tracking.runs_of_study(uri, NAME).set_index("run_id", drop=False)
     assert len(table) == len(runs) == 5
     states = {int(row["trial"]): row["state"] for row in table}
     assert [states.pop(n) for n in (0, 1, 2)] == ["COMPLETE", "FAIL", "PRUNED"]
     assert set(states.values()) <= {"COMPLETE", "PRUNED"}  # trials 3 and 4: as the pruner saw
     for row in table:
-        run = runs[row["mlflow_run"].rsplit("/", 1)[1]]
-        url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        run = runs.loc[row["mlflow_run"].rsplit("/", 1)[1]]
+        url = f"http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
         assert row["mlflow_run"] == url
-        assert row["trial"] == run.data.tags["sweeper.trial"]
-        assert row["state"] == run.data.tags["optuna.state"]
-        params, metrics = run.data.params, run.data.metrics
+        assert row["trial"] == run["tags.sweeper.trial"]
+        assert row["state"] == run["tags.optuna.state"]
+        params = {k.removeprefix("params."): v for k, v in run.items() if k.startswith("params.")}
+        metrics = {
+            k.removeprefix("metrics."): v for k, v in run.items() if k.startswith("metrics.")
+        }
         for key in ("model", "optimizer", "batch_size", "activation", "init"):
             assert row[key] == params[key], key
         for key in ("lr", "weight_decay"):
             assert float(row[key]) == float(params[key]), key
         assert row["momentum"] == (params["momentum"] if params["optimizer"] == "sgd" else "")
         assert row["lr_decay"] == params["schedule"]
-        assert row["gpu"] == ("O" if run.data.tags["sweeper.device"].startswith("cuda") else "X")
-        history = client.get_metric_history(run.info.run_id, "val_acc")
-        seconds = sum(m.value for m in client.get_metric_history(run.info.run_id, "seconds"))
+        assert row["gpu"] == ("O" if run["tags.sweeper.device"].startswith("cuda") else "X")
+        history = client.get_metric_history(run["run_id"], "val_acc")
+        seconds = sum(m.value for m in client.get_metric_history(run["run_id"], "seconds"))
         if row["state"] == "FAIL":
             assert not history and row["val_acc"] == row["train_minutes"] == ""
             assert row["fail_reason"].startswith("diverged")
@@ -250,7 +247,7 @@ def test_report_is_logged_to_the_launch_run(sweep: Path) -> None:
     launch = tracking.latest_run(uri, NAME, "launch")
     assert launch is not None
     client = MlflowClient(tracking_uri=uri)
-    files = {a.path for a in client.list_artifacts(launch.info.run_id, "report")}
+    files = {a.path for a in client.list_artifacts(launch["run_id"], "report")}
     assert files == {
         f"report/{name}" for name in ("running.html", "running.csv", f"{NAME}-evaluation.html",
                                       f"{NAME}-evaluation.csv", f"{NAME}-sweep.html",
@@ -281,9 +278,7 @@ def test_a_broken_dashboard_is_one_line_naming_it(
 
 
 def test_dashboard_serves_the_study_on_localhost(sweep: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [SWEEPER, "dashboard", NAME, "--dir", str(sweep), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -325,12 +320,15 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
             tags=[RunTag("sweeper.trial", "1"), RunTag("sweeper.device", "cuda:0")],
         ),
     )
-    histories = {"r1": {"val_acc": [(1, 0.4), (2, 0.5)], "seconds": [(1, 30.0), (2, 30.0)]}}
-    curves = _curves([first, retry], {"r1": run}, histories)
+    runs = tracking.runs_frame([run])
+    histories = pd.DataFrame(
+        [("r1", "val_acc", 1, 0.4), ("r1", "val_acc", 2, 0.5),
+         ("r1", "seconds", 1, 30.0), ("r1", "seconds", 2, 30.0)],
+        columns=["run_id", "key", "step", "value"],
+    )  # fmt: skip
+    curves = _curves([first, retry], runs, histories)
     assert list(curves["trial"]) == [1, 1]
-    first_row, retry_row = _settings([first, retry], {"r1": run}, curves, "http://m").to_dict(
-        "records"
-    )
+    first_row, retry_row = _settings([first, retry], runs, curves, "http://m").to_dict("records")
     assert first_row["mlflow_run"] == retry_row["mlflow_run"] == "http://m/#/experiments/7/runs/r1"
     assert first_row["fail_reason"] == "interrupted by Ctrl-C or SIGTERM"
     assert math.isnan(first_row["val_acc"]) and math.isnan(first_row["train_minutes"])
@@ -343,10 +341,11 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
 
 @pytest.mark.parametrize("dashboard", ["evaluation", "sweep"])
 def test_a_study_without_trials_renders(dashboard: str) -> None:
-    curves = _curves([], {}, {})
+    runs = tracking.runs_frame([])
+    curves = _curves([], runs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
     data = StudyData(
         name="empty", study=optuna.create_study(direction="maximize"), trials=[],
-        settings=_settings([], {}, curves, "http://m"), curves=curves, launch=None,
+        settings=_settings([], runs, curves, "http://m"), curves=curves, launch=None,
         ensemble=None, members=None, collected=datetime.now(),
     )  # fmt: skip
     page, table = render(load_dashboard(dashboard), data)

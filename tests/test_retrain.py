@@ -1,28 +1,20 @@
 """The best-of seed ensemble end to end: a scaled-down sweep, members, registry, exports."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from helpers import QUICKSTART, sweeper
 from mlflow import MlflowClient
 
 from sweeper import tracking
 from sweeper.data import load_images
 from sweeper.export import load_exported
-from sweeper.pool import default_tracking_uri
+from sweeper.paths import default_tracking_uri
 from sweeper.storage import make_storage
 
-REPO = Path(__file__).resolve().parents[1]
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
-QUICKSTART = str(REPO / "studies" / "quickstart.py")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def sweeper(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SWEEPER, *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +68,12 @@ def test_ensemble_run_is_logged_and_registered_as_champion(sweep: Path) -> None:
     )
     assert len(run.data.params["member_run_ids"].split(",")) == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"ensemble_members.json", "members.json"} <= artifacts
+    assert {"ensemble_members.json", "members.json", "ensemble"} <= artifacts  # ensemble: the model
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("torchscript", "ens.pt"), ("onnx", "ens.onnx")])
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("torchscript", "ens.pt"), ("onnx", "ens.onnx"), ("mlflow", "ens-mlflow")]
+)
 def test_exports_match_the_registered_ensemble(
     sweep: Path, datasets_dir: Path, tmp_path: Path, fmt: str, name: str
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,22 +23,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import QUICKSTART, REPO, free_port
 from mlflow import MlflowClient
 
 from sweeper import tracking
 from sweeper.storage import make_storage
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-QUICKSTART = str(REPO / "studies" / "quickstart.py")
 SECRET = "pg-Secret-0815"  # trust auth ignores it; it must show up nowhere
 SMALL = ["--epochs", "2", "--train-size", "500", "--data-dir"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MlflowServer:
@@ -163,18 +155,18 @@ def test_every_trial_is_one_complete_run_on_the_server(
     topology: dict, server: MlflowServer
 ) -> None:
     trials = finished(topology["storage"], "quickstart")
-    runs = {run.info.run_id: run for run in tracking.runs_of_study(server.url, "quickstart")}
-    assert sorted(runs) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+    runs = tracking.runs_of_study(server.url, "quickstart").set_index("run_id", drop=False)
+    assert sorted(runs.index) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
     client = MlflowClient(tracking_uri=server.url)
     for trial in trials:
-        run = runs[trial.user_attrs["mlflow_run_id"]]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["optuna.state"] == trial.state.name
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        run = runs.loc[trial.user_attrs["mlflow_run_id"]]
+        assert run["status"] == "FINISHED"
+        assert run["tags.optuna.state"] == trial.state.name
+        steps = [m.step for m in client.get_metric_history(run["run_id"], "val_acc")]
         assert sorted(steps) == list(range(1, trial.user_attrs["epochs_run"] + 1))
-        paths = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        paths = {a.path for a in client.list_artifacts(run["run_id"], "plots")}
         assert paths == {"plots/learning_curve.png", "plots/confusion_matrix.png"}
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+        assert [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
     # proxied artifacts: the files went through the server into its --artifacts-destination
     stored = list(server.artifacts.rglob("trial-*-best.pt"))
     assert len(stored) == 6
@@ -263,16 +255,16 @@ def test_tracking_server_down_for_20_s_loses_nothing(
 
     [trial] = finished(f"sqlite:///{database}", "outage")
     assert trial.state.name == "COMPLETE"
-    [run] = tracking.runs_of_study(server.url, "outage")
-    assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
-    assert run.info.status == "FINISHED"
+    [run] = tracking.runs_of_study(server.url, "outage").to_dict("records")
+    assert run["run_id"] == trial.user_attrs["mlflow_run_id"]
+    assert run["status"] == "FINISHED"
     client = MlflowClient(tracking_uri=server.url)
     epochs = trial.user_attrs["epochs_run"]
     assert epochs == 40
     for key in ("val_acc", "train_loss", "lr", "seconds"):
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        steps = sorted(m.step for m in client.get_metric_history(run["run_id"], key))
         assert steps == list(range(1, epochs + 1)), key  # every epoch once, none twice
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
 
 
 class ReplyLosingProxy(http.server.ThreadingHTTPServer):
@@ -332,6 +324,6 @@ def test_a_trial_run_created_twice_after_a_lost_reply_is_kept_once(server: Mlflo
         proxy.shutdown()
         proxy.server_close()
     assert proxy.creates == 2  # the client sent create_run again: the server made two runs
-    [run] = tracking.runs_of_study(server.url, "lost-reply")
-    assert run.info.run_id == run_id
-    assert run.data.params == {"lr": "0.1"}
+    [run] = tracking.runs_of_study(server.url, "lost-reply").to_dict("records")
+    assert run["run_id"] == run_id
+    assert {k: v for k, v in run.items() if k.startswith("params.")} == {"params.lr": "0.1"}

@@ -1,14 +1,11 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import QUICKSTART, REPO, sweeper
 
 from sweeper.errors import SweeperError
 from sweeper.study import load_study
 
-REPO = Path(__file__).resolve().parents[1]
-SWEEPER = str(Path(sys.executable).parent / "sweeper")
 GOOD_SPACE = (
     'def space(trial):\n    return {"model": "cnn2", "lr": trial.suggest_float("lr", 1e-3, 1e-1)}\n'
 )
@@ -53,20 +50,14 @@ def test_launch_of_a_broken_study_exits_2_before_any_worker(tmp_path: Path) -> N
     path = tmp_path / "broken.py"
     path.write_text(HEADER + "def space(trial):\n    return {'model': 'resnet7'}\n"
                     "study = Study(name='x', space=space)\n")  # fmt: skip
-    done = subprocess.run(
-        [SWEEPER, "launch", str(path), "--dir", str(tmp_path / "sweep")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = sweeper("launch", str(path), "--dir", str(tmp_path / "sweep"), timeout=120)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "resnet7" in done.stderr
     assert not (tmp_path / "sweep" / "optuna.db").exists()
 
 
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [SWEEPER, "launch", str(REPO / "studies" / "quickstart.py"), "--storage",
-         "postgresql://postgres:secret@127.0.0.1:1/none"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = sweeper("launch", QUICKSTART, "--storage",
+                   "postgresql://postgres:secret@127.0.0.1:1/none", timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--storage: cannot open" in done.stderr and "secret" not in done.stderr

@@ -11,11 +11,13 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeper.errors import SweeperError
-from sweeper.pool import default_artifact_root, default_tracking_uri
+from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.tracking import (
     TrialTracker,
     end_run,
     experiment_for,
+    latest_run,
+    metric_histories,
     run_config,
     runs_of_study,
     start_launch_run,
@@ -75,7 +77,7 @@ def count_log_batch(tracker: TrialTracker) -> list[int]:
 
 def test_experiment_for_gets_or_creates(sweep_dir: Path, uri: str) -> None:
     assert uri == f"sqlite:///{sweep_dir.resolve()}/mlflow.db"
-    first = experiment_for(uri, "exp-study", default_artifact_root(sweep_dir))
+    first = experiment_for(uri, "exp-study", SweepPaths.resolve(sweep_dir).artifact_root)
     assert experiment_for(uri, "exp-study") == first
     other = experiment_for(uri, "exp-other")  # no artifact root: next to the sqlite file
     assert other != first
@@ -153,8 +155,8 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     assert launch.info.status == "FINISHED"
     assert launch.data.tags["sweeper.kind"] == "launch"
     assert launch.info.run_name.startswith(f"{study}-launch-")
-    assert [r.info.run_id for r in runs_of_study(uri, study)] == [first, second]
-    assert runs_of_study(uri, "no-such-study") == []
+    assert list(runs_of_study(uri, study)["run_id"]) == [first, second]
+    assert runs_of_study(uri, "no-such-study").empty
 
 
 def test_failed_trial(uri: str) -> None:
@@ -224,7 +226,7 @@ def test_reopened_run_keeps_one_run(uri: str) -> None:
     tracker.finish(run_id, "COMPLETE", history(3))
     assert tracker.logged_epochs(run_id) == {1, 2, 3}
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert [r.info.run_id for r in runs_of_study(uri, study)] == [run_id]
+    assert list(runs_of_study(uri, study)["run_id"]) == [run_id]
 
 
 def test_log_epoch_cost(uri: str) -> None:
@@ -240,3 +242,38 @@ def test_log_epoch_cost(uri: str) -> None:
     print(f"\nlog_epoch: {mean_ms:.1f} ms mean over 20 calls ({len(row) - 1} metrics each)")
     assert len(calls) == 20
     assert tracker.logged_epochs(run_id) == set(range(1, 21))
+
+
+def test_queries_return_frames(uri: str) -> None:
+    study = "queries"
+    experiment_id = experiment_for(uri, study)
+    assert latest_run(uri, study, "launch") is None
+    parent = start_launch_run(uri, experiment_id, study, {})
+    tracker = TrialTracker(uri, experiment_id, parent)
+    second = tracker.start(study, 1, CONFIG, {"sweeper.device": "cpu"})
+    first = tracker.start(study, 0, CONFIG, {"sweeper.device": "cuda:0"})
+    for row in history(2):
+        tracker.log_epoch(first, row, row["epoch"])
+    tracker.log_epoch(first, {"val_acc": 0.9}, 2)  # a step logged again keeps its last value
+    tracker.finish(first, "COMPLETE", [], summary={"best_val_acc": 0.9})
+
+    runs = runs_of_study(uri, study)
+    assert list(runs["run_id"]) == [first, second]  # in trial-number order
+    assert list(runs["tags.sweeper.trial"]) == ["0", "1"]
+    assert list(runs["tags.sweeper.device"]) == ["cuda:0", "cpu"]
+    assert list(runs["status"]) == ["FINISHED", "RUNNING"]
+    assert runs["params.lr"].iloc[0] == str(CONFIG["lr"])
+    assert runs["metrics.best_val_acc"].iloc[0] == 0.9 and np.isnan(runs["metrics.best_val_acc"][1])
+    assert set(runs["experiment_id"]) == {experiment_id}
+
+    launch = latest_run(uri, study, "launch")
+    assert launch is not None
+    assert launch["run_id"] == parent and launch["status"] == "RUNNING"
+    assert launch["tags.sweeper.kind"] == "launch"
+
+    curves = metric_histories(uri, [first, second], ["val_acc", "seconds"])
+    assert list(curves.columns) == ["run_id", "key", "step", "value"]
+    val_acc = curves[curves["key"] == "val_acc"]
+    assert list(zip(val_acc["step"], val_acc["value"], strict=True)) == [(1, 0.35), (2, 0.9)]
+    assert list(curves[curves["key"] == "seconds"]["step"]) == [1, 2]
+    assert set(curves["run_id"]) == {first}  # the second run logged nothing yet

@@ -1,0 +1,220 @@
+"""`sweeper launch` end to end, and the set-up that `sweeper ensemble` and `sweeper worker` share.
+
+Check the study and its data, start the workers, open the Optuna study and the MLflow launch
+run while they load, sweep, build the seed ensemble, end the run. Data flows one way: study
+file -> launch -> pool -> worker -> trial -> train; tracking records; the ensemble reads what
+the sweep stored.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from sweeper.data import load_images
+from sweeper.paths import SweepPaths
+from sweeper.pool import (
+    Budget,
+    LaunchContext,
+    budget_state,
+    run_pool,
+    stop_on_signals,
+    worker_command,
+    worker_flags,
+)
+from sweeper.storage import load_stored_study, make_storage, open_study
+from sweeper.study import Study, load_by_name_or_file, load_study
+
+STOPPED = "sweeper: stopped; running trials keep their checkpoints and resume next launch"
+
+
+def launch(
+    study: Study,
+    paths: SweepPaths,
+    *,
+    devices: list[str],
+    budget: int | None,
+    timeout: float | None,
+    overrides: dict[str, Any],
+    progress: bool = True,
+    ensemble: dict[str, Any] | None = None,
+) -> int:
+    """Sweep the study on a pool of workers, then build its ensemble; return an exit code."""
+    stop_on_signals()
+    prefetch_data(study, overrides)  # milliseconds once cached; a missing dataset fails here
+    deadline = time.time() + timeout if timeout else None
+    opened: Opened | None = None
+
+    def setup() -> tuple[optuna.Study, LaunchContext]:
+        """The Optuna study and the MLflow launch run, made while the workers load torch."""
+        nonlocal opened
+        from sweeper import tracking  # MLflow loads here, while the workers start
+
+        storage = make_storage(paths.storage_url)
+        optuna_study = open_study(study, storage)
+        optuna_study.set_user_attr("study_file", study.file)
+        optuna_study.set_user_attr("study_file_hash", study.file_hash)
+        experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
+        tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))}
+        run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
+        opened = Opened(storage, optuna_study, LaunchContext(experiment_id, run_id))
+        return optuna_study, opened.context
+
+    status = "FAILED"
+    try:
+        flags = worker_flags(devices, budget, deadline, overrides)
+        if not run_pool(pool_commands(study, paths, devices, flags), setup, budget=budget,
+                        deadline=deadline, progress=progress):  # fmt: skip
+            status = "KILLED"
+            print(STOPPED)
+            return 130
+        swept = budget_state(opened.study, budget) == Budget.DONE
+        if ensemble and ensemble.get("k") and swept and not build_ensemble(
+            study, paths, opened.storage, opened.study, opened.context, devices=devices,
+            overrides=overrides, progress=progress, settings=ensemble,
+        ):  # fmt: skip
+            status = "KILLED"
+            return 130
+        status = "FINISHED"
+        return 0
+    finally:
+        if opened is not None:
+            from sweeper import tracking  # already loaded by setup()
+
+            tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status)
+
+
+@dataclass
+class Opened:
+    """What a launch opened while its workers started."""
+
+    storage: optuna.storages.BaseStorage
+    study: optuna.Study
+    context: LaunchContext
+
+
+def build_ensemble(
+    study: Study,
+    paths: SweepPaths,
+    storage: optuna.storages.BaseStorage,
+    optuna_study: optuna.Study,
+    context: LaunchContext,
+    *,
+    devices: list[str],
+    overrides: dict[str, Any],
+    progress: bool,
+    settings: dict[str, Any],
+) -> bool:
+    """Plan the ensemble, retrain its members on the pool, evaluate, log and register it;
+    False if interrupted."""
+    from sweeper import retrain  # torch and MLflow: the launcher needs them only from here on
+
+    options = retrain.EnsembleSettings(**settings)
+    plan = retrain.make_plan(optuna_study, options.k, options.seeds)
+    members = retrain.open_member_study(study, storage, plan, options.epochs)
+    spec = retrain.member_study(study, plan, options.epochs)
+    short = len(plan.sources) < options.k
+    print(
+        f"ensemble: retraining trials {plan.sources} with seeds {plan.seeds}"
+        + (f" (only {len(plan.sources)} distinct complete configs)" if short else "")
+    )
+    member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
+    flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides)]
+    commands = pool_commands(spec, paths, devices, flags)
+    if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,
+                    progress=progress):  # fmt: skip
+        return False
+    if budget_state(members, spec.trials) != Budget.DONE:
+        print("ensemble: some members did not finish; building from those that did")
+    device = devices[0] if devices[0].startswith("cuda") else "cpu"
+    retrain.finish_ensemble(study, paths, members, plan, context.experiment_id,
+                            context.parent_run_id, options.greedy, device)  # fmt: skip
+    return True
+
+
+def ensemble_again(
+    target: str, paths: SweepPaths, *, devices: list[str], settings: dict[str, Any],
+    overrides: dict[str, Any], progress: bool,
+) -> int:  # fmt: skip
+    """`sweeper ensemble`: the ensemble of a launched study, outside a launch run."""
+    from sweeper import tracking  # loaded on demand: the CLI stays quick
+
+    stop_on_signals()
+    study = study_from_name_or_file(target, paths)
+    storage = make_storage(paths.storage_url)
+    optuna_study = open_study(study, storage)
+    experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
+    done = build_ensemble(study, paths, storage, optuna_study, LaunchContext(experiment_id),
+                          devices=devices, overrides=overrides, progress=progress,
+                          settings={**study.ensemble, **settings})  # fmt: skip
+    return 0 if done else 130
+
+
+def join(
+    study_file: str,
+    directory: str,
+    *,
+    storage: str | None,
+    tracking_uri: str | None,
+    from_launcher: bool,
+    device: str,
+    worker: str | None,
+    ensemble: bool,
+    budget: int | None,
+    timeout: float | None,
+    deadline: float | None,
+    overrides: dict[str, Any],
+    packed: bool,
+) -> int:
+    """`sweeper worker`: train trials of a launched study (or its ensemble members). A
+    launcher's worker loads torch and MLflow while its launcher opens the study, then reads the
+    launch context on stdin."""
+    from sweeper import retrain  # torch and MLflow: workers only
+    from sweeper import worker as worker_process
+
+    study = load_study(study_file)
+    context = LaunchContext.read(sys.stdin) if from_launcher else LaunchContext()
+    paths = SweepPaths.existing(directory, storage, tracking_uri)  # joins, never creates
+    tags = None
+    if ensemble:
+        study = retrain.load_member_study(study, make_storage(paths.storage_url))
+        tags = {"sweeper.kind": retrain.MEMBER_KIND}
+    timeout = timeout or study.timeout
+    if deadline is None and timeout:
+        deadline = time.time() + timeout
+    return worker_process.run_worker(
+        study, paths, device=device, worker=worker or f"{socket.gethostname()}-{os.getpid()}",
+        experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
+        budget=budget if budget is not None else study.trials, deadline=deadline,
+        overrides=overrides, tags=tags, packed=packed,
+    )  # fmt: skip
+
+
+def pool_commands(
+    study: Study, paths: SweepPaths, devices: list[str], flags: list[str]
+) -> list[list[str]]:
+    return [
+        worker_command(study.file, paths, device, f"w{i}", flags)
+        for i, device in enumerate(devices)
+    ]
+
+
+def study_from_name_or_file(target: str, paths: SweepPaths) -> Study:
+    """A study file, or the file a launched study was started from."""
+    study, name = load_by_name_or_file(target)
+    if study is not None:
+        return study
+    stored = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
+    return load_study(stored.user_attrs["study_file"])
+
+
+def prefetch_data(study: Study, overrides: dict[str, Any]) -> None:
+    """Decode the dataset once here, so the workers all start from the cache."""
+    values = {**study.fixed, **overrides}
+    load_images(values.get("dataset", "cifar10"), values.get("data_dir"), values.get("image_size"))

@@ -1,0 +1,91 @@
+"""The MLflow client that sweeper uses: MLflow's environment defaults and patience with a
+tracking server that is down or restarting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # workers often have no network
+# A tracking server that is down is waited for by sweeper itself (PatientClient, buffered
+# epochs), so MLflow's own retries only need to cover a blip, not minutes of backoff.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars on stderr
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from requests.exceptions import RequestException  # noqa: E402
+
+from sweeper.errors import first_line  # noqa: E402
+from sweeper.patience import patiently  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CREATE_TOKEN = "sweeper.create_token"  # one per create_run call: finds a run created twice
+# How long a call waits for an unreachable tracking server before it gives up (seconds).
+PATIENCE_S = float(os.environ.get("SWEEPER_TRACKING_PATIENCE_S", "600"))
+TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """An error of an unreachable or overloaded tracking server, worth trying again."""
+    if isinstance(error, RequestException):
+        return True
+    return isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES
+
+
+class PatientClient:
+    """An MlflowClient whose calls wait out a tracking server that is down or restarting.
+
+    Only for http(s) tracking URIs: a local store's errors are not outages. Each call is tried
+    again with a growing pause until it succeeds or PATIENCE_S has passed; `raw` is the
+    plain client, for callers that would rather buffer than wait.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.raw = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.patient = tracking_uri.startswith(("http://", "https://"))
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.raw, name)
+        if not self.patient or not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.wait_for(method, *args, **kwargs)
+
+        return call
+
+    def wait_for(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        def waiting(error: Exception) -> None:
+            log.warning("tracking server %s unreachable (%s); waiting up to %.0f s",
+                        self.tracking_uri, first_line(error), PATIENCE_S)  # fmt: skip
+
+        return patiently(
+            lambda: method(*args, **kwargs),
+            retry=is_transient,
+            patience_s=PATIENCE_S,
+            pause=1.0,
+            on_wait=waiting,
+            on_back=lambda: log.warning("tracking server %s is back", self.tracking_uri),
+        )
+
+    def create_run_once(self, experiment_id: str, tags: dict[str, str], run_name: str) -> Run:
+        """create_run that a lost reply cannot double. Over HTTP the request is then sent again
+        (by MLflow's own retry or by wait_for) and the server makes a second run; the run the
+        reply named is kept and its double deleted."""
+        if not self.patient:  # a local store has no reply to lose
+            return self.create_run(experiment_id, tags=tags, run_name=run_name)
+        token = uuid.uuid4().hex
+        run = self.create_run(experiment_id, tags={**tags, CREATE_TOKEN: token}, run_name=run_name)
+        query = f"tags.`{CREATE_TOKEN}` = '{token}'"
+        for double in self.search_runs([experiment_id], filter_string=query):
+            if double.info.run_id != run.info.run_id:
+                self.delete_run(double.info.run_id)
+        return run

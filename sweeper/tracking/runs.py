@@ -1,0 +1,259 @@
+"""Experiments and runs: the launch run of a sweep and the child run of each trial."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from sweeper.errors import SweeperError, first_line
+from sweeper.tracking.client import PatientClient, is_transient
+from sweeper.tracking.plots import confusion_matrix, learning_curve
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
+MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
+
+
+def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
+    """Get or create the experiment named after the study and return its id.
+
+    Called once by the launcher before any worker touches MLflow, so the sqlite store is
+    created (and migrated) there. With a sqlite store and no artifact_root, artifacts go next to
+    the database file rather than into MLflow's default `./mlruns` of the working directory.
+    """
+    sqlite_file = _sqlite_path(tracking_uri)
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        if artifact_root is None:
+            artifact_root = str(sqlite_file.parent / "artifacts")
+    client = PatientClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        try:
+            return client.create_experiment(study_name, artifact_location=artifact_root)
+        except MlflowException as error:  # another process created it first
+            experiment = client.get_experiment_by_name(study_name)
+            if experiment is None:
+                raise error from None
+    if experiment.lifecycle_stage == "deleted":
+        raise SweeperError(
+            f"MLflow experiment '{study_name}' (id {experiment.experiment_id}) in {tracking_uri}"
+            " is deleted; restore it (mlflow experiments restore --experiment-id"
+            f" {experiment.experiment_id}) or remove it for good (mlflow gc)"
+        )
+    return experiment.experiment_id
+
+
+def start_launch_run(
+    tracking_uri: str, experiment_id: str, study_name: str, tags: dict[str, str]
+) -> str:
+    """Start the parent run of one launch and return its id.
+
+    Launch runs left RUNNING by a launcher that was killed (on this host, its process gone)
+    are ended as KILLED first.
+    """
+    client = PatientClient(tracking_uri)
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string="tags.`sweeper.kind` = 'launch' and attributes.status = 'RUNNING'",
+    )
+    host = socket.gethostname()
+    for run in stale:
+        tags_of = run.data.tags
+        if tags_of.get("sweeper.host") == host and not _alive(int(tags_of.get("sweeper.pid", 0))):
+            client.set_terminated(run.info.run_id, status="KILLED")
+    run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
+    all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name,
+                "sweeper.host": host, "sweeper.pid": str(os.getpid())}  # fmt: skip
+    return client.create_run_once(experiment_id, all_tags, run_name).info.run_id
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """End a run as FINISHED, FAILED or KILLED."""
+    PatientClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """The exact training config a trial ran, read back from its config.json artifact."""
+    client = PatientClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise SweeperError(f"--from-run: no run {run_id} in {tracking_uri}") from None
+    if not any(info.path == CONFIG_FILE for info in client.list_artifacts(run_id)):
+        raise SweeperError(f"--from-run: run {run_id} has no {CONFIG_FILE} (not a sweeper trial)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, CONFIG_FILE, dst_path=tmp)
+        return json.loads(Path(path).read_text())
+
+
+class TrialTracker:
+    """Logs the trials of one worker as child runs of the launch run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> None:
+        self.client = PatientClient(tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.pending: list[tuple[str, list[Metric]]] = []  # epochs the server has not taken yet
+        self.buffering = False
+
+    def start(
+        self,
+        study_name: str,
+        trial_number: int,
+        config: dict[str, Any],
+        tags: dict[str, str],
+        run_id: str | None = None,
+    ) -> str:
+        """Start the run of a trial, or reopen `run_id` for a retry; return the run id."""
+        run_tags = {
+            "sweeper.kind": "trial",  # an ensemble member passes its own kind in tags
+            **_str_dict(tags),
+            "sweeper.study": study_name,
+            "sweeper.trial": str(trial_number),
+            "optuna.state": "RUNNING",
+        }
+        if run_id is not None:  # a retried trial goes on in its first try's run
+            previous = self.client.get_run(run_id).data.tags.get("sweeper.trial", "")
+            run_tags["sweeper.retry_of"] = previous
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+            return run_id
+        if self.parent_run_id is not None:
+            run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        run = self.client.create_run_once(self.experiment_id, run_tags, f"trial-{trial_number}")
+        run_id = run.info.run_id
+        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.items()]
+        self.client.log_batch(run_id, params=params)
+        self.client.log_dict(run_id, config, CONFIG_FILE)
+        return run_id
+
+    def logged_epochs(self, run_id: str) -> set[int]:
+        """The epochs (steps) that already have a val_acc in the run."""
+        return {metric.step for metric in self.client.get_metric_history(run_id, "val_acc")}
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+        """One epoch's metrics at step=epoch, in a single call to the store."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        self.pending.append((run_id, batch))
+        self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffered epochs in order. While the tracking server is unreachable,
+        wait=False keeps them for the next call (training goes on), wait=True waits for it.
+
+        A batch sent twice (a lost reply) is harmless: MLflow drops a metric already stored
+        with the same key, value, timestamp and step.
+        """
+        while self.pending:
+            run_id, batch = self.pending[0]
+            try:
+                if wait:
+                    self.client.log_batch(run_id, metrics=batch)
+                else:
+                    self.client.raw.log_batch(run_id, metrics=batch)
+            except Exception as error:
+                if wait or not self.client.patient or not is_transient(error):
+                    raise
+                if not self.buffering:
+                    log.warning("tracking server %s unreachable (%s): buffering epoch metrics",
+                                self.client.tracking_uri, first_line(error))  # fmt: skip
+                    self.buffering = True
+                return
+            self.pending.pop(0)
+        if self.buffering:
+            log.warning("tracking server %s is back: buffered epochs written",
+                        self.client.tracking_uri)  # fmt: skip
+            self.buffering = False
+
+    def finish(
+        self,
+        run_id: str,
+        state: str,
+        history: list[dict[str, float]],
+        classes: list[str] | None = None,
+        val_labels: Sequence[int] | np.ndarray | None = None,
+        val_predictions: Sequence[int] | np.ndarray | None = None,
+        checkpoint: Path | None = None,
+        summary: dict[str, float] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record the trial's Optuna state, summary, plots and checkpoint; end the run.
+
+        state is "COMPLETE" | "PRUNED" (run FINISHED) or "FAIL" (run FAILED). A failing
+        artifact step is logged as a warning and never keeps the run from ending.
+        """
+        if state not in RUN_STATUS:
+            raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, not {state!r}")
+        try:
+            self.flush()
+            tags = [RunTag("optuna.state", state)]
+            if reason is not None:
+                tags.append(RunTag("sweeper.fail_reason", reason[:MAX_REASON_LENGTH]))
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if history:
+                with _warn_on_error("learning curve", run_id):
+                    figure = learning_curve(history)
+                    self.client.log_figure(run_id, figure, "plots/learning_curve.png")
+            if val_labels is not None and val_predictions is not None:
+                with _warn_on_error("confusion matrix", run_id):
+                    figure = confusion_matrix(val_labels, val_predictions, classes)
+                    self.client.log_figure(run_id, figure, "plots/confusion_matrix.png")
+            if checkpoint is not None:
+                with _warn_on_error("checkpoint", run_id):
+                    self.client.log_artifact(run_id, str(checkpoint), "checkpoints")
+        finally:
+            self.client.set_terminated(run_id, status=RUN_STATUS[state])
+
+
+@contextmanager
+def _warn_on_error(what: str, run_id: str) -> Iterator[None]:
+    """Log a failing artifact step as a warning and go on."""
+    try:
+        yield
+    except Exception:
+        log.warning("could not log the %s of run %s", what, run_id, exc_info=True)
+
+
+def _str_dict(values: dict[str, Any]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in values.items()}
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
+        return None
+    return Path(tracking_uri[len(prefix) :])

@@ -1,0 +1,109 @@
+"""Inside one worker process: claim trials of the study and train them until the budget is spent.
+
+Imported only by worker processes: it loads torch and MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from sweeper.errors import first_line
+from sweeper.paths import SweepPaths
+from sweeper.pool import EXIT_GAVE_UP, Budget, budget_state, stop_on_signals
+from sweeper.storage import load_stored_study, make_storage
+from sweeper.study import Study
+from sweeper.tracking import TrialTracker, experiment_for
+from sweeper.trial import Objective
+
+MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
+
+
+def run_worker(
+    study: Study,
+    paths: SweepPaths,
+    *,
+    device: str,
+    worker: str,
+    experiment_id: str | None,
+    parent_run_id: str | None,
+    budget: int | None,
+    deadline: float | None,
+    overrides: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    packed: bool = False,
+) -> int:
+    """Run trials until the budget is spent or the deadline passes; return an exit code."""
+    stop_on_signals()
+    storage = make_storage(paths.storage_url)
+    optuna_study = load_stored_study(
+        study.name,
+        storage,
+        paths.storage_url,
+        sampler=study.make_sampler(zlib.crc32(worker.encode())),
+        pruner=study.make_pruner(),
+    )
+    if experiment_id is None:
+        experiment_id = experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
+    objective = Objective(
+        study=study,
+        checkpoint_dir=paths.checkpoints(study.name),
+        tracker=TrialTracker(paths.tracking_uri, experiment_id, parent_run_id),
+        worker=worker,
+        device=device,
+        overrides=overrides,
+        budget=budget,
+        tags=tags or {},
+        lock_dir=paths.locks,
+        packed=packed,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _train_trials(optuna_study, objective, budget, deadline)
+    except KeyboardInterrupt:
+        _requeue_interrupted(optuna_study, worker)
+        return 130
+    except optuna.exceptions.StorageInternalError as error:  # cut off while creating a trial
+        cause = first_line(error.__cause__ or error)
+        print(f"sweeper: worker {worker} lost the storage ({cause}); the launcher starts another",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _train_trials(
+    study: optuna.Study, objective: Objective, budget: int | None, deadline: float | None
+) -> int:
+    """Claim and train trials one at a time while the budget and the deadline allow."""
+    while deadline is None or time.time() < deadline:
+        fail_stale_trials(study)
+        state = budget_state(study, budget)
+        if state == Budget.DONE:
+            break
+        if state == Budget.WAIT:  # a running trial may yet die and come back to be retried
+            time.sleep(2.0)
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        if objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            print(
+                f"sweeper: error: worker {objective.worker} stops: {objective.failures_in_a_row}"
+                f" trials in a row failed; the last: {objective.last_failure}",
+                file=sys.stderr,
+            )
+            return EXIT_GAVE_UP
+    return 0
+
+
+def _requeue_interrupted(study: optuna.Study, worker: str) -> None:
+    """A trial stopped by Ctrl-C is failed by Optuna; queue its retry, which resumes it."""
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get("worker") == worker and trial.user_attrs.get("interrupted"):
+            retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+            if trial.number not in retried:
+                retry(study, trial)

@@ -1,0 +1,51 @@
+"""The private Optuna names sweeper still relies on: these fail loudly when Optuna renames one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+
+from sweeper import storage
+from sweeper.trial import TrialDiverged
+
+
+@pytest.mark.parametrize("name", [n for n in storage.REPEATED_METHODS if n.startswith("_")])
+def test_the_private_storage_methods_sweeper_repeats_exist(name: str) -> None:
+    assert callable(getattr(RDBStorage, name, None)), f"RDBStorage.{name} is gone"
+    assert getattr(storage.PatientStorage, name) is not getattr(RDBStorage, name)
+
+
+def test_stale_trials_are_found_through_get_stale_trial_ids(tmp_path: Path) -> None:
+    """PatientStorage overrides _get_stale_trial_ids; fail_stale_trials must still call it."""
+    calls: list[int] = []
+
+    class Counting(storage.PatientStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            calls.append(study_id)
+            return super()._get_stale_trial_ids(study_id)
+
+    counting = Counting(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=counting)
+    optuna.storages.fail_stale_trials(study)
+    assert calls, "fail_stale_trials no longer calls _get_stale_trial_ids"
+
+
+def test_failed_trials_are_logged_on_the_logger_sweeper_filters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sweeper's one-line filter sits on "optuna.study._optimize", the logger that logs a
+    failed trial with its traceback; the known causes lose the traceback."""
+
+    def objective(trial: optuna.Trial) -> float:
+        raise TrialDiverged("diverged: the loss became NaN or inf in epoch 1")
+
+    study = optuna.create_study()
+    with caplog.at_level(logging.WARNING, logger="optuna"):
+        study.optimize(objective, n_trials=1, catch=(TrialDiverged,))
+    (record,) = [r for r in caplog.records if "following error" in r.getMessage()]
+    assert record.name == "optuna.study._optimize"
+    assert record.exc_info is None  # the filter took the traceback away
