@@ -1,7 +1,7 @@
 """The `sweeper` command: parses, calls one module, turns a SweeperError into one line.
 
-Commands import the heavy modules they need inside themselves: `sweeper status` and a launcher
-that starts its workers must not wait for torch or MLflow to load.
+Commands import torch and MLflow (through train, export, tracking) inside themselves: `sweeper
+status` and a launcher that starts its workers must not wait for them to load.
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from sweeper import proxy, report
+from sweeper.config import TrainConfig, load_config_file
+from sweeper.data import split_of
 from sweeper.errors import SweeperError, bad_value
-from sweeper.paths import SweepPaths
+from sweeper.launch import ensemble_again, join, launch
+from sweeper.paths import SweepPaths, add_store_flags
+from sweeper.pool import default_devices
+from sweeper.progress import trials_table
+from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import load_by_name_or_file, load_study
 
 
@@ -26,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # sweeper shows its own progress
     try:
+        check_counts(args)
         code = args.func(args)
     except SweeperError as exc:
         print(f"sweeper: error: {exc}", file=sys.stderr)
@@ -100,8 +108,7 @@ def add_result_commands(commands: Any) -> None:
     export.add_argument("study", help="the study name (or file)")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "mlflow"])
     export.add_argument("--out", required=True, help="output file (.pt, .onnx) or directory")
-    export.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
-    export.add_argument("--tracking-uri", help="MLflow store (default: the --dir's)")
+    add_store_flags(export, storage=False)
     export.add_argument("--alias", default="champion", help="registered model alias")
     export.set_defaults(func=cmd_export)
 
@@ -121,8 +128,7 @@ def add_result_commands(commands: Any) -> None:
     status.set_defaults(func=cmd_status)
 
     ui = commands.add_parser("ui", help="the MLflow UI on the sweep's store, on 127.0.0.1")
-    ui.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
-    ui.add_argument("--tracking-uri", help="MLflow store (default: the --dir's)")
+    add_store_flags(ui, storage=False)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
@@ -137,9 +143,7 @@ def add_pool_flags(parser: argparse.ArgumentParser, unit: str) -> None:
 
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """Where the sweep lives, and how to scale a study down without editing it."""
-    parser.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: <dir>/optuna.db)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
+    add_store_flags(parser)
     parser.add_argument("--trials", type=int, help="finished trials to reach (study budget)")
     parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
     parser.add_argument("--epochs", type=int, help="maximum epochs per trial")
@@ -147,80 +151,54 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where datasets are found (default: $SWEEPER_DATA_DIR)")
 
 
-def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("epochs", "train_size", "data_dir", "threads")
-    overrides = {k: getattr(args, k, None) for k in keys}
-    for key in ("epochs", "train_size", "trials", "threads"):
+def check_counts(args: argparse.Namespace) -> None:
+    """Counts given as flags (--trials, --workers, ...) are 1 or more."""
+    for key in ("trials", "epochs", "train_size", "threads", "workers", "k", "seeds"):
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise bad_value("", f"--{key.replace('_', '-')}", value, "it must be 1 or more")
-    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys a sweep's flags set for every trial."""
+    keys = ("epochs", "train_size", "data_dir", "threads")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from sweeper.launch import launch
-    from sweeper.pool import default_devices
 
     study = load_study(args.study)
-    overrides = sweep_overrides(args)
-    if args.workers is not None and args.workers < 1:
-        raise bad_value("", "--workers", args.workers, "it must be 1 or more")
     return launch(
         study,
         SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
         devices=default_devices(args.workers, args.trials_per_gpu),
         budget=args.trials if args.trials is not None else study.trials,
         timeout=args.timeout if args.timeout is not None else study.timeout,
-        overrides=overrides,
+        overrides=sweep_overrides(args),
         progress=not args.no_progress and sys.stderr.isatty(),
         ensemble=None if args.no_ensemble else study.ensemble,
     )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from sweeper.launch import join
 
-    return join(
-        args.study,
-        args.dir,
-        storage=args.storage,
-        tracking_uri=args.tracking_uri,
-        from_launcher=args.from_launcher,
-        device=args.device,
-        worker=args.worker_name,
-        ensemble=args.ensemble,
-        budget=args.trials,
-        timeout=args.timeout,
-        deadline=args.deadline,
-        overrides=sweep_overrides(args),
-        packed=args.packed,
-    )
+    return join(args, sweep_overrides(args))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from sweeper.launch import ensemble_again
-    from sweeper.pool import default_devices
 
-    settings: dict[str, Any] = {"greedy": True} if args.greedy else {}
-    for key in ("k", "seeds", "epochs"):
-        value = getattr(args, key, None)
-        if value is not None:
-            if value < 1:
-                raise bad_value("", f"--{key}", value, "it must be 1 or more")
-            settings[key] = value
+    settings = {k: getattr(args, k) for k in ("k", "seeds", "epochs") if getattr(args, k)}
     return ensemble_again(
         args.study,
         SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
         devices=default_devices(args.workers, args.trials_per_gpu),
-        settings=settings,
+        settings={**settings, "greedy": True} if args.greedy else settings,
         overrides={k: v for k, v in sweep_overrides(args).items() if k != "epochs"},
         progress=not args.no_progress and sys.stderr.isatty(),
     )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sweeper import tracking
 
     _, name = load_by_name_or_file(args.study)
@@ -251,9 +229,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    from sweeper.progress import trials_table
-    from sweeper.storage import load_stored_study, make_storage
-
     _, name = load_by_name_or_file(args.study)
     sweep = SweepPaths.existing(args.dir, args.storage, None)
     study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
@@ -268,7 +243,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-
     sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
     command = ["mlflow", "ui", "--backend-store-uri", sweep.tracking_uri,
                "--host", args.host, "--port", str(args.port)]  # fmt: skip
@@ -281,8 +255,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--batch-size for batch_size); unset flags stay unset."""
-    from sweeper.config import TrainConfig
-
     group = parser.add_argument_group("config keys (see sweeper/config.py)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -297,9 +269,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **options)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from sweeper.config import TrainConfig, load_config_file
-
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     if args.from_run:
         from sweeper import tracking
@@ -317,13 +287,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sweeper.data import load_images, split
     from sweeper.train import evaluate_test, resolve_device, train
 
     config = config_from_args(args)
     resolve_device(config.device)
-    images = load_images(config.dataset, config.data_dir, config.image_size)
-    data = split(images, config.val_size, config.train_size, config.split_seed)
+    data = split_of(config)
     bar = tqdm(total=config.epochs, desc=config.model, unit="epoch", disable=args.json, leave=True)
 
     def show(metrics: dict[str, float], _state: Any) -> bool:
@@ -339,20 +307,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     test_acc = evaluate_test(result, data, config) if result.best_epoch else None
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "config": config.to_dict(),
-                    "status": result.status,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_val_acc": result.best_val_acc,
-                    "test_acc": test_acc,
-                    "seconds": result.seconds,
-                    "split_hash": data.split_hash,
-                }
-            )
-        )
+        keys = ("status", "history", "best_epoch", "best_val_acc", "seconds")
+        report = {"config": config.to_dict(), **{k: getattr(result, k) for k in keys}}
+        print(json.dumps({**report, "test_acc": test_acc, "split_hash": data.split_hash}))
     else:
         print(f"status: {result.status} after {result.seconds:.1f} s")
         if result.best_epoch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from sweeper.atomic import replacing
+from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, first_line
 
 CACHE_VERSION = 2
@@ -77,32 +79,26 @@ class SplitData:
         return (mean / 255).astype(np.float32), (std / 255).astype(np.float32)
 
 
-def data_dir_of(data_dir: str | None) -> Path:
-    return Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
-
-
 def load_images(
     dataset: str, data_dir: str | None = None, image_size: int | None = None
 ) -> ImageSet:
     """Find a dataset by name or path, decoding it once into the cache."""
-    source = _find_source(dataset, data_dir_of(data_dir))
-    stat = source.stat() if source.exists() else None
+    source = _find_source(dataset, Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data"))
+    stat = source.stat()
     identity = f"{CACHE_VERSION}|{dataset}|{source.resolve()}|{image_size}"
-    if stat is not None:
-        identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
+    identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     name = Path(dataset).name.split(".")[0] if _is_path(dataset) else dataset
-    cached = cache_dir() / f"{name}-{key}"
+    cache = Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
+    cached = cache / f"{name}-{key}"
     if (cached / "classes.npy").exists():
         # Memory-mapped copy-on-write: opening is instant, pages come from the OS cache as read.
         arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}
-        classes = [str(c) for c in np.load(cached / "classes.npy")]
-        return ImageSet(**arrays, classes=classes)
-    images = _decode(dataset, source)
+        return ImageSet(**arrays, classes=np.load(cached / "classes.npy").tolist())
+    if source.is_dir() and not _is_path(dataset):
+        images = _decode_torchvision(dataset, source)
+    else:
+        images = _decode_image_folder(source)
     if image_size is not None:
         images.train_x = _resize(images.train_x, image_size)
         images.test_x = _resize(images.test_x, image_size)
@@ -133,10 +129,8 @@ def split(
                 f"left after val_size={val_size}; lower one of them"
             )
         train_idx = train_idx[:train_size]
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(train_idx).tobytes())
-    digest.update(np.ascontiguousarray(val_idx).tobytes())
-    digest.update(images.train_x[:16].tobytes())  # same indices over other images differ
+    hashed = (train_idx, val_idx, images.train_x[:16])  # same indices over other images differ
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in hashed))
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     return SplitData(
         images.train_x[train_idx],
@@ -148,6 +142,18 @@ def split(
         images.classes,
         digest.hexdigest()[:12],
     )
+
+
+def split_of(config: TrainConfig) -> SplitData:
+    """The split a config trains on; made once per process for each distinct data setting."""
+    return _split_of(config.dataset, config.data_dir, config.image_size, config.val_size,
+                     config.train_size, config.split_seed)  # fmt: skip
+
+
+@functools.cache
+def _split_of(dataset: str, data_dir: str | None, image_size: int | None, val_size: int,
+              train_size: int | None, seed: int) -> SplitData:  # fmt: skip
+    return split(load_images(dataset, data_dir, image_size), val_size, train_size, seed)
 
 
 def _is_path(dataset: str) -> bool:
@@ -167,16 +173,13 @@ def _find_source(dataset: str, data_dir: Path) -> Path:
                 "ImageFolder directory or .tar.gz archive"
             )
         return path
-    _, _, files = TORCHVISION_SETS[dataset]
-    archives = sorted(data_dir.glob(f"{dataset.replace('_', '')}*.tar.gz")) + sorted(
-        data_dir.glob(f"{dataset}*.tar.gz")
-    )
-    archives = [a for a in archives if not a.name.endswith("-python.tar.gz")]
     if _torchvision_ready(dataset, data_dir):
         return data_dir
-    if archives:
-        return archives[0]
-    _download(dataset, data_dir, files)
+    for pattern in (f"{dataset.replace('_', '')}*.tar.gz", f"{dataset}*.tar.gz"):
+        for archive in sorted(data_dir.glob(pattern)):
+            if not archive.name.endswith("-python.tar.gz"):
+                return archive
+    _download(dataset, data_dir)
     return data_dir
 
 
@@ -194,16 +197,16 @@ def _torchvision_ready(dataset: str, data_dir: Path) -> bool:
     return True
 
 
-def _download(dataset: str, data_dir: Path, files: str) -> None:
+def _download(dataset: str, data_dir: Path) -> None:
     import torchvision.datasets as tvd
 
-    class_name, _, _ = TORCHVISION_SETS[dataset]
+    class_name, _, files = TORCHVISION_SETS[dataset]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        getattr(tvd, class_name)(str(data_dir), train=True, download=True)
-        getattr(tvd, class_name)(str(data_dir), train=False, download=True)
+        for train in (True, False):
+            getattr(tvd, class_name)(str(data_dir), train=train, download=True)
     except Exception as exc:  # any network or filesystem failure means the same to the user
         reason = first_line(exc, 120)
         raise SweeperError(
@@ -214,98 +217,72 @@ def _download(dataset: str, data_dir: Path, files: str) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _decode(dataset: str, source: Path) -> ImageSet:
-    if source.is_file():
-        if not source.name.endswith((".tar.gz", ".tgz", ".tar")):
-            raise SweeperError(f"dataset: {source} is a file but not a .tar.gz archive")
-        return _decode_archive(source)
-    if not _is_path(dataset) and _torchvision_ready(dataset, source):
-        return _decode_torchvision(dataset, source)
-    return _decode_folder(source)
+def _nchw(x: np.ndarray) -> np.ndarray:
+    """uint8 images [N, C, H, W] from [N, H, W] or [N, H, W, C]."""
+    return np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), np.uint8)
 
 
 def _decode_torchvision(dataset: str, root: Path) -> ImageSet:
     import torchvision.datasets as tvd
 
     class_name, _, _ = TORCHVISION_SETS[dataset]
-    parts = [getattr(tvd, class_name)(str(root), train=t, download=False) for t in (True, False)]
+    train, test = (getattr(tvd, class_name)(str(root), train=t) for t in (True, False))
+    return ImageSet(
+        _nchw(np.asarray(train.data)),
+        np.asarray(train.targets, dtype=np.int64),
+        _nchw(np.asarray(test.data)),
+        np.asarray(test.targets, dtype=np.int64),
+        list(train.classes),
+    )
 
-    def arrays(part) -> tuple[np.ndarray, np.ndarray]:
-        data = np.asarray(part.data)
-        x = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(part.targets, dtype=np.int64)
 
-    (train_x, train_y), (test_x, test_y) = arrays(parts[0]), arrays(parts[1])
-    return ImageSet(train_x, train_y, test_x, test_y, list(parts[0].classes))
-
-
-def _decode_archive(path: Path) -> ImageSet:
-    """Read an ImageFolder laid out as train/<class>/* and test/<class>/* inside a tarball."""
+def _decode_image_folder(source: Path) -> ImageSet:
+    """Read an ImageFolder laid out as train/<class>/* and test/<class>/*, or a tarball of one."""
     files: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            parts = PurePosixPath(member.name).parts
-            if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            for i, part in enumerate(parts[:-2]):
-                if part in files and i == len(parts) - 3:
-                    files[part].append((parts[-2], tar.extractfile(member).read()))
-    return _to_image_set(files, str(path))
-
-
-def _decode_folder(path: Path) -> ImageSet:
-    files: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
-    for part in files:
-        for file in sorted((path / part).glob("*/*")):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                files[part].append((file.parent.name, file.read_bytes()))
-    return _to_image_set(files, str(path))
-
-
-def _to_image_set(files: dict[str, list[tuple[str, bytes]]], where: str) -> ImageSet:
-    from PIL import Image
-
+    if source.is_dir():
+        for part in files:
+            for file in sorted((source / part).glob("*/*")):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    files[part].append((file.parent.name, file.read_bytes()))
+    elif source.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(source) as tar:
+            for member in tar:
+                path = PurePosixPath(member.name)
+                part = path.parent.parent.name  # of [folder/]train/<class>/<file>
+                if member.isfile() and part in files and path.suffix.lower() in IMAGE_SUFFIXES:
+                    files[part].append((path.parent.name, tar.extractfile(member).read()))
+    else:
+        raise SweeperError(f"dataset: {source} is a file but not a .tar.gz archive")
     if not files["train"] or not files["test"]:
         missing = "train/" if not files["train"] else "test/"
         raise SweeperError(
-            f"dataset: {where} has no images under {missing}<class>/; "
+            f"dataset: {source} has no images under {missing}<class>/; "
             "an ImageFolder dataset needs train/<class>/*.jpg and test/<class>/*.jpg"
         )
     classes = sorted({label for label, _ in files["train"]})
-    index = {c: i for i, c in enumerate(classes)}
-    first = Image.open(io.BytesIO(files["train"][0][1]))
-    mode = "L" if first.mode in ("L", "1") else "RGB"
-
-    def decode(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-        items = sorted(items, key=lambda item: index.get(item[0], -1))
-        unknown = {label for label, _ in items} - set(index)
-        if unknown:
-            raise SweeperError(f"dataset: {where} test/ has classes not in train/: {unknown}")
-        sizes = set()
-        arrays = []
-        for _, data in items:
-            image = np.asarray(Image.open(io.BytesIO(data)).convert(mode))
-            sizes.add(image.shape[:2])
-            arrays.append(image)
-        if len(sizes) > 1:
-            size = max(sizes)
-            arrays = [_pil_resize(a, size) for a in arrays]
-        x = np.stack(arrays)
-        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-        y = np.array([index[label] for label, _ in items], dtype=np.int64)
-        return np.ascontiguousarray(x), y
-
-    train_x, train_y = decode(files["train"])
-    test_x, test_y = decode(files["test"])
-    return ImageSet(train_x, train_y, test_x, test_y, classes)
+    unknown = {label for label, _ in files["test"]} - set(classes)
+    if unknown:
+        raise SweeperError(f"dataset: {source} test/ has classes not in train/: {unknown}")
+    return _decode_images(files, classes)
 
 
-def _pil_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _decode_images(files: dict[str, list[tuple[str, bytes]]], classes: list[str]) -> ImageSet:
+    """Each part's images in class order, resized to the part's largest, in the first's mode."""
     from PIL import Image
 
-    if array.shape[:2] == size:
-        return array
-    return np.asarray(Image.fromarray(array).resize(size[::-1], Image.BILINEAR))
+    mode = "L" if Image.open(io.BytesIO(files["train"][0][1])).mode in ("L", "1") else "RGB"
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = {}
+    for part, items in files.items():
+        items = sorted(items, key=lambda item: index[item[0]])
+        images = [np.asarray(Image.open(io.BytesIO(data)).convert(mode)) for _, data in items]
+        size = max(image.shape[:2] for image in images)
+        for i, image in enumerate(images):
+            if image.shape[:2] != size:
+                images[i] = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        arrays[f"{part}_x"] = _nchw(np.stack(images))
+        arrays[f"{part}_y"] = np.array([index[label] for label, _ in items], dtype=np.int64)
+    return ImageSet(**arrays, classes=classes)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:

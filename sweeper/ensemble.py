@@ -6,7 +6,7 @@ Plain math on checkpoints written by `sweeper.trial.save_best`; no Optuna, no ML
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,9 @@ class Ensemble(nn.Module):
         keep = [i for i, w in enumerate(weights) if w > 0]
         total = sum(weights)
         self.members = nn.ModuleList([members[i] for i in keep])
-        shape = (1, -1, 1, 1)
-        self.register_buffer(
-            "means", torch.stack([torch.as_tensor(means[i]).float().view(shape) for i in keep])
-        )
-        self.register_buffer(
-            "stds", torch.stack([torch.as_tensor(stds[i]).float().view(shape) for i in keep])
-        )
+        for name, values in (("means", means), ("stds", stds)):
+            per_channel = [torch.as_tensor(values[i]).float().view(1, -1, 1, 1) for i in keep]
+            self.register_buffer(name, torch.stack(per_channel))
         self.register_buffer("weights", torch.tensor([weights[i] / total for i in keep]))
         self.classes: list[str] = list(classes)
         self.input_shape: tuple[int, int] = (int(self.means.shape[2]), image_size)
@@ -176,46 +172,22 @@ class EnsembleReport:
     greedy: list[int] | None
     greedy_test_acc: float | None
     greedy_val_acc: float | None
-    member_groups: list[str] = field(default_factory=list)  # each member's config label
-    member_names: list[str] = field(default_factory=list)  # each member's checkpoint file
+    member_groups: list[str]  # each member's config label
+    member_names: list[str]  # each member's checkpoint file
 
     def table(self) -> list[dict[str, Any]]:
         """One row per member, then the plain average and the greedy selection."""
-        n = len(self.member_test_acc)
-        counts = [self.greedy.count(i) if self.greedy is not None else None for i in range(n)]
-        rows = [
-            {
-                "name": self.member_names[i] if i < len(self.member_names) else f"member {i}",
-                "group": self.member_groups[i] if i < len(self.member_groups) else "",
-                "members": 1,
-                "greedy_weight": counts[i],
-                "val_acc": self.member_val_acc[i],
-                "test_acc": self.member_test_acc[i],
-            }
-            for i in range(n)
-        ]
-        rows.append(
-            {
-                "name": "ensemble (mean)",
-                "group": "ensemble",
-                "members": n,
-                "greedy_weight": None,
-                "val_acc": self.ensemble_val_acc,
-                "test_acc": self.ensemble_test_acc,
-            }
-        )
-        if self.greedy is not None:
-            rows.append(
-                {
-                    "name": "ensemble (greedy)",
-                    "group": "ensemble",
-                    "members": len(set(self.greedy)),
-                    "greedy_weight": len(self.greedy),
-                    "val_acc": self.greedy_val_acc,
-                    "test_acc": self.greedy_test_acc,
-                }
-            )
-        return rows
+        keys = ("name", "group", "members", "greedy_weight", "val_acc", "test_acc")
+        n, greedy = len(self.member_test_acc), self.greedy
+        counts = [None if greedy is None else greedy.count(i) for i in range(n)]
+        columns = (self.member_names, self.member_groups, [1] * n, counts)
+        rows = list(zip(*columns, self.member_val_acc, self.member_test_acc, strict=True))
+        mean = (self.ensemble_val_acc, self.ensemble_test_acc)
+        rows.append(("ensemble (mean)", "ensemble", n, None, *mean))
+        if greedy is not None:
+            chosen = (self.greedy_val_acc, self.greedy_test_acc)
+            rows.append(("ensemble (greedy)", "ensemble", len(set(greedy)), len(greedy), *chosen))
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def _common_shape(

@@ -75,7 +75,6 @@ def _write_torchscript(ensemble: nn.Module, example: Tensor, path: Path, info: d
 
 
 def _write_onnx(ensemble: nn.Module, example: Tensor, path: Path, info: dict) -> None:
-    batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
         program = torch.onnx.export(
@@ -83,22 +82,21 @@ def _write_onnx(ensemble: nn.Module, example: Tensor, path: Path, info: dict) ->
             (example,),
             input_names=["images"],
             output_names=["probabilities"],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=ONNX_OPSET,
             dynamo=True,
             external_data=False,
             verbose=False,
         )
-    program.model.metadata_props["classes"] = json.dumps(info["classes"])
-    program.model.metadata_props["input_shape"] = json.dumps(info["input_shape"])
+    program.model.metadata_props.update({key: json.dumps(value) for key, value in info.items()})
     program.save(str(path), external_data=False)
 
 
 def load_exported(path: Path | str) -> tuple[Predictor, list[str]]:
     """A predict function (float32 images 0..1 [N, C, H, W] -> probabilities [N, classes]) and
     the class names of a .pt or .onnx export or an MLflow model directory."""
-    predict_fn, classes, _ = _load(Path(path))
-    return predict_fn, classes
+    run, classes, _ = _load(Path(path))
+    return run, classes
 
 
 def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
@@ -106,18 +104,24 @@ def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
     if not path.exists():
         raise SweeperError(f"predict: model {path} does not exist; give a .pt, .onnx or MLflow dir")
     if path.is_dir():
-        return _load_mlflow(path)
-    if path.suffix == ".onnx":
-        return _load_onnx(path)
-    if path.suffix == ".pt":
-        return _load_torchscript(path)
-    raise SweeperError(
-        f"predict: {path} is not a model export; give a .pt (TorchScript), .onnx or an MLflow "
-        "model directory"
-    )
+        run, classes, dims = _load_mlflow(path)
+    elif path.suffix == ".onnx":
+        run, classes, dims = _load_onnx(path)
+    elif path.suffix == ".pt":
+        run, classes, dims = _load_torchscript(path)
+    else:
+        raise SweeperError(
+            f"predict: {path} is not a model export; give a .pt (TorchScript), .onnx or an MLflow "
+            "model directory"
+        )
+    shape = None  # from [C, H, W] where the file gives all three
+    if dims and len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims):
+        shape = (dims[0], dims[2])
+    # no class names: filled with indices once the number of outputs is known
+    return run, [] if classes is None else [str(c) for c in classes], shape
 
 
-def _load_torchscript(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+def _load_torchscript(path: Path) -> tuple[Predictor, Any, Any]:
     extra = {"classes.json": "", "input.json": ""}
     try:
         with warnings.catch_warnings():
@@ -136,10 +140,10 @@ def _load_torchscript(path: Path) -> tuple[Predictor, list[str], tuple[int, int]
     def run(x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
-    return run, _classes(classes), _shape(info.get("input_shape"))
+    return run, classes, info.get("input_shape")
 
 
-def _load_onnx(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+def _load_onnx(path: Path) -> tuple[Predictor, Any, Any]:
     import onnxruntime
 
     try:
@@ -150,18 +154,15 @@ def _load_onnx(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None
             "export it again with `sweeper export --format onnx`"
         ) from None
     meta = session.get_modelmeta().custom_metadata_map
-    classes = json.loads(meta["classes"]) if "classes" in meta else None
-    name = session.get_inputs()[0].name
-    dims = session.get_inputs()[0].shape[1:]
+    images = session.get_inputs()[0]
 
     def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return session.run(None, {images.name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
-    shape = dims if all(isinstance(d, int) for d in dims) else None
-    return run, _classes(classes), _shape(shape)
+    return run, json.loads(meta["classes"]) if "classes" in meta else None, images.shape[1:]
 
 
-def _load_mlflow(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
+def _load_mlflow(path: Path) -> tuple[Predictor, Any, Any]:
     if not (path / "MLmodel").is_file():
         raise SweeperError(
             f"predict: {path} is a directory without an MLmodel file; give an MLflow model "
@@ -177,32 +178,15 @@ def _load_mlflow(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | No
         ) from None
     classes = (model.metadata.metadata or {}).get("classes")
     if classes is None:  # a pickled Ensemble keeps them as an attribute
-        try:
+        with contextlib.suppress(Exception):  # flavors without a raw model still predict
             classes = getattr(model.get_raw_model(), "classes", None)
-        except Exception:  # flavors without a raw model still predict
-            classes = None
     schema = model.metadata.get_input_schema()
-    shape = None
-    if schema is not None and schema.is_tensor_spec() and len(schema.inputs[0].shape) == 4:
-        shape = list(schema.inputs[0].shape[1:])
+    tensor = schema is not None and schema.is_tensor_spec()
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(np.ascontiguousarray(x, dtype=np.float32)))
 
-    return run, _classes(classes), _shape(shape)
-
-
-def _classes(classes: Any) -> list[str]:
-    if classes is None:
-        return []  # filled with indices once the number of outputs is known
-    return [str(c) for c in classes]
-
-
-def _shape(dims: Any) -> tuple[int, int] | None:
-    """(channels, size) from [C, H, W]."""
-    if not dims or len(dims) != 3 or any(not isinstance(d, int) or d < 1 for d in dims):
-        return None
-    return int(dims[0]), int(dims[2])
+    return run, classes, schema.inputs[0].shape[1:] if tensor else None
 
 
 def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], np.ndarray]:
@@ -214,10 +198,8 @@ def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], 
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            files.extend(found)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(p for p in found if p.is_file())
         elif path.is_file():
             files.append(path)
         else:

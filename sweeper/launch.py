@@ -8,6 +8,7 @@ the sweep stored.
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import sys
@@ -25,7 +26,7 @@ from sweeper.pool import (
     budget_state,
     run_pool,
     stop_on_signals,
-    worker_command,
+    worker_commands,
     worker_flags,
 )
 from sweeper.storage import load_stored_study, make_storage, open_study
@@ -63,20 +64,20 @@ def launch(
         experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
         tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))}
         run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
-        opened = Opened(storage, optuna_study, LaunchContext(experiment_id, run_id))
+        opened = Opened(optuna_study, LaunchContext(experiment_id, run_id))
         return optuna_study, opened.context
 
     status = "FAILED"
     try:
         flags = worker_flags(devices, budget, deadline, overrides)
-        if not run_pool(pool_commands(study, paths, devices, flags), setup, budget=budget,
+        if not run_pool(worker_commands(study.file, paths, devices, flags), setup, budget=budget,
                         deadline=deadline, progress=progress):  # fmt: skip
             status = "KILLED"
             print(STOPPED)
             return 130
         swept = budget_state(opened.study, budget) == Budget.DONE
         if ensemble and ensemble.get("k") and swept and not build_ensemble(
-            study, paths, opened.storage, opened.study, opened.context, devices=devices,
+            study, paths, opened.study, opened.context, devices=devices,
             overrides=overrides, progress=progress, settings=ensemble,
         ):  # fmt: skip
             status = "KILLED"
@@ -94,7 +95,6 @@ def launch(
 class Opened:
     """What a launch opened while its workers started."""
 
-    storage: optuna.storages.BaseStorage
     study: optuna.Study
     context: LaunchContext
 
@@ -102,7 +102,6 @@ class Opened:
 def build_ensemble(
     study: Study,
     paths: SweepPaths,
-    storage: optuna.storages.BaseStorage,
     optuna_study: optuna.Study,
     context: LaunchContext,
     *,
@@ -117,6 +116,7 @@ def build_ensemble(
 
     options = retrain.EnsembleSettings(**settings)
     plan = retrain.make_plan(optuna_study, options.k, options.seeds)
+    storage = make_storage(paths.storage_url)
     members = retrain.open_member_study(study, storage, plan, options.epochs)
     spec = retrain.member_study(study, plan, options.epochs)
     short = len(plan.sources) < options.k
@@ -126,7 +126,7 @@ def build_ensemble(
     )
     member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
     flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides)]
-    commands = pool_commands(spec, paths, devices, flags)
+    commands = worker_commands(spec.file, paths, devices, flags)
     if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,
                     progress=progress):  # fmt: skip
         return False
@@ -147,62 +147,37 @@ def ensemble_again(
 
     stop_on_signals()
     study = study_from_name_or_file(target, paths)
-    storage = make_storage(paths.storage_url)
-    optuna_study = open_study(study, storage)
+    optuna_study = open_study(study, make_storage(paths.storage_url))
     experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
-    done = build_ensemble(study, paths, storage, optuna_study, LaunchContext(experiment_id),
+    done = build_ensemble(study, paths, optuna_study, LaunchContext(experiment_id),
                           devices=devices, overrides=overrides, progress=progress,
                           settings={**study.ensemble, **settings})  # fmt: skip
     return 0 if done else 130
 
 
-def join(
-    study_file: str,
-    directory: str,
-    *,
-    storage: str | None,
-    tracking_uri: str | None,
-    from_launcher: bool,
-    device: str,
-    worker: str | None,
-    ensemble: bool,
-    budget: int | None,
-    timeout: float | None,
-    deadline: float | None,
-    overrides: dict[str, Any],
-    packed: bool,
-) -> int:
+def join(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """`sweeper worker`: train trials of a launched study (or its ensemble members). A
     launcher's worker loads torch and MLflow while its launcher opens the study, then reads the
     launch context on stdin."""
     from sweeper import retrain  # torch and MLflow: workers only
-    from sweeper import worker as worker_process
+    from sweeper.worker import run_worker
 
-    study = load_study(study_file)
-    context = LaunchContext.read(sys.stdin) if from_launcher else LaunchContext()
-    paths = SweepPaths.existing(directory, storage, tracking_uri)  # joins, never creates
+    study = load_study(args.study)
+    context = LaunchContext.read(sys.stdin) if args.from_launcher else LaunchContext()
+    paths = SweepPaths.existing(args.dir, args.storage, args.tracking_uri)  # never creates
     tags = None
-    if ensemble:
+    if args.ensemble:
         study = retrain.load_member_study(study, make_storage(paths.storage_url))
         tags = {"sweeper.kind": retrain.MEMBER_KIND}
-    timeout = timeout or study.timeout
-    if deadline is None and timeout:
-        deadline = time.time() + timeout
-    return worker_process.run_worker(
-        study, paths, device=device, worker=worker or f"{socket.gethostname()}-{os.getpid()}",
+    timeout = args.timeout or study.timeout
+    deadline = args.deadline or (time.time() + timeout if timeout else None)
+    return run_worker(
+        study, paths, device=args.device,
+        worker=args.worker_name or f"{socket.gethostname()}-{os.getpid()}",
         experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
-        budget=budget if budget is not None else study.trials, deadline=deadline,
-        overrides=overrides, tags=tags, packed=packed,
+        budget=args.trials if args.trials is not None else study.trials, deadline=deadline,
+        overrides=overrides, tags=tags, packed=args.packed,
     )  # fmt: skip
-
-
-def pool_commands(
-    study: Study, paths: SweepPaths, devices: list[str], flags: list[str]
-) -> list[list[str]]:
-    return [
-        worker_command(study.file, paths, device, f"w{i}", flags)
-        for i, device in enumerate(devices)
-    ]
 
 
 def study_from_name_or_file(target: str, paths: SweepPaths) -> Study:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,14 @@ class SweepPaths:
 
     def report(self, study_name: str, dashboard: str) -> Path:
         return self.dir / "reports" / f"{study_name}-{dashboard}.html"
+
+
+def add_store_flags(parser: argparse.ArgumentParser, storage: bool = True) -> None:
+    """--dir, and the --storage and --tracking-uri that replace its stores."""
+    parser.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
+    if storage:
+        parser.add_argument("--storage", help="Optuna storage URL (default: <dir>/optuna.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
 
 
 def default_tracking_uri(sweep_dir: str | Path) -> str:

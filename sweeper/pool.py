@@ -112,14 +112,16 @@ def worker_flags(
     return flags
 
 
-def worker_command(
-    study_file: str, paths: SweepPaths, device: str, worker: str, flags: list[str]
-) -> list[str]:
-    """A `sweeper worker` command line; an ensemble member study names its base study's file."""
+def worker_commands(
+    study_file: str, paths: SweepPaths, devices: list[str], flags: list[str]
+) -> list[list[str]]:
+    """One `sweeper worker` command line per device slot (an ensemble's workers name the study
+    file of the sweep)."""
     return [
-        sys.executable, "-m", "sweeper.cli", "worker", study_file,
-        "--dir", str(paths.dir), "--storage", paths.storage_url,
-        "--tracking-uri", paths.tracking_uri, "--device", device, "--worker-name", worker, *flags,
+        [sys.executable, "-m", "sweeper.cli", "worker", study_file, "--dir", str(paths.dir),
+         "--storage", paths.storage_url, "--tracking-uri", paths.tracking_uri,
+         "--device", device, "--worker-name", f"w{i}", *flags]
+        for i, device in enumerate(devices)
     ]  # fmt: skip
 
 

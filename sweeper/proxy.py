@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import optuna
+from optuna.storages import get_storage, run_grpc_proxy_server
+
 from sweeper.errors import SweeperError
+from sweeper.storage import make_storage, redact
 
 
 def register(commands: Any) -> None:
@@ -24,15 +28,6 @@ def register(commands: Any) -> None:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    import optuna
-    from optuna.storages import get_storage, run_grpc_proxy_server
-
-    from sweeper.storage import make_storage, redact
-
-    try:
-        import grpc  # noqa: F401
-    except ImportError:
-        raise SweeperError("storage-proxy needs grpcio: pip install grpcio") from None
     if not 0 < args.port < 65536:
         raise SweeperError(f"--port={args.port} is invalid; it must be 1 to 65535")
     # Optuna's proxy is meant to wrap the cached storage of get_storage (fewer queries).

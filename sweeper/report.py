@@ -1,14 +1,9 @@
 """`sweeper report` and `sweeper dashboard`: a study's trials and runs as one offline HTML page.
 
-A dashboard file (dashboards/evaluation.py, dashboards/sweep.py) is plain Python that defines
-
-    title = "Evaluation"                  # optional; the file name otherwise
-    sections = [summary, table, curves]   # functions of one StudyData
-
-Each section returns a plotly Figure, a pandas DataFrame (a table), a str (a paragraph) or a list
-of those; the first line of its docstring is its heading. The report's first table is also
-written as CSV, and both files are logged to the study's latest launch run in MLflow. What the
-sections read (StudyData) is collected in sweeper.studydata.
+A dashboard file (see dashboards/) defines `sections = [...]`, functions of one StudyData (see
+sweeper.studydata) that each return a plotly Figure, a DataFrame (a table), a str (a paragraph)
+or a list of those, headed by their docstring's first line; and optionally `title`. The page and
+its first table (as CSV) are logged to the study's latest launch run in MLflow.
 """
 
 from __future__ import annotations
@@ -16,14 +11,13 @@ from __future__ import annotations
 import argparse
 import html
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import SweeperError
-from sweeper.paths import SweepPaths
+from sweeper.paths import SweepPaths, add_store_flags
 from sweeper.studydata import StudyData, collect, run_url  # dashboards may import StudyData here
 from sweeper.userfile import import_file, line_in, one_line
 
@@ -42,7 +36,6 @@ class Dashboard:
 
 def load_dashboard(target: str) -> Dashboard:
     """A dashboard file, or the name of a shipped one (evaluation, sweep)."""
-
     path = Path(target)
     if not path.exists() and path.suffix != ".py" and "/" not in target:
         path = DASHBOARDS / f"{target}.py"
@@ -56,8 +49,7 @@ def load_dashboard(target: str) -> Dashboard:
             f"{path}: defines no `sections = [function, ...]` of functions section(data) "
             "(see dashboards/evaluation.py for the shape)"
         )
-    title = getattr(module, "title", path.stem)
-    return Dashboard(file=path, title=str(title), sections=list(sections))
+    return Dashboard(path, str(getattr(module, "title", path.stem)), list(sections))
 
 
 def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | None]:
@@ -73,30 +65,24 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
         try:
             blocks = section(data)
         except Exception as exc:
-            line = line_in(exc, dashboard.file)
-            raise SweeperError(
-                f"{dashboard.file}:{line}: section {name}(): {one_line(exc)}"
-            ) from None
-        parts = []
+            where = f"{dashboard.file}:{line_in(exc, dashboard.file)}"
+            raise SweeperError(f"{where}: section {name}(): {one_line(exc)}") from None
+        heading = html.escape((section.__doc__ or name).strip().splitlines()[0])
+        body.append(f'<section id="{html.escape(name)}"><h2>{heading}</h2>')
         for index, block in enumerate(blocks if isinstance(blocks, list | tuple) else [blocks]):
             if isinstance(block, go.Figure):
-                parts.append(_figure(block, f"{name}-{index}"))
+                body.append(_figure(block, f"{name}-{index}"))
             elif isinstance(block, pd.DataFrame):
                 first_table = block if first_table is None else first_table
-                parts.append(_table(block))
+                body.append(_table(block))
             elif isinstance(block, str):
-                parts.append(_paragraphs(block))
+                body.append(_paragraphs(block))
             else:
                 raise SweeperError(
                     f"{dashboard.file}: section {name}() returned {type(block).__name__}; "
                     "return a plotly Figure, a pandas DataFrame, a str or a list of them"
                 )
-        heading = (section.__doc__ or name).strip().splitlines()[0]
-        body.append(
-            f'<section id="{html.escape(name)}"><h2>{html.escape(heading)}</h2>'
-            + "".join(parts)
-            + "</section>"
-        )
+        body.append("</section>")
     state = "running" if data.running else "finished"
     launch = data.launch["status"] if data.launch is not None else "no launch run"
     page = PAGE.format(
@@ -113,11 +99,8 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
 
 
 def _figure(figure: Any, div_id: str) -> str:
-    import plotly.io as pio
-
     height = figure.layout.height or 460
-    return pio.to_html(
-        figure,
+    return figure.to_html(
         full_html=False,
         include_plotlyjs=False,  # embedded once in the page's head
         div_id=div_id,
@@ -127,8 +110,7 @@ def _figure(figure: Any, div_id: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    """DataFrame.to_html, with blank NaN, floats to 4 significant digits, datetimes to the
-    second and URLs as links; each row on one line, classed by its trial state if it has one."""
+    """DataFrame.to_html, one line a row, each row classed by its trial state if it has one."""
     shown = frame.astype(object).where(frame.notna(), "").map(_text)
     shown.columns = [html.escape(str(column)) for column in frame.columns]
     text = shown.to_html(index=False, escape=False, float_format="{:.4g}".format, border=0)
@@ -141,8 +123,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def _text(value: Any) -> Any:
-    """A cell as to_html should show it: strings escaped (URLs as links), datetimes to the
-    second; numbers are left to to_html's float_format."""
+    """A cell as to_html shows it: datetimes to the second, strings escaped (URLs as links)."""
     if hasattr(value, "strftime"):
         return f"{value:%Y-%m-%d %H:%M:%S}"
     if not isinstance(value, str):
@@ -176,25 +157,6 @@ tr.RUNNING td, tr.WAITING td {{ background: #fff6d6; font-style: italic; }}
 """
 
 
-def write_report(
-    dashboard: Dashboard, data: StudyData, out: Path, tracking_uri: str
-) -> tuple[list[Path], pd.Series | None]:
-    """Write the HTML (and CSV of the first table); log them to the latest launch run."""
-    from sweeper import tracking
-
-    page, table = render(dashboard, data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    paths = [out]
-    if table is not None:
-        csv = out.with_suffix(".csv")
-        table.to_csv(csv, index=False)
-        paths.append(csv)
-    if data.launch is not None:
-        tracking.log_report(tracking_uri, data.launch["run_id"], paths)
-    return paths, data.launch
-
-
 def register(commands: Any) -> None:
     """Add `report` and `dashboard` to the `sweeper` command's subparsers."""
     report = commands.add_parser("report", help="render a study's dashboard to an HTML page")
@@ -204,7 +166,7 @@ def register(commands: Any) -> None:
         "evaluation (the default), sweep"
     )  # fmt: skip
     report.add_argument("--out", help="HTML file (default: <dir>/reports/<study>-<dashboard>.html)")
-    _store_flags(report)
+    add_store_flags(report)
     report.add_argument(
         "--mlflow-url",
         default="http://127.0.0.1:5000",
@@ -214,16 +176,10 @@ def register(commands: Any) -> None:
 
     dashboard = commands.add_parser("dashboard", help="the live optuna-dashboard on the study")
     dashboard.add_argument("study", help="a study name or file")
-    _store_flags(dashboard)
+    add_store_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(func=cmd_dashboard)
-
-
-def _store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: <dir>/optuna.db)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
 
 
 def _stores(args: argparse.Namespace) -> tuple[SweepPaths, str]:
@@ -241,28 +197,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".html", ".htm"):
         raise SweeperError(f"--out {out}: the report is HTML; name a .html file")
     data = collect(name, stores, args.mlflow_url)
-    files, launch = write_report(dashboard, data, out, stores.tracking_uri)
+    page, table = render(dashboard, data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    files = [out]
+    if table is not None:
+        table.to_csv(out.with_suffix(".csv"), index=False)
+        files.append(out.with_suffix(".csv"))
     print(f"report: {' and '.join(str(p) for p in files)}")
-    if launch is None:
+    if data.launch is None:
         print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
     else:
-        print(f"report: logged to {run_url(args.mlflow_url.rstrip('/'), launch)} (report/)")
+        from sweeper import tracking
+
+        tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
+        print(f"report: logged to {run_url(args.mlflow_url.rstrip('/'), data.launch)} (report/)")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    stores, name = _stores(args)
-    try:
-        from optuna_dashboard import run_server
-    except ImportError:
-        raise SweeperError("dashboard: optuna-dashboard is not installed; pip install it") from None
+    from optuna_dashboard import run_server
+
     from sweeper.storage import load_stored_study, make_storage
 
+    stores, name = _stores(args)
     storage = make_storage(stores.storage_url)
     load_stored_study(name, storage, stores.storage_url)  # one line if it is not there
     study_id = storage.get_study_id_from_name(name)
     url = f"http://{args.host}:{args.port}/dashboard/studies/{study_id}"
-    print(f"optuna-dashboard: {url} (Ctrl-C stops it)")
-    sys.stdout.flush()
+    print(f"optuna-dashboard: {url} (Ctrl-C stops it)", flush=True)
     run_server(stores.storage_url, host=args.host, port=args.port)
     return 0

@@ -15,6 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import tracking
+from sweeper.config import TrainConfig
+from sweeper.data import split_of
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths
 from sweeper.study import Study
@@ -138,8 +140,7 @@ def finish_ensemble(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate the finished members on the test split; log, register and report the ensemble."""
-    from sweeper.data import load_images, split  # torch: the launcher needs it only here
-    from sweeper.ensemble import evaluate
+    from sweeper.ensemble import evaluate  # torch: the launcher needs it only from here on
 
     done = [
         t
@@ -148,9 +149,7 @@ def finish_ensemble(
     ]
     if not done:
         raise SweeperError("ensemble: no member finished; see `sweeper status` for the reasons")
-    config = done[0].user_attrs["config"]
-    images = load_images(config["dataset"], config["data_dir"], config["image_size"])
-    data = split(images, config["val_size"], config["train_size"], config["split_seed"])
+    data = split_of(TrainConfig.from_dict(done[0].user_attrs["config"]))
     labelled = [
         (f"trial {t.params['source_trial']}", Path(t.user_attrs["checkpoint"])) for t in done
     ]

@@ -55,7 +55,7 @@ def make_storage(url: str) -> RDBStorage:
         return storage
 
     try:  # two first launches on PostgreSQL create the tables at once: the loser tries again
-        return patiently(open_storage, retry=_lost_table_race, patience_s=1.5, max_pause=0.5)
+        return patiently(open_storage, retry=_lost_table_race, patience_s=10, max_pause=1)
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
 

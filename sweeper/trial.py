@@ -16,7 +16,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sweeper.atomic import replacing
 from sweeper.config import TrainConfig
-from sweeper.data import SplitData, load_images, split
+from sweeper.data import SplitData, split_of
 from sweeper.errors import first_line
 from sweeper.gpulock import gpu_slot
 from sweeper.storage import counted_trials
@@ -107,15 +107,6 @@ class Objective:
     packed: bool = False  # several trials share this GPU
     failures_in_a_row: int = 0
     last_failure: str = ""
-    _data: dict[tuple, SplitData] = field(default_factory=dict)
-
-    def data_for(self, config: TrainConfig) -> SplitData:
-        key = (config.dataset, config.data_dir, config.image_size, config.val_size,
-               config.train_size, config.split_seed)  # fmt: skip
-        if key not in self._data:
-            images = load_images(config.dataset, config.data_dir, config.image_size)
-            self._data[key] = split(images, config.val_size, config.train_size, config.split_seed)
-        return self._data[key]
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_budget(trial)
@@ -133,7 +124,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         config = self.study.trial_config(trial, {**self.overrides, "device": self.device})
-        data = self.data_for(config)
+        data = split_of(config)
         root = root_number(trial)
         last = self.checkpoint_dir / f"trial-{root}-last.pt"
         resume = torch.load(last, weights_only=True) if last.exists() else None
@@ -170,16 +161,14 @@ class Objective:
 
         try:
             result = self._train(trial, config, data, on_epoch, resume, last)
-        except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            reason = str(exc) if isinstance(exc, CheckpointError) else repr(exc)
-            trial.set_user_attr("interrupted" if interrupted else "fail_reason", reason[:500])
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", "KeyboardInterrupt()")
             self.tracker.finish(
-                run_id,
-                "FAIL",
-                [],
-                reason="interrupted; resumes on the next launch" if interrupted else reason,
+                run_id, "FAIL", [], reason="interrupted; resumes on the next launch"
             )
+            raise
+        except BaseException as exc:
+            self._fail(trial, run_id, str(exc) if isinstance(exc, CheckpointError) else repr(exc))
             raise
         return self._finish(trial, run_id, config, data, result, pruned, last)
 
@@ -219,44 +208,34 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
         if result.status == "diverged":
-            epoch = len(result.history) + 1
-            reason = f"diverged: the loss became NaN or inf in epoch {epoch}"
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.finish(run_id, "FAIL", result.history, reason=reason)
+            reason = f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
+            self._fail(trial, run_id, reason, result.history)
             last.unlink(missing_ok=True)
             raise TrialDiverged(reason)
         best = self.checkpoint_dir / f"trial-{trial.number}-best.pt"
         try:
             save_best(best, result, config, data)
         except CheckpointError as error:
-            trial.set_user_attr("fail_reason", str(error)[:500])
-            self.tracker.finish(run_id, "FAIL", result.history, reason=str(error))
+            self._fail(trial, run_id, str(error), result.history)
             raise
         predictions = result.val_predictions  # None when the best epoch came before a resume
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
-        value = self._value(result)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
-        state = "PRUNED" if pruned else "COMPLETE"
-        self.tracker.finish(
-            run_id,
-            state,
-            result.history,
-            classes=data.classes,
-            val_labels=data.val_y,
-            val_predictions=predictions.cpu().numpy().astype(np.int64),
-            checkpoint=best,
-            summary=summary,
-        )
+        self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE", result.history,
+                            classes=data.classes, val_labels=data.val_y,
+                            val_predictions=predictions.cpu().numpy().astype(np.int64),
+                            checkpoint=best, summary=summary)  # fmt: skip
         trial.set_user_attr("checkpoint", str(best))
         last.unlink(missing_ok=True)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        return value
+        return float(result.history[result.best_epoch - 1][self.study.metric])
 
-    def _value(self, result: TrainResult) -> float:
-        best = result.history[result.best_epoch - 1]
-        return float(best[self.study.metric])
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, history: list = ()) -> None:
+        """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
+        trial.set_user_attr("fail_reason", reason[:500])
+        self.tracker.finish(run_id, "FAIL", list(history), reason=reason)
 
     def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
         """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""

@@ -29,6 +29,7 @@ from sweeper.cli import main
 from sweeper.paths import default_tracking_uri
 from sweeper.report import load_dashboard, render
 from sweeper.studydata import StudyData, _curves, _settings
+from sweeper.tracking import queries
 
 NAME = "reportcheck"
 # Trial 0 completes; trial 1 diverges (FAIL); trial 2 learns nothing and is pruned after epoch 1
@@ -244,7 +245,7 @@ def test_report_of_a_running_study_says_so(sweep: Path) -> None:
 
 def test_report_is_logged_to_the_launch_run(sweep: Path) -> None:
     uri = default_tracking_uri(sweep)
-    launch = tracking.latest_run(uri, NAME, "launch")
+    launch = queries.latest_run(uri, NAME, "launch")
     assert launch is not None
     client = MlflowClient(tracking_uri=uri)
     files = {a.path for a in client.list_artifacts(launch["run_id"], "report")}
@@ -320,7 +321,7 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
             tags=[RunTag("sweeper.trial", "1"), RunTag("sweeper.device", "cuda:0")],
         ),
     )
-    runs = tracking.runs_frame([run])
+    runs = queries.runs_frame([run])
     histories = pd.DataFrame(
         [("r1", "val_acc", 1, 0.4), ("r1", "val_acc", 2, 0.5),
          ("r1", "seconds", 1, 30.0), ("r1", "seconds", 2, 30.0)],
@@ -341,7 +342,7 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
 
 @pytest.mark.parametrize("dashboard", ["evaluation", "sweep"])
 def test_a_study_without_trials_renders(dashboard: str) -> None:
-    runs = tracking.runs_frame([])
+    runs = queries.runs_frame([])
     curves = _curves([], runs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
     data = StudyData(
         name="empty", study=optuna.create_study(direction="maximize"), trials=[],

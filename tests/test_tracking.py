@@ -12,16 +12,8 @@ from mlflow import MlflowClient
 
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths, default_tracking_uri
-from sweeper.tracking import (
-    TrialTracker,
-    end_run,
-    experiment_for,
-    latest_run,
-    metric_histories,
-    run_config,
-    runs_of_study,
-    start_launch_run,
-)
+from sweeper.tracking import TrialTracker, end_run, experiment_for, run_config, start_launch_run
+from sweeper.tracking.queries import latest_run, metric_histories, runs_of_study
 
 CLASSES = ["cat", "dog", "ship"]
 CONFIG: dict[str, Any] = {

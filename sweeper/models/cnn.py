@@ -11,57 +11,35 @@ from sweeper.models.layers import conv_layers, flat_size, init_weights
 
 
 class ConvNet(nn.Module):
-    """Convolutional features, flattened, then one linear layer to the classes."""
+    """Convolutional features, flattened, then the classifier layers."""
 
-    def __init__(self, features: nn.Sequential, num_classes: int, in_channels: int, size: int):
+    def __init__(self, features: nn.Sequential, classifier: list[nn.Module]) -> None:
         super().__init__()
         self.features = features
-        n = flat_size(self.features, in_channels, size)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), *classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
         return self.classifier(self.features(x))
-
-
-def CNN1(  # noqa: N802 (named like the class it builds)
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    batch_norm: bool = False,
-) -> ConvNet:
-    """conv 64 k3 p1, act, conv 256 k5 p2, act, maxpool 2, FC 256*(H/2)*(W/2) -> classes."""
-    features = nn.Sequential(
-        *conv_layers(in_channels, 64, 3, 1, activation, batch_norm),
-        *conv_layers(64, 256, 5, 2, activation, batch_norm),
-        nn.MaxPool2d(2),
-    )
-    return ConvNet(features, num_classes, in_channels, image_size)
-
-
-def CNN2(  # noqa: N802
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    batch_norm: bool = False,
-) -> ConvNet:
-    """conv 16 k3 p1, act, pool 2, conv 32 k3 p1, act, pool 2, FC 32*8*8 -> classes (25,578)."""
-    features = nn.Sequential(
-        *conv_layers(in_channels, 16, 3, 1, activation, batch_norm),
-        nn.MaxPool2d(2),
-        *conv_layers(16, 32, 3, 1, activation, batch_norm),
-        nn.MaxPool2d(2),
-    )
-    return ConvNet(features, num_classes, in_channels, image_size)
 
 
 def build(
     name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
 ) -> ConvNet:
-    """CNN1 or CNN2 (by name) for the options; batch_norm defaults to off."""
-    make = CNN1 if name == "cnn1" else CNN2
-    model = make(num_classes, in_channels, image_size, opts["activation"], bool(opts["batch_norm"]))
-    init_weights(model, opts["init"])
-    return model
+    """CNN1 (conv 64 k3 p1, conv 256 k5 p2, pool 2) or CNN2 (conv 16 k3 p1, pool 2, conv 32 k3 p1,
+    pool 2: 25,578 parameters), then one linear layer; batch_norm defaults to off."""
+    act, bn = opts["activation"], bool(opts["batch_norm"])
+    if name == "cnn1":
+        features = nn.Sequential(
+            *conv_layers(in_channels, 64, 3, 1, act, bn),
+            *conv_layers(64, 256, 5, 2, act, bn),
+            nn.MaxPool2d(2),
+        )
+    else:
+        features = nn.Sequential(
+            *conv_layers(in_channels, 16, 3, 1, act, bn),
+            nn.MaxPool2d(2),
+            *conv_layers(16, 32, 3, 1, act, bn),
+            nn.MaxPool2d(2),
+        )
+    n = flat_size(features, in_channels, image_size)
+    return init_weights(ConvNet(features, [nn.Linear(n, num_classes)]), opts["init"])

@@ -53,23 +53,19 @@ SHORTCUTS: tuple[str, ...] = ("A", "B")
 
 
 def _bad(key: str, value: Any, accepted: str) -> SweeperError:
-    """The one-line error for a bad option value."""
     return SweeperError(f"{key}: bad value {value!r}; accepted: {accepted}")
 
 
 def _is_int(value: Any) -> bool:
-    """True for ints that are not bools."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_choice(opts: dict[str, Any], key: str, choices: Sequence[str]) -> None:
-    """Raise unless opts[key] is one of choices."""
     if not isinstance(opts[key], str) or opts[key] not in choices:
         raise _bad(key, opts[key], ", ".join(choices))
 
 
 def _check_bool(opts: dict[str, Any], key: str, allow_none: bool = False) -> None:
-    """Raise unless opts[key] is a bool (or None when allowed)."""
     value = opts[key]
     if not (isinstance(value, bool) or (allow_none and value is None)):
         raise _bad(key, value, "true, false" + (" or null" if allow_none else ""))
@@ -96,9 +92,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     _check_choice(opts, "init", INITS)
     _check_choice(opts, "shortcut", SHORTCUTS)
     dropout = opts["dropout"]
-    if not (isinstance(dropout, int | float) and not isinstance(dropout, bool)) or not (
-        0.0 <= dropout < 1.0
-    ):
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise _bad("dropout", dropout, "a number in [0, 1)")
     hidden = opts["hidden"]
     if hidden is not None:

@@ -15,13 +15,11 @@ class PadShortcut(nn.Module):
     """Option A shortcut: subsample by stride and zero-pad the new channels."""
 
     def __init__(self, stride: int, extra_channels: int) -> None:
-        """Keep the stride and how many zero channels to add."""
         super().__init__()
         self.stride = stride
         self.extra = extra_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return x[:, :, ::s, ::s] with extra zero channels split over both ends."""
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
@@ -30,7 +28,6 @@ class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut, activation after the sum."""
 
     def __init__(self, cin: int, cout: int, stride: int, activation: str, shortcut: str) -> None:
-        """Build the block; the shortcut changes shape only when stride or width change."""
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
@@ -48,27 +45,17 @@ class BasicBlock(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))."""
         out = self.act1(self.bn1(self.conv1(x)))
         return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """Stem conv 16, three stages of n blocks at 16/32/64 channels, global avg pool, FC."""
+    """Depth 6n+2: stem conv 16, three stages of n blocks at 16/32/64 channels, avg pool, FC."""
 
     def __init__(
-        self,
-        depth: int,
-        num_classes: int,
-        in_channels: int = 3,
-        activation: str = "relu",
-        shortcut: str = "A",
+        self, depth: int, num_classes: int, in_channels: int, activation: str, shortcut: str
     ) -> None:
-        """Build a ResNet of depth 6n+2 (20, 32, 44, 56, ...)."""
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
             nn.BatchNorm2d(16),
@@ -77,7 +64,7 @@ class CifarResNet(nn.Module):
         blocks: list[nn.Module] = []
         cin = 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(n):
+            for i in range((depth - 2) // 6):
                 blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, activation, shortcut))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
@@ -85,7 +72,6 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
@@ -95,5 +81,4 @@ def build(
     """CifarResNet of the depth in the name; init "default" means he_normal here."""
     depth = int(name.removeprefix("resnet"))
     model = CifarResNet(depth, num_classes, in_channels, opts["activation"], opts["shortcut"])
-    init_weights(model, "he_normal" if opts["init"] == "default" else opts["init"])
-    return model
+    return init_weights(model, "he_normal" if opts["init"] == "default" else opts["init"])

@@ -23,24 +23,19 @@ class Residual(nn.Module):
     """x + two conv-BN-act blocks of the same width."""
 
     def __init__(self, channels: int, activation: str) -> None:
-        """Build the two blocks."""
         super().__init__()
         self.body = nn.Sequential(
             conv_bn(channels, channels, activation), conv_bn(channels, channels, activation)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return x + body(x)."""
         return x + self.body(x)
 
 
 class ResNet9(nn.Module):
     """prep 64, layer1 128+pool+res, layer2 256+pool, layer3 512+pool+res, max pool, linear."""
 
-    def __init__(
-        self, num_classes: int, in_channels: int = 3, activation: str = "relu", scale: float = 0.125
-    ) -> None:
-        """Build the layers; scale multiplies the logits."""
+    def __init__(self, num_classes: int, in_channels: int, activation: str) -> None:
         super().__init__()
         self.prep = conv_bn(in_channels, 64, activation)
         self.layer1 = nn.Sequential(
@@ -52,10 +47,9 @@ class ResNet9(nn.Module):
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(512, num_classes, bias=False)
-        self.scale = scale
+        self.scale = 0.125
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.fc(self.pool(x).flatten(1)) * self.scale
 
@@ -63,7 +57,5 @@ class ResNet9(nn.Module):
 def build(
     name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
 ) -> ResNet9:
-    """ResNet-9 for the options (image image_size free: it ends in a global pool)."""
-    model = ResNet9(num_classes, in_channels, activation=opts["activation"])
-    init_weights(model, opts["init"])
-    return model
+    """ResNet-9 for the options (any image size: it ends in a global pool)."""
+    return init_weights(ResNet9(num_classes, in_channels, opts["activation"]), opts["init"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError
-from sweeper.models.layers import conv_layers, dense_layers, init_weights
+from sweeper.models.layers import classifier_layers, conv_layers, init_weights
 
 CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -26,47 +25,22 @@ CFGS: dict[str, list[int | str]] = {
 class VGG(nn.Module):
     """VGG features (torchvision layer order), global average pool, MLP classifier."""
 
-    def __init__(
-        self,
-        cfg: Sequence[int | str],
-        num_classes: int,
-        in_channels: int = 3,
-        hidden: Sequence[int] = (512,),
-        activation: str = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = True,
-    ) -> None:
-        """Build the layers; ceil-mode pooling and the global pool make any size >= 1 work."""
+    def __init__(self, features: list[nn.Module], classifier: list[nn.Module]) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            else:
-                layers += conv_layers(channels, int(v), 3, 1, activation, batch_norm)
-                channels = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        head, width = dense_layers(channels, hidden, activation, dropout)
-        self.classifier = nn.Sequential(*head, nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits [B, num_classes]."""
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
-
-
-def imagenet_weights(name: str, batch_norm: bool) -> Any:
-    """The torchvision ImageNet weights enum member for vgg11..vgg19 with or without BN."""
-    import torchvision  # only for pretrained weights: importing it takes seconds
-
-    enum_name = name.upper() + ("_BN" if batch_norm else "") + "_Weights"
-    return getattr(torchvision.models, enum_name).IMAGENET1K_V1
 
 
 def load_pretrained(model: VGG, name: str, batch_norm: bool) -> None:
     """Copy torchvision's ImageNet `features.*` weights into model.features (cache or download)."""
-    weights = imagenet_weights(name, batch_norm)
+    import torchvision  # only for pretrained weights: importing it takes seconds
+
+    enum_name = name.upper() + ("_BN" if batch_norm else "") + "_Weights"
+    weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
     filename = os.path.basename(urlparse(weights.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     path = os.path.join(folder, filename)
@@ -96,20 +70,22 @@ def load_pretrained(model: VGG, name: str, batch_norm: bool) -> None:
 def build(
     name: str, opts: dict[str, Any], num_classes: int, in_channels: int, image_size: int
 ) -> VGG:
-    """VGG for the options (batch_norm on, hidden (512,) by default), then ImageNet features."""
+    """VGG for the options (batch_norm on, hidden (512,) by default), then ImageNet features;
+    ceil-mode pooling and the global pool make any image size work."""
     if opts["pretrained"] and in_channels != 3:
         raise SweeperError(f"pretrained: ImageNet weights need in_channels 3, got {in_channels}")
     batch_norm = True if opts["batch_norm"] is None else opts["batch_norm"]
-    model = VGG(
-        CFGS[name],
-        num_classes,
-        in_channels,
-        hidden=(512,) if opts["hidden"] is None else opts["hidden"],
-        activation=opts["activation"],
-        dropout=opts["dropout"],
-        batch_norm=batch_norm,
-    )
-    init_weights(model, opts["init"])
+    features: list[nn.Module] = []
+    channels = in_channels
+    for v in CFGS[name]:
+        if v == "M":
+            features.append(nn.MaxPool2d(2, ceil_mode=True))
+        else:
+            features += conv_layers(channels, int(v), 3, 1, opts["activation"], batch_norm)
+            channels = int(v)
+    hidden = (512,) if opts["hidden"] is None else opts["hidden"]
+    head = classifier_layers(channels, hidden, num_classes, opts["activation"], opts["dropout"])
+    model = init_weights(VGG(features, head), opts["init"])
     if opts["pretrained"]:
         load_pretrained(model, name, batch_norm)
     return model

@@ -1,11 +1,14 @@
-"""The MLflow client that sweeper uses: MLflow's environment defaults and patience with a
-tracking server that is down or restarting."""
+"""sweeper's MLflow client: MLflow's environment defaults, patience with a server that is down."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # workers often have no network
@@ -27,25 +30,19 @@ from sweeper.patience import patiently  # noqa: E402
 log = logging.getLogger(__name__)
 
 CREATE_TOKEN = "sweeper.create_token"  # one per create_run call: finds a run created twice
-# How long a call waits for an unreachable tracking server before it gives up (seconds).
-PATIENCE_S = float(os.environ.get("SWEEPER_TRACKING_PATIENCE_S", "600"))
+PATIENCE_S = float(os.environ.get("SWEEPER_TRACKING_PATIENCE_S", "600"))  # seconds a call waits
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
 def is_transient(error: BaseException) -> bool:
     """An error of an unreachable or overloaded tracking server, worth trying again."""
-    if isinstance(error, RequestException):
-        return True
-    return isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES
+    overloaded = isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES
+    return overloaded or isinstance(error, RequestException)
 
 
 class PatientClient:
-    """An MlflowClient whose calls wait out a tracking server that is down or restarting.
-
-    Only for http(s) tracking URIs: a local store's errors are not outages. Each call is tried
-    again with a growing pause until it succeeds or PATIENCE_S has passed; `raw` is the
-    plain client, for callers that would rather buffer than wait.
-    """
+    """An MlflowClient whose calls wait out a tracking server that is down or restarting (over
+    http(s) only: a local store's errors are no outage); `raw` is the plain client."""
 
     def __init__(self, tracking_uri: str) -> None:
         self.raw = MlflowClient(tracking_uri=tracking_uri)
@@ -56,13 +53,11 @@ class PatientClient:
         method = getattr(self.raw, name)
         if not self.patient or not callable(method):
             return method
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.wait_for(method, *args, **kwargs)
-
-        return call
+        return functools.partial(self.wait_for, method)
 
     def wait_for(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """method(*args, **kwargs), tried again with a growing pause for up to PATIENCE_S."""
+
         def waiting(error: Exception) -> None:
             log.warning("tracking server %s unreachable (%s); waiting up to %.0f s",
                         self.tracking_uri, first_line(error), PATIENCE_S)  # fmt: skip
@@ -89,3 +84,8 @@ class PatientClient:
             if double.info.run_id != run.info.run_id:
                 self.delete_run(double.info.run_id)
         return run
+
+    def load_dict(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of a run, as log_dict wrote it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.download_artifacts(run_id, path, dst_path=tmp)).read_text())

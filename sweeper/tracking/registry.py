@@ -1,5 +1,4 @@
-"""The ensemble run and the Model Registry: log and register a study's ensemble, move the
-`champion` alias, and read a registered version back. Every call names its client and run."""
+"""The ensemble run and the Model Registry: register a study's ensemble, read a version back."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -35,64 +33,48 @@ def log_ensemble(
     example: np.ndarray,
     note: str | None = None,
 ) -> dict[str, Any]:
-    """The ensemble run: figures, member table, the model registered under the study's name.
-
-    The alias `champion` moves to the new version when it beats the previous champion's test
-    accuracy (or when there is none).
-    """
+    """The ensemble run with the model registered under the study's name; the alias `champion`
+    moves to the new version when it beats the champion's test accuracy (or there is none)."""
     client = PatientClient(tracking_uri)
-    run_id = _ensemble_run(
-        client, experiment_id, parent_run_id, study_name, report, member_runs, note
-    )
-    version = _register(client, run_id, study_name, model, example)
-    champion = _move_champion(client, study_name, version, report.ensemble_test_acc)
-    client.set_terminated(run_id, "FINISHED")
-    return {"run_id": run_id, "model_name": study_name, "version": version, "champion": champion}
-
-
-def _ensemble_run(
-    client: PatientClient,
-    experiment_id: str,
-    parent_run_id: str | None,
-    study_name: str,
-    report: Any,
-    member_runs: list[dict[str, Any]],
-    note: str | None,
-) -> str:
-    """Create the ensemble run with its metrics and member tables; link the members to it."""
     tags = {"sweeper.kind": "ensemble", "sweeper.study": study_name}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if note:
         tags["sweeper.note"] = note
     run_id = client.create_run_once(experiment_id, tags, f"{study_name}-ensemble").info.run_id
+    _log_members(client, run_id, report, member_runs)
+    version = _register(client, run_id, study_name, model, example)
+    champion = _move_champion(client, study_name, version, report.ensemble_test_acc)
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "model_name": study_name, "version": version, "champion": champion}
+
+
+def _log_members(
+    client: PatientClient, run_id: str, report: Any, member_runs: list[dict[str, Any]]
+) -> None:
+    """The ensemble's metrics and member tables; each member run is tagged with the ensemble's."""
     metrics = {
         "ensemble_test_acc": report.ensemble_test_acc,
         "ensemble_val_acc": report.ensemble_val_acc,
         "best_member_test_acc": report.best_member_test_acc,
         "gain_over_best_member": report.gain,
         "members": len(member_runs),
+        "greedy_test_acc": report.greedy_test_acc,  # None without greedy selection
+        "greedy_val_acc": report.greedy_val_acc,
     }
-    if report.greedy_test_acc is not None:
-        metrics["greedy_test_acc"] = report.greedy_test_acc
-        metrics["greedy_val_acc"] = report.greedy_val_acc
     now = int(time.time() * 1000)
+    member_ids = ",".join(member["run_id"] for member in member_runs)[:MAX_PARAM_LENGTH]
     client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        params=[
-            Param("member_run_ids", ",".join(m["run_id"] for m in member_runs)[:MAX_PARAM_LENGTH])
-        ],
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+        params=[Param("member_run_ids", member_ids)],
     )
-    client.log_table(
-        run_id, data=pd.DataFrame(report.table()), artifact_file="ensemble_members.json"
-    )
+    table = pd.DataFrame(report.table())
+    client.log_table(run_id, data=table, artifact_file="ensemble_members.json")
     client.log_dict(run_id, {"members": member_runs}, "members.json")
-    for member in member_runs:  # each member run points at its source trial and the ensemble
-        member_tags = {"sweeper.source_trial": str(member["source_trial"]),
-                       "sweeper.ensemble_run": run_id}  # fmt: skip
-        client.log_batch(member["run_id"], tags=[RunTag(k, v) for k, v in member_tags.items()])
-    return run_id
+    for member in member_runs:
+        source = RunTag("sweeper.source_trial", str(member["source_trial"]))
+        client.log_batch(member["run_id"], tags=[source, RunTag("sweeper.ensemble_run", run_id)])
 
 
 def _register(client: PatientClient, run_id: str, name: str, model: Any, example: Any) -> str:
@@ -101,7 +83,7 @@ def _register(client: PatientClient, run_id: str, name: str, model: Any, example
     import torch
     from mlflow.models import Model, infer_signature
 
-    inputs = (example.astype(np.float32) / 255.0).astype(np.float32)
+    inputs = example.astype(np.float32) / 255.0
     with torch.no_grad():
         outputs = model(torch.from_numpy(inputs)).numpy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,13 +111,12 @@ def _register(client: PatientClient, run_id: str, name: str, model: Any, example
 
 def _move_champion(client: PatientClient, name: str, version: str, test_acc: float) -> bool:
     try:
-        current = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        current = None
-    if current is not None:
-        best = client.get_run(current.run_id).data.metrics.get("ensemble_test_acc", -1.0)
-        if test_acc <= best:
-            return False
+        champion = client.get_model_version_by_alias(name, "champion")
+        best = client.get_run(champion.run_id).data.metrics.get("ensemble_test_acc", -1.0)
+    except MlflowException:  # no champion yet
+        best = -1.0
+    if test_acc <= best:
+        return False
     client.set_registered_model_alias(name, "champion", version)
     return True
 
@@ -144,35 +125,24 @@ def load_registered(tracking_uri: str, name: str, alias: str = "champion") -> An
     """The registered ensemble of a study as a torch module (the champion by default)."""
     import mlflow.pytorch
 
-    client = PatientClient(tracking_uri)
-    version = _version(client, name, alias)
     with tempfile.TemporaryDirectory() as tmp:
-        local = _download(client, version, Path(tmp))
+        local = download_registered(tracking_uri, name, Path(tmp), alias)
         return mlflow.pytorch.load_model(str(local), map_location="cpu")
 
 
 def download_registered(tracking_uri: str, name: str, out: Path, alias: str = "champion") -> Path:
-    """Copy the registered MLflow model directory of a study's ensemble to `out`."""
-    client = PatientClient(tracking_uri)
-    version = _version(client, name, alias)
-    out.mkdir(parents=True, exist_ok=True)
-    return _download(client, version, out)
-
-
-def _version(client: PatientClient, name: str, alias: str) -> ModelVersion:
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        raise SweeperError(
-            f"export: no registered ensemble '{name}@{alias}' in {client.tracking_uri} "
-            f"({first_line(exc)}); run `sweeper ensemble {name}` first"
-        ) from None
-
-
-def _download(client: PatientClient, version: ModelVersion, out: Path) -> Path:
-    """The files of a model version, straight into `out` (MLmodel at its top)."""
+    """Copy the registered MLflow model directory of a study's ensemble into `out`."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    uri = client.get_model_version_download_uri(version.name, version.version)
-    repository = get_artifact_repository(uri, tracking_uri=client.tracking_uri)
+    client = PatientClient(tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise SweeperError(
+            f"export: no registered ensemble '{name}@{alias}' in {tracking_uri} "
+            f"({first_line(exc)}); run `sweeper ensemble {name}` first"
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    uri = client.get_model_version_download_uri(name, version.version)
+    repository = get_artifact_repository(uri, tracking_uri=tracking_uri)
     return Path(repository.download_artifacts("", dst_path=str(out)))

@@ -1,12 +1,11 @@
-"""Experiments and runs: the launch run of a sweep and the child run of each trial."""
+"""Experiments and runs: the launch run of a sweep and the child run of each trial, with its
+figures (matplotlib Figures, which save without pyplot: no global backend, nothing to close)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,26 +30,21 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  #
 
 
 def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
-    """Get or create the experiment named after the study and return its id.
-
-    Called once by the launcher before any worker touches MLflow, so the sqlite store is
-    created (and migrated) there. With a sqlite store and no artifact_root, artifacts go next to
-    the database file rather than into MLflow's default `./mlruns` of the working directory.
-    """
-    sqlite_file = _sqlite_path(tracking_uri)
-    if sqlite_file is not None:
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        if artifact_root is None:
-            artifact_root = str(sqlite_file.parent / "artifacts")
+    """Get or create the experiment named after the study and return its id. With a sqlite store
+    and no artifact_root, artifacts go next to the database file (not into ./mlruns)."""
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.endswith(":memory:"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        artifact_root = artifact_root or str(database.parent / "artifacts")
     client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         try:
             return client.create_experiment(study_name, artifact_location=artifact_root)
-        except MlflowException as error:  # another process created it first
+        except MlflowException:  # another process created it first
             experiment = client.get_experiment_by_name(study_name)
             if experiment is None:
-                raise error from None
+                raise
     if experiment.lifecycle_stage == "deleted":
         raise SweeperError(
             f"MLflow experiment '{study_name}' (id {experiment.experiment_id}) in {tracking_uri}"
@@ -63,36 +57,27 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
 def start_launch_run(
     tracking_uri: str, experiment_id: str, study_name: str, tags: dict[str, str]
 ) -> str:
-    """Start the parent run of one launch and return its id.
-
-    Launch runs left RUNNING by a launcher that was killed (on this host, its process gone)
-    are ended as KILLED first.
-    """
+    """Start the parent run of one launch and return its id. Launch runs left RUNNING by a
+    launcher of this host that was killed (its process gone) are ended as KILLED first."""
     client = PatientClient(tracking_uri)
-    stale = client.search_runs(
-        [experiment_id],
-        filter_string="tags.`sweeper.kind` = 'launch' and attributes.status = 'RUNNING'",
-    )
     host = socket.gethostname()
-    for run in stale:
-        tags_of = run.data.tags
-        if tags_of.get("sweeper.host") == host and not _alive(int(tags_of.get("sweeper.pid", 0))):
+    stale = f"tags.`sweeper.kind` = 'launch' and tags.`sweeper.host` = '{host}'"
+    for run in client.search_runs([experiment_id], f"{stale} and attributes.status = 'RUNNING'"):
+        if not _alive(int(run.data.tags["sweeper.pid"])):
             client.set_terminated(run.info.run_id, status="KILLED")
-    run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
-    all_tags = {**_str_dict(tags), "sweeper.kind": "launch", "sweeper.study": study_name,
+    run_tags = {**tags, "sweeper.kind": "launch", "sweeper.study": study_name,
                 "sweeper.host": host, "sweeper.pid": str(os.getpid())}  # fmt: skip
-    return client.create_run_once(experiment_id, all_tags, run_name).info.run_id
+    run_name = f"{study_name}-launch-{time.strftime('%Y%m%d-%H%M%S')}"
+    return client.create_run_once(experiment_id, run_tags, run_name).info.run_id
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, someone else's
-        return True
+        pass
     return True
 
 
@@ -110,11 +95,9 @@ def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         raise SweeperError(f"--from-run: no run {run_id} in {tracking_uri}") from None
-    if not any(info.path == CONFIG_FILE for info in client.list_artifacts(run_id)):
+    if CONFIG_FILE not in {info.path for info in client.list_artifacts(run_id)}:
         raise SweeperError(f"--from-run: run {run_id} has no {CONFIG_FILE} (not a sweeper trial)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, CONFIG_FILE, dst_path=tmp)
-        return json.loads(Path(path).read_text())
+    return client.load_dict(run_id, CONFIG_FILE)
 
 
 class TrialTracker:
@@ -138,25 +121,23 @@ class TrialTracker:
         """Start the run of a trial, or reopen `run_id` for a retry; return the run id."""
         run_tags = {
             "sweeper.kind": "trial",  # an ensemble member passes its own kind in tags
-            **_str_dict(tags),
+            **{key: str(value) for key, value in tags.items()},
             "sweeper.study": study_name,
             "sweeper.trial": str(trial_number),
             "optuna.state": "RUNNING",
         }
         if run_id is not None:  # a retried trial goes on in its first try's run
-            previous = self.client.get_run(run_id).data.tags.get("sweeper.trial", "")
-            run_tags["sweeper.retry_of"] = previous
+            run_tags["sweeper.retry_of"] = self.client.get_run(run_id).data.tags["sweeper.trial"]
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
             return run_id
         if self.parent_run_id is not None:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         run = self.client.create_run_once(self.experiment_id, run_tags, f"trial-{trial_number}")
-        run_id = run.info.run_id
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.items()]
-        self.client.log_batch(run_id, params=params)
-        self.client.log_dict(run_id, config, CONFIG_FILE)
-        return run_id
+        self.client.log_batch(run.info.run_id, params=params)
+        self.client.log_dict(run.info.run_id, config, CONFIG_FILE)
+        return run.info.run_id
 
     def logged_epochs(self, run_id: str) -> set[int]:
         """The epochs (steps) that already have a val_acc in the run."""
@@ -170,19 +151,14 @@ class TrialTracker:
         self.flush(wait=False)
 
     def flush(self, wait: bool = True) -> None:
-        """Send the buffered epochs in order. While the tracking server is unreachable,
-        wait=False keeps them for the next call (training goes on), wait=True waits for it.
-
-        A batch sent twice (a lost reply) is harmless: MLflow drops a metric already stored
-        with the same key, value, timestamp and step.
-        """
+        """Send the buffered epochs in order; while the server is unreachable, wait=False keeps
+        them for the next call (training goes on). A batch sent twice (a lost reply) is harmless:
+        MLflow drops a metric already stored with the same key, value, timestamp and step."""
+        send = self.client.log_batch if wait else self.client.raw.log_batch
         while self.pending:
             run_id, batch = self.pending[0]
             try:
-                if wait:
-                    self.client.log_batch(run_id, metrics=batch)
-                else:
-                    self.client.raw.log_batch(run_id, metrics=batch)
+                send(run_id, metrics=batch)
             except Exception as error:
                 if wait or not self.client.patient or not is_transient(error):
                     raise
@@ -209,13 +185,8 @@ class TrialTracker:
         summary: dict[str, float] | None = None,
         reason: str | None = None,
     ) -> None:
-        """Record the trial's Optuna state, summary, plots and checkpoint; end the run.
-
-        state is "COMPLETE" | "PRUNED" (run FINISHED) or "FAIL" (run FAILED). A failing
-        artifact step is logged as a warning and never keeps the run from ending.
-        """
-        if state not in RUN_STATUS:
-            raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, not {state!r}")
+        """Record the trial's Optuna state (a key of RUN_STATUS), summary, plots and checkpoint;
+        end the run. A failing artifact step is logged as a warning: the run still ends."""
         try:
             self.flush()
             tags = [RunTag("optuna.state", state)]
@@ -246,14 +217,3 @@ def _warn_on_error(what: str, run_id: str) -> Iterator[None]:
         yield
     except Exception:
         log.warning("could not log the %s of run %s", what, run_id, exc_info=True)
-
-
-def _str_dict(values: dict[str, Any]) -> dict[str, str]:
-    return {str(key): str(value) for key, value in values.items()}
-
-
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
-        return None
-    return Path(tracking_uri[len(prefix) :])
