@@ -64,9 +64,9 @@ def table(data: StudyData):
 
 def curves(data: StudyData):
     """Validation accuracy per epoch, one plot per setting"""
-    if data.curves["val_acc"].dropna().empty:
-        return "No epoch has finished yet."
     frame = data.curves.dropna(subset=["val_acc"])
+    if frame.empty:
+        return "No epoch has finished yet."
     settings = frame["setting"].nunique()
     rows = -(-settings // 4)
     together = px.line(frame, x="epoch", y="val_acc", color="setting", markers=True,

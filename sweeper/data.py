@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -67,8 +68,7 @@ class SplitData:
         """Per-channel mean and std of the train split, on the 0..1 scale (once per split)."""
         import torch  # a fast multi-threaded sum; torch is loaded by then wherever this is used
 
-        total = np.zeros(self.in_channels)
-        squares = np.zeros(self.in_channels)
+        total, squares = np.zeros((2, self.in_channels))
         for start in range(0, len(self.train_x), 4096):  # chunks keep the peak memory small
             chunk = torch.from_numpy(self.train_x[start : start + 4096]).double()
             total += chunk.sum(dim=(0, 2, 3)).numpy()
@@ -84,32 +84,28 @@ def load_images(
 ) -> ImageSet:
     """Find a dataset by name or path, decoding it once into the cache."""
     source = _find_source(dataset, Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data"))
-    stat = source.stat()
-    identity = f"{CACHE_VERSION}|{dataset}|{source.resolve()}|{image_size}"
-    identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    name = Path(dataset).name.split(".")[0] if _is_path(dataset) else dataset
+    st = source.stat()
+    identity = (CACHE_VERSION, dataset, source.resolve(), image_size, st.st_size, st.st_mtime_ns)
+    key = hashlib.sha256("|".join(map(str, identity)).encode()).hexdigest()[:16]
+    name = Path(dataset).name.split(".")[0]  # a known name stays itself
     cache = Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
     cached = cache / f"{name}-{key}"
     if (cached / "classes.npy").exists():
         # Memory-mapped copy-on-write: opening is instant, pages come from the OS cache as read.
         arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}
         return ImageSet(**arrays, classes=np.load(cached / "classes.npy").tolist())
-    if source.is_dir() and not _is_path(dataset):
+    if source.is_dir() and dataset in TORCHVISION_SETS:
         images = _decode_torchvision(dataset, source)
     else:
         images = _decode_image_folder(source)
     if image_size is not None:
         images.train_x = _resize(images.train_x, image_size)
         images.test_x = _resize(images.test_x, image_size)
-    try:
-        with replacing(cached) as tmp:
-            tmp.mkdir()
-            for field in FIELDS:
-                np.save(tmp / f"{field}.npy", getattr(images, field))
-            np.save(tmp / "classes.npy", np.array(images.classes))
-    except OSError:  # another process cached it first
-        pass
+    with contextlib.suppress(OSError), replacing(cached) as tmp:  # another process cached it first
+        tmp.mkdir()
+        for field in FIELDS:
+            np.save(tmp / f"{field}.npy", getattr(images, field))
+        np.save(tmp / "classes.npy", np.array(images.classes))
     return images
 
 
@@ -156,13 +152,9 @@ def _split_of(dataset: str, data_dir: str | None, image_size: int | None, val_si
     return split(load_images(dataset, data_dir, image_size), val_size, train_size, seed)
 
 
-def _is_path(dataset: str) -> bool:
-    return dataset not in TORCHVISION_SETS
-
-
 def _find_source(dataset: str, data_dir: Path) -> Path:
     """The file or folder a dataset is read from; raises with where to put it."""
-    if _is_path(dataset):
+    if dataset not in TORCHVISION_SETS:  # a path
         path = Path(dataset).expanduser()
         if not path.exists() and (data_dir / dataset).exists():
             path = data_dir / dataset
@@ -217,7 +209,7 @@ def _download(dataset: str, data_dir: Path) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _nchw(x: np.ndarray) -> np.ndarray:
+def nchw(x: np.ndarray) -> np.ndarray:
     """uint8 images [N, C, H, W] from [N, H, W] or [N, H, W, C]."""
     return np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), np.uint8)
 
@@ -228,9 +220,9 @@ def _decode_torchvision(dataset: str, root: Path) -> ImageSet:
     class_name, _, _ = TORCHVISION_SETS[dataset]
     train, test = (getattr(tvd, class_name)(str(root), train=t) for t in (True, False))
     return ImageSet(
-        _nchw(np.asarray(train.data)),
+        nchw(np.asarray(train.data)),
         np.asarray(train.targets, dtype=np.int64),
-        _nchw(np.asarray(test.data)),
+        nchw(np.asarray(test.data)),
         np.asarray(test.targets, dtype=np.int64),
         list(train.classes),
     )
@@ -280,7 +272,7 @@ def _decode_images(files: dict[str, list[tuple[str, bytes]]], classes: list[str]
         for i, image in enumerate(images):
             if image.shape[:2] != size:
                 images[i] = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
-        arrays[f"{part}_x"] = _nchw(np.stack(images))
+        arrays[f"{part}_x"] = nchw(np.stack(images))
         arrays[f"{part}_y"] = np.array([index[label] for label, _ in items], dtype=np.int64)
     return ImageSet(**arrays, classes=classes)
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sweeper.atomic import replacing
+from sweeper.data import nchw
 from sweeper.ensemble import Ensemble
 from sweeper.errors import SweeperError, first_line
 
@@ -46,8 +47,6 @@ def export(ensemble: Ensemble | nn.Module, fmt: str, out: Path, example: Tensor)
             "use `sweeper export --format mlflow` or pick torchscript or onnx here"
         )
     out = Path(out)
-    if example.dtype == torch.uint8:
-        example = example.float() / 255
     if example.ndim != 4:
         raise SweeperError(f"export: example must be [B, C, H, W], got {list(example.shape)}")
     if len(example) < 2:  # a batch of 1 would be specialised into the graph
@@ -95,28 +94,23 @@ def _write_onnx(ensemble: nn.Module, example: Tensor, path: Path, info: dict) ->
 def load_exported(path: Path | str) -> tuple[Predictor, list[str]]:
     """A predict function (float32 images 0..1 [N, C, H, W] -> probabilities [N, classes]) and
     the class names of a .pt or .onnx export or an MLflow model directory."""
-    run, classes, _ = _load(Path(path))
-    return run, classes
+    return _load(Path(path))[:2]
 
 
 def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
     """load_exported plus the (channels, size) the model takes, where the file says so."""
     if not path.exists():
         raise SweeperError(f"predict: model {path} does not exist; give a .pt, .onnx or MLflow dir")
-    if path.is_dir():
-        run, classes, dims = _load_mlflow(path)
-    elif path.suffix == ".onnx":
-        run, classes, dims = _load_onnx(path)
-    elif path.suffix == ".pt":
-        run, classes, dims = _load_torchscript(path)
-    else:
+    loaders = {".pt": _load_torchscript, ".onnx": _load_onnx}
+    load = _load_mlflow if path.is_dir() else loaders.get(path.suffix)
+    if load is None:
         raise SweeperError(
             f"predict: {path} is not a model export; give a .pt (TorchScript), .onnx or an MLflow "
             "model directory"
         )
-    shape = None  # from [C, H, W] where the file gives all three
-    if dims and len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims):
-        shape = (dims[0], dims[2])
+    run, classes, dims = load(path)
+    known = dims and len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims)
+    shape = (dims[0], dims[2]) if known else None  # from [C, H, W] where the file gives all three
     # no class names: filled with indices once the number of outputs is known
     return run, [] if classes is None else [str(c) for c in classes], shape
 
@@ -124,8 +118,7 @@ def _load(path: Path) -> tuple[Predictor, list[str], tuple[int, int] | None]:
 def _load_torchscript(path: Path) -> tuple[Predictor, Any, Any]:
     extra = {"classes.json": "", "input.json": ""}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(action="ignore", category=FutureWarning):
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise SweeperError(
@@ -215,15 +208,13 @@ def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], 
     for file in files:
         try:
             with Image.open(file) as image:
-                image = image.convert(mode).resize((size, size), Image.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255
+                arrays.append(np.asarray(image.convert(mode).resize((size, size), Image.BILINEAR)))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise SweeperError(
                 f"predict: cannot read image {file} ({first_line(exc)}); "
                 "remove it or convert it to PNG or JPEG"
             ) from None
-        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-    return [str(f) for f in files], np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+    return [str(f) for f in files], nchw(np.stack(arrays)).astype(np.float32) / 255
 
 
 def predict(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -34,9 +32,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     table["seconds"] = table["seconds"].dt.total_seconds()
     table = table.astype({"best_epoch": "Int64", "epochs_run": "Int64", "retry_of": "Int64"})
     ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
-    return table.sort_values("value", ascending=ascending, na_position="last").reset_index(
-        drop=True
-    )
+    return table.sort_values("value", ascending=ascending, na_position="last", ignore_index=True)
 
 
 class Progress:
@@ -44,16 +40,14 @@ class Progress:
 
     def __init__(self, study: optuna.Study, budget: int | None, enabled: bool = True) -> None:
         self.study = study
-        self.enabled = enabled
         self.bar = tqdm(total=budget, desc=study.study_name, unit="trial", disable=not enabled,
-                        file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+                        dynamic_ncols=True)  # fmt: skip
         self.seen: set[int] = set()
 
     def update(self) -> None:
         trials = counted_trials(self.study)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
-        finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
-        self.bar.update(finished - self.bar.n)
+        self.bar.update(count[TrialState.COMPLETE] + count[TrialState.PRUNED] - self.bar.n)
         best = self._best()
         self.bar.set_postfix(
             done=count[TrialState.COMPLETE],
@@ -62,7 +56,7 @@ class Progress:
             running=count[TrialState.RUNNING],
             best=f"{best.value:.4f} (#{best.number})" if best else "-",
         )
-        if not self.enabled:  # no terminal: one line per trial that ended
+        if self.bar.disable:  # no terminal: one line per trial that ended
             for t in trials:
                 if t.state.is_finished() and t.number not in self.seen:
                     self.seen.add(t.number)
@@ -84,8 +78,7 @@ class Progress:
         if table.empty:
             print("no trials ran")
             return
-        columns = [c for c in table.columns if c not in ("mlflow_run_id", "fail_reason")]
-        print(table[columns].head(10).to_string(index=False))
+        print(table.drop(columns=["mlflow_run_id", "fail_reason"]).head(10).to_string(index=False))
         best = self._best()
         if best is not None:
             print(f"best: trial {best.number} value={best.value:.4f} params={best.params}")

@@ -12,9 +12,8 @@ import argparse
 import html
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths, add_store_flags
@@ -27,8 +26,7 @@ if TYPE_CHECKING:
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 
 
-@dataclass
-class Dashboard:
+class Dashboard(NamedTuple):
     file: Path
     title: str
     sections: list[Callable[[StudyData], Any]]
@@ -99,12 +97,11 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
 
 
 def _figure(figure: Any, div_id: str) -> str:
-    height = figure.layout.height or 460
     return figure.to_html(
         full_html=False,
         include_plotlyjs=False,  # embedded once in the page's head
         div_id=div_id,
-        default_height=f"{height}px",
+        default_height=f"{figure.layout.height or 460}px",
         config={"displaylogo": False, "responsive": True},
     )
 

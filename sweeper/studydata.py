@@ -100,8 +100,7 @@ def _curves(trials: list[FrozenTrial], runs: pd.DataFrame, histories: pd.DataFra
     frame = frame.rename_axis(columns=None).reindex(columns=["run_id", "step", *CURVE_METRICS])
     frame.insert(0, "trial", frame.pop("run_id").map(owners))
     frame.insert(1, "setting", frame["trial"].map(labels))
-    frame = frame.rename(columns={"step": "epoch"})
-    return frame.sort_values(["trial", "epoch"]).reset_index(drop=True)
+    return frame.sort_values(["trial", "step"], ignore_index=True).rename(columns={"step": "epoch"})
 
 
 def _settings(
@@ -154,13 +153,11 @@ def _setting(t: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def _label(trial: FrozenTrial) -> str:
+def _label(t: FrozenTrial) -> str:
     """A setting's short name: trial number, model, optimizer and the suggested values."""
-    config = trial.user_attrs.get("config", {})
-    parts = [f"#{trial.number}", str(config.get("model", "")), str(config.get("optimizer", ""))]
-    parts += [
-        f"{k}={_short(v)}" for k, v in trial.params.items() if k not in ("model", "optimizer")
-    ]
+    config = t.user_attrs.get("config", {})
+    parts = [f"#{t.number}", str(config.get("model", "")), str(config.get("optimizer", ""))]
+    parts += [f"{k}={_short(v)}" for k, v in t.params.items() if k not in ("model", "optimizer")]
     return " ".join(p for p in parts if p)
 
 

@@ -2,11 +2,9 @@
 that reports read (as pandas DataFrames). The only package that imports mlflow; every call names
 its tracking URI and run id (no global MLflow state), so worker processes log in parallel."""
 
-from sweeper.tracking.client import PatientClient, is_transient
 from sweeper.tracking.queries import log_report, runs_of_study
 from sweeper.tracking.registry import download_registered, load_registered, log_ensemble
 from sweeper.tracking.runs import (
-    CONFIG_FILE,
     TrialTracker,
     end_run,
     experiment_for,
@@ -15,13 +13,10 @@ from sweeper.tracking.runs import (
 )
 
 __all__ = [
-    "CONFIG_FILE",
-    "PatientClient",
     "TrialTracker",
     "download_registered",
     "end_run",
     "experiment_for",
-    "is_transient",
     "load_registered",
     "log_ensemble",
     "log_report",

@@ -19,15 +19,10 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     artifact_uri, start_time, end_time (UTC timestamps), then metrics.<key>, params.<key> and
     tags.<key> for every key any of the runs has (NaN where a run lacks it)."""
     rows = [
-        {
-            **{column: getattr(run.info, column) for column in RUN_COLUMNS},
-            **{f"metrics.{key}": value for key, value in run.data.metrics.items()},
-            **{f"params.{key}": value for key, value in run.data.params.items()},
-            **{f"tags.{key}": value for key, value in run.data.tags.items()},
-        }
-        for run in runs
+        {**{c: getattr(run.info, c) for c in RUN_COLUMNS}, **run.data.to_dictionary()}
+        for run in runs  # json_normalize flattens {"metrics": {key: value}} to metrics.<key>
     ]
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=RUN_COLUMNS)
+    frame = pd.json_normalize(rows) if rows else pd.DataFrame(columns=RUN_COLUMNS)
     times = ["start_time", "end_time"]  # milliseconds since the epoch
     frame[times] = frame[times].apply(pd.to_datetime, unit="ms", utc=True)
     return frame
@@ -52,15 +47,13 @@ def _search(uri: str, study: str, kind: str, order_by: list[str] | None = None) 
     if experiment is None:
         return []
     query = f"tags.`sweeper.kind` = '{kind}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id], query, order_by=order_by, page_token=token
-        )
+    ids = [experiment.experiment_id]
+    page = client.search_runs(ids, query, order_by=order_by)
+    runs = list(page)
+    while page.token:
+        page = client.search_runs(ids, query, order_by=order_by, page_token=page.token)
         runs += page
-        token = page.token
-        if not token:
-            return runs
+    return runs
 
 
 def metric_histories(

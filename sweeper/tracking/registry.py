@@ -69,8 +69,7 @@ def _log_members(
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
         params=[Param("member_run_ids", member_ids)],
     )
-    table = pd.DataFrame(report.table())
-    client.log_table(run_id, data=table, artifact_file="ensemble_members.json")
+    client.log_table(run_id, pd.DataFrame(report.table()), "ensemble_members.json")
     client.log_dict(run_id, {"members": member_runs}, "members.json")
     for member in member_runs:
         source = RunTag("sweeper.source_trial", str(member["source_trial"]))
