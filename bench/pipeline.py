@@ -1,17 +1,20 @@
-"""Training throughput on the CPU: sweeper's loop vs the documents' DataLoader + PIL transforms.
+"""Training throughput on the CPU: sweeper's loop vs the documents' DataLoader + PIL transforms,
+and sweeper's CPU fast path (auto bf16 + channels_last) vs its plain fp32 loop.
 
 Both paths train the same model (same seed) for the same number of SGD steps (lr 0.05,
 momentum 0.9, batch 128) with random crop (padding 4) + horizontal flip:
 
 (a) a torchvision-style Dataset returning PIL images, transforms.Compose([RandomCrop(32, 4),
     RandomHorizontalFlip(), ToTensor(), Normalize]), DataLoader(num_workers=2), a plain loop;
-(b) sweeper.train.train() on the same uint8 images (train_size = steps * 128, one epoch).
+(b) sweeper.train.train() on the same uint8 images (train_size = steps * 128, one epoch), fp32
+    in the contiguous layout (bf16=false, channels_last=false: the loop before the fast path);
+(c) the same with the defaults: bf16 and channels_last on auto (what this machine gets).
 
 Timed: the wall time of the training steps only, after a few warm-up steps. For (a) the clock
 starts before iter(loader), so worker start-up and the first-batch latency are included, as a
 real epoch pays them; for (b) it is history[0]["images_per_s"] (validation excluded).
 
-    .venv/bin/python bench/pipeline.py [--models cnn2 resnet32] [--steps N] [--threads N]
+    .venv/bin/python bench/pipeline.py [--models cnn2 resnet20] [--steps N] [--threads N]
 
 (SWEEPER_CACHE_DIR picks where the decoded CIFAR-10 cache lives; SWEEPER_DATA_DIR where the
 tarball is, default ../shared/datasets.)
@@ -40,10 +43,10 @@ from torchvision import transforms
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData, load_images, split
 from sweeper.models import build_model
-from sweeper.train import train
+from sweeper.train import resolved, train
 
 BATCH, LR, MOMENTUM, SEED, VAL_SIZE, WARMUP = 128, 0.05, 0.9, 0, 500, 3
-DEFAULT_STEPS = {"cnn2": 200, "resnet32": 40}
+DEFAULT_STEPS = {"cnn2": 200, "resnet20": 60}
 HEADING = "## Data pipeline: sweeper loop vs DataLoader + PIL transforms"
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -102,8 +105,8 @@ def dataloader_images_per_s(name: str, data: SplitData, steps: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def sweeper_images_per_s(name: str, data: SplitData, steps: int, threads: int) -> float:
-    """(b): sweeper.train.train() for one epoch of exactly `steps` batches."""
+def sweeper_images_per_s(name: str, data: SplitData, steps: int, threads: int, fast: bool) -> float:
+    """(b) or, when fast, (c): sweeper.train.train() for one epoch of exactly `steps` batches."""
 
     def config(train_size: int) -> TrainConfig:
         return TrainConfig(
@@ -120,6 +123,8 @@ def sweeper_images_per_s(name: str, data: SplitData, steps: int, threads: int) -
             seed=SEED,
             device="cpu",
             threads=threads,
+            bf16=None if fast else False,
+            channels_last=None if fast else False,
         )
 
     n = WARMUP * BATCH
@@ -165,19 +170,24 @@ def main() -> None:
     for name in args.models:
         steps = args.steps or DEFAULT_STEPS.get(name, 30)
         data = split(images, VAL_SIZE, steps * BATCH, SEED)
-        a_runs, b_runs = [], []
-        for _ in range(args.repeats):  # alternate, so load from other processes hits both
-            a_runs.append(dataloader_images_per_s(name, data, steps))
-            b_runs.append(sweeper_images_per_s(name, data, steps, args.threads))
-        a, b = statistics.median(a_runs), statistics.median(b_runs)
-        spread = f"{min(a_runs):.0f}-{max(a_runs):.0f}", f"{min(b_runs):.0f}-{max(b_runs):.0f}"
+        runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+        for _ in range(args.repeats):  # alternate, so load from other processes hits all three
+            runs["a"].append(dataloader_images_per_s(name, data, steps))
+            runs["b"].append(sweeper_images_per_s(name, data, steps, args.threads, fast=False))
+            runs["c"].append(sweeper_images_per_s(name, data, steps, args.threads, fast=True))
+        a, b, c = (statistics.median(runs[k]) for k in "abc")
+        shown = {
+            k: f"{statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for k, v in runs.items()
+        }
         print(
-            f"{name}: {steps} steps x {args.repeats}  (a) DataLoader+PIL {a:7.1f} img/s "
-            f"[{spread[0]}]  (b) sweeper {b:7.1f} img/s [{spread[1]}]  b/a {b / a:.2f}x",
+            f"{name}: {steps} steps x {args.repeats}  (a) DataLoader+PIL {shown['a']}  "
+            f"(b) sweeper fp32 {shown['b']}  (c) sweeper auto {shown['c']} img/s  "
+            f"c/a {c / a:.2f}x  c/b {c / b:.2f}x",
             flush=True,
         )
         rows.append(
-            f"| {name} | {steps} | {a:.0f} ({spread[0]}) | {b:.0f} ({spread[1]}) | {b / a:.2f}x |"
+            f"| {name} | {steps} | {shown['a']} | {shown['b']} | {shown['c']} | {c / a:.2f}x "
+            f"| {c / b:.2f}x |"
         )
 
     if not args.no_write:
@@ -186,15 +196,17 @@ def main() -> None:
             f"Batch {BATCH}, SGD lr {LR} momentum {MOMENTUM}, random crop (pad 4) + flip, "
             f"{WARMUP} warm-up steps first; median (min-max) of {args.repeats} alternating runs. "
             "Timed: the training steps only. (a) includes DataLoader worker start-up and the "
-            "first-batch latency (num_workers=2); (b) is `history[0]['images_per_s']` "
-            "(validation excluded)."
+            "first-batch latency (num_workers=2); (b) and (c) are `history[0]['images_per_s']` "
+            f"(validation excluded). (c) used bf16={resolved(TrainConfig(device='cpu')).bf16} "
+            "(auto: native bf16 on this CPU or not) and channels_last."
         )
         body = "\n".join(
             [
                 f"{datetime.date.today()}, {machine()}, {args.threads} torch threads.",
                 "",
-                "| model | steps | (a) DataLoader + PIL, img/s | (b) sweeper, img/s | b/a |",
-                "|---|---|---|---|---|",
+                "| model | steps | (a) DataLoader + PIL | (b) sweeper fp32, contiguous "
+                "| (c) sweeper auto | c/a | c/b |",
+                "|---|---|---|---|---|---|---|",
                 *rows,
                 "",
                 notes,

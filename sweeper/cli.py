@@ -287,10 +287,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sweeper.train import evaluate_test, resolve_device, train
+    from sweeper.train import evaluate_test, resolved, train
 
-    config = config_from_args(args)
-    resolve_device(config.device)
+    config = resolved(config_from_args(args))  # what this run uses, auto settings decided
     data = split_of(config)
     bar = tqdm(total=config.epochs, desc=config.model, unit="epoch", disable=args.json, leave=True)
 

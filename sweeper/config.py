@@ -66,8 +66,9 @@ class TrainConfig:
     # execution
     seed: int = 0  # weights, batch order and augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
-    channels_last: bool = True  # on CUDA
+    # None is auto: bf16 autocast on CUDA and on CPUs with native bf16, channels_last everywhere
+    bf16: bool | None = None
+    channels_last: bool | None = None
     threads: int | None = None  # CPU threads for this process; None: torch's default
 
     def model_options(self) -> dict[str, Any]:
@@ -145,8 +146,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
-    """Check a value against its field's type; ints are accepted where floats are."""
-    if value is None:
+    """Check a value against its field's type; ints are accepted where floats are, and "auto"
+    where a bool may be None (auto)."""
+    if value is None or (value == "auto" and annotation == "bool | None"):
         if "None" in annotation:
             return None
         raise SweeperError(f"{source}: {key} must not be empty")

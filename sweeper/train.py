@@ -5,10 +5,12 @@ It knows nothing of Optuna or MLflow: they hang on the per-epoch callback.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,27 @@ def resolve_device(name: str) -> torch.device:
             count = torch.cuda.device_count()
             raise SweeperError(f"device: '{name}' does not exist; {count} GPU(s) are visible")
     return device
+
+
+def resolved(config: TrainConfig) -> TrainConfig:
+    """The config as it runs here: bf16 and channels_last decided where they were left to auto
+    (None). bf16 autocast pays only with native bf16 (CUDA, or CPU instructions for it); the
+    channels_last layout runs convolutions faster on CUDA and on the CPU (bench/pipeline.py)."""
+    cuda = resolve_device(config.device).type == "cuda"
+    bf16 = config.bf16 if config.bf16 is not None else cuda or cpu_has_native_bf16()
+    channels_last = True if config.channels_last is None else config.channels_last
+    return replace(config, bf16=bf16, channels_last=channels_last)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: emulated bf16 would be slower than fp32
+        return False
+    flags = set(text.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) or ("bf16" in flags and "Features" in text)
 
 
 @dataclass
@@ -106,14 +129,14 @@ def train(
 ) -> TrainResult:
     """Train one config; early stopping restores the best epoch's weights."""
     started = time.perf_counter()
+    config = resolved(config)
     device = resolve_device(config.device)
     state, train_split, val_split = prepare(config, data, device)
     if resume is not None:
         state.load_state_dict(resume)
     model = state.model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and config.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
     sign = 1.0 if config.monitor == "val_acc" else -1.0
     status = "completed"
     best_predictions = None
@@ -168,10 +191,9 @@ def prepare(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    channels_last = cuda and config.channels_last
+    channels_last = config.channels_last
     model = build_model(
         config.model_options(),
         num_classes=len(data.classes),

@@ -22,7 +22,14 @@ from sweeper.gpulock import gpu_slot
 from sweeper.storage import counted_trials
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
-from sweeper.train import EpochCallback, TrainResult, TrainState, predict_arrays, train
+from sweeper.train import (
+    EpochCallback,
+    TrainResult,
+    TrainState,
+    predict_arrays,
+    resolved,
+    train,
+)
 
 
 class TrialDiverged(Exception):
@@ -123,7 +130,7 @@ class Objective:
         return value
 
     def _run(self, trial: optuna.Trial) -> float:
-        config = self.study.trial_config(trial, {**self.overrides, "device": self.device})
+        config = resolved(self.study.trial_config(trial, {**self.overrides, "device": self.device}))
         data = split_of(config)
         root = root_number(trial)
         last = self.checkpoint_dir / f"trial-{root}-last.pt"

@@ -16,10 +16,12 @@ from mlflow import MlflowClient
 
 from sweeper import tracking
 from sweeper.paths import default_tracking_uri
+from sweeper.train import cpu_has_native_bf16
 
 SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble"]
 TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
 FINISHED = ("COMPLETE", "PRUNED")
+BF16 = str(cpu_has_native_bf16())
 
 
 def launch(sweep_dir: Path, store: Store, data_dir: Path, *args: str, **kwargs):
@@ -59,6 +61,8 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
             assert run[f"tags.{key}"]
         assert float(run["params.lr"]) == trial.params["lr"]
         assert run["params.model"] == trial.user_attrs["config"]["model"] == "cnn2"
+        # what the run used, not "auto"
+        assert (run["params.bf16"], run["params.channels_last"]) == (BF16, "True")
         run_id = trial.user_attrs["mlflow_run_id"]
         epochs = trial.user_attrs["epochs_run"]
         steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]

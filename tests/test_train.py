@@ -7,7 +7,15 @@ import torch
 from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData
-from sweeper.train import TrainState, evaluate, evaluate_test, lr_factor, train
+from sweeper.train import (
+    TrainState,
+    cpu_has_native_bf16,
+    evaluate,
+    evaluate_test,
+    lr_factor,
+    resolved,
+    train,
+)
 
 FAST = {"model": "cnn2", "batch_size": 128, "threads": 2, "device": "cpu"}
 
@@ -46,8 +54,11 @@ def test_same_seed_gives_identical_metrics(small_cifar: SplitData) -> None:
     assert _history(train(other, small_cifar)) != _history(train(config, small_cifar))
 
 
-def test_resume_from_a_checkpoint_matches_an_unbroken_run(small_cifar: SplitData) -> None:
-    config = TrainConfig(**FAST, epochs=3, lr=0.02, schedule="cosine")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_resume_from_a_checkpoint_matches_an_unbroken_run(
+    small_cifar: SplitData, bf16: bool
+) -> None:
+    config = TrainConfig(**FAST, epochs=3, lr=0.02, schedule="cosine", bf16=bf16)
     saved = io.BytesIO()
 
     def save_first(metrics: dict, state: TrainState) -> bool:
@@ -59,6 +70,25 @@ def test_resume_from_a_checkpoint_matches_an_unbroken_run(small_cifar: SplitData
     saved.seek(0)
     resumed = train(config, small_cifar, resume=torch.load(saved, weights_only=True))
     assert _history(resumed) == _history(unbroken)
+
+
+def test_auto_takes_bf16_where_the_cpu_has_it_and_channels_last_everywhere() -> None:
+    auto = resolved(TrainConfig(**FAST))
+    assert auto.bf16 is cpu_has_native_bf16() and auto.channels_last is True
+    assert resolved(TrainConfig.from_dict({**FAST, "bf16": "auto"})).bf16 is auto.bf16
+    forced = resolved(TrainConfig(**FAST, bf16=not auto.bf16, channels_last=False))
+    assert (forced.bf16, forced.channels_last) == (not auto.bf16, False)
+
+
+def test_bf16_on_the_cpu_learns_as_well_as_fp32(small_cifar: SplitData) -> None:
+    """bf16 autocast on the CPU (native or emulated) reaches the accuracy of fp32."""
+    accuracy = {}
+    for bf16 in (False, True):
+        config = TrainConfig(**FAST, epochs=2, optimizer="adam", lr=1e-3, bf16=bf16)
+        result = train(config, small_cifar)
+        assert result.status == "completed"
+        accuracy[bf16] = result.best_val_acc
+    assert accuracy[True] > 0.25 and abs(accuracy[True] - accuracy[False]) < 0.03, accuracy
 
 
 def test_callback_can_stop_training(small_cifar: SplitData) -> None:
