@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from sweeper.data import load_images
 from sweeper.paths import SweepPaths
@@ -116,15 +117,18 @@ def build_ensemble(
 
     options = retrain.EnsembleSettings(**settings)
     plan = retrain.make_plan(optuna_study, options.k, options.seeds)
+    epochs = options.epochs or max(config["epochs"] for config in plan.configs.values())
+    spec = retrain.member_study(study, plan, epochs)  # by default the sources' epoch budget
+    member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
     storage = make_storage(paths.storage_url)
-    members = retrain.open_member_study(study, storage, plan, options.epochs)
-    spec = retrain.member_study(study, plan, options.epochs)
+    members = retrain.open_member_study(spec, storage, optuna_study, plan, member_overrides)
+    kept = len(members.trials) - len(members.get_trials(states=(TrialState.WAITING,)))
     short = len(plan.sources) < options.k
     print(
-        f"ensemble: retraining trials {plan.sources} with seeds {plan.seeds}"
+        f"ensemble: trials {plan.sources} with seeds {plan.seeds}, {epochs} epochs"
         + (f" (only {len(plan.sources)} distinct complete configs)" if short else "")
+        + (f"; {kept} of the members are their source trials as trained" if kept else "")
     )
-    member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
     flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides)]
     commands = worker_commands(spec.file, paths, devices, flags)
     if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,

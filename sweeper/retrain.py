@@ -7,12 +7,14 @@ checkpoints and tracking (see launch.build_ensemble).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeper import tracking
 from sweeper.config import TrainConfig
@@ -111,22 +113,46 @@ def load_member_study(base: Study, storage: optuna.storages.BaseStorage) -> Stud
 
 
 def open_member_study(
-    study: Study, storage: optuna.storages.BaseStorage, plan: EnsemblePlan, epochs: int | None
+    spec: Study,
+    storage: optuna.storages.BaseStorage,
+    swept: optuna.Study,
+    plan: EnsemblePlan,
+    overrides: dict[str, Any],
 ) -> optuna.Study:
-    """Create the member study with every (source, seed) pair queued; replan if the top changed."""
-    name = member_study_name(study.name)
+    """The member study of `spec` (see member_study): every (source, seed) pair queued, unless
+    the source trial itself is that member; replanned if the top configs changed."""
+    name = spec.name
     if name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
         old = optuna.load_study(study_name=name, storage=storage)
-        if old.user_attrs.get("plan") == asdict(plan) and old.user_attrs.get("epochs") == epochs:
+        if old.user_attrs.get("plan") == asdict(plan) and old.user_attrs["epochs"] == spec.epochs:
             return old
         optuna.delete_study(study_name=name, storage=storage)
-    members = optuna.create_study(study_name=name, storage=storage, direction=study.direction)
+    members = optuna.create_study(study_name=name, storage=storage, direction=spec.direction)
     members.set_user_attr("plan", asdict(plan))
-    members.set_user_attr("epochs", epochs)
-    for source in plan.sources:
-        for seed in plan.seeds:
-            members.enqueue_trial({"source_trial": source, "seed": seed})
+    members.set_user_attr("epochs", spec.epochs)
+    sources = {t.number: t for t in swept.get_trials(deepcopy=False)}
+    choices = {"source_trial": plan.sources, "seed": plan.seeds}
+    for source, seed in itertools.product(plan.sources, plan.seeds):
+        params, trial = {"source_trial": source, "seed": seed}, sources[source]
+        if not is_source_as_is(spec, trial, seed, overrides):
+            members.enqueue_trial(params)
+            continue
+        attrs = {key: trial.user_attrs[key] for key in ("checkpoint", "mlflow_run_id", "config")}
+        distributions = {k: CategoricalDistribution(v) for k, v in choices.items()}
+        members.add_trial(create_trial(params=params, distributions=distributions,
+                                       value=trial.value, user_attrs=attrs))  # fmt: skip
     return members
+
+
+def is_source_as_is(spec: Study, source: FrozenTrial, seed: int, overrides: dict) -> bool:
+    """Whether a member would train exactly what its source trial did (config, data, epochs;
+    where it runs aside): then the source trial, checkpoint and run, is that member."""
+    from sweeper.train import resolved  # torch: the launcher needs it only from here on
+
+    trained = source.user_attrs["config"]
+    member = resolved(spec.config({**trained, "seed": seed}, overrides)).to_dict()
+    same = all(member[k] == v for k, v in trained.items() if k not in ("device", "threads"))
+    return same and Path(source.user_attrs.get("checkpoint", "")).is_file()
 
 
 def finish_ensemble(

@@ -40,6 +40,7 @@ def test_members_are_tracked_runs_linked_to_their_source(sweep: Path) -> None:
     storage = make_storage(f"sqlite:///{sweep / 'optuna.db'}")
     members = optuna.load_study(study_name="quickstart.ensemble", storage=storage)
     trials = members.get_trials()
+    swept = optuna.load_study(study_name="quickstart", storage=storage).trials
     assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
     assert sorted((t.params["source_trial"], t.params["seed"]) for t in trials) == sorted(
         {(s, seed) for s in {t.params["source_trial"] for t in trials} for seed in (0, 1)}
@@ -47,9 +48,14 @@ def test_members_are_tracked_runs_linked_to_their_source(sweep: Path) -> None:
     client = MlflowClient(tracking_uri=default_tracking_uri(sweep))
     for trial in trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert run.data.tags["sweeper.kind"] == "ensemble_member"
         assert run.data.tags["sweeper.source_trial"] == str(trial.params["source_trial"])
         assert run.data.params["seed"] == str(trial.params["seed"])
+        assert trial.user_attrs["config"]["epochs"] == 2  # the sources' budget: launch --epochs 2
+        # The sweep trained seed 0 of each config: that trial and its run are the member.
+        as_trained = trial.params["seed"] == 0
+        assert run.data.tags["sweeper.kind"] == ("trial" if as_trained else "ensemble_member")
+        source = swept[trial.params["source_trial"]]
+        assert (run.info.run_id == source.user_attrs["mlflow_run_id"]) is as_trained
     # the sweep's own runs stay the trials'
     assert len(tracking.runs_of_study(default_tracking_uri(sweep), "quickstart")) == 3
 
