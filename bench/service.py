@@ -28,7 +28,7 @@ import torch
 from mlflow import MlflowClient
 
 from sweeper.data import load_images, split
-from sweeper.pool import default_tracking_uri
+from sweeper.paths import default_tracking_uri
 from sweeper.study import load_study
 from sweeper.train import train
 

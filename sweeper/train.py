@@ -5,6 +5,7 @@ It knows nothing of Optuna or MLflow: they hang on the per-epoch callback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -254,19 +255,9 @@ def predict(
     model.eval()
     outputs = []
     for x, _ in split.batches(batch_size):
-        if autocast is not None:
-            with autocast:
-                outputs.append(model(x).float())
-        else:
+        with autocast or contextlib.nullcontext():
             outputs.append(model(x).float())
     return torch.cat(outputs)
-
-
-def evaluate(
-    model: nn.Module, split: DeviceSplit, batch_size: int, autocast: torch.autocast | None = None
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (0..1) of a split."""
-    return scores(predict(model, split, batch_size, autocast), split.y)
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

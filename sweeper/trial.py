@@ -22,14 +22,7 @@ from sweeper.gpulock import gpu_slot
 from sweeper.storage import counted_trials
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
-from sweeper.train import (
-    EpochCallback,
-    TrainResult,
-    TrainState,
-    predict_arrays,
-    resolved,
-    train,
-)
+from sweeper.train import EpochCallback, TrainResult, TrainState, predict_arrays, resolved, train
 
 
 class TrialDiverged(Exception):
@@ -134,7 +127,7 @@ class Objective:
         data = split_of(config)
         root = root_number(trial)
         last = self.checkpoint_dir / f"trial-{root}-last.pt"
-        resume = torch.load(last, weights_only=True) if last.exists() else None
+        resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
         run_id = self.tracker.start(
             self.study.name,
             trial.number,
@@ -195,9 +188,11 @@ class Objective:
         except torch.cuda.OutOfMemoryError:
             if not self.packed:
                 raise
-        torch.cuda.empty_cache()
+        finally:  # a packed worker's cached memory must not stay in the way of the next trial
+            if self.packed:
+                torch.cuda.empty_cache()
         trial.set_user_attr("oom_retried_alone", True)
-        resume = torch.load(last, weights_only=True) if last.exists() else None
+        resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
         with gpu_slot(self.lock_dir, self.device, exclusive=True):
             return train(config, data, callback=on_epoch, resume=resume)
 

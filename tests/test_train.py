@@ -10,10 +10,11 @@ from sweeper.data import SplitData
 from sweeper.train import (
     TrainState,
     cpu_has_native_bf16,
-    evaluate,
     evaluate_test,
     lr_factor,
+    predict,
     resolved,
+    scores,
     train,
 )
 
@@ -123,7 +124,7 @@ def test_early_stopping_restores_the_best_epoch(small_cifar: SplitData) -> None:
     losses = [row["val_loss"] for row in result.history]
     assert result.best_epoch == losses.index(min(losses)) + 1 == len(losses) - 2
     val = DeviceSplit(overfit.val_x, overfit.val_y, result.mean, result.std, result.device)
-    loss, accuracy = evaluate(result.model, val, 1024)
+    loss, accuracy = scores(predict(result.model, val, 1024), val.y)
     assert accuracy == result.best_val_acc
     assert math.isclose(loss, min(losses), rel_tol=1e-5)
 
