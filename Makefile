@@ -25,3 +25,10 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# CUDA tests (tests_gpu/, not collected by `make test`): they stop at once, non-zero, without a
+# GPU. On a bare GPU machine bench/gpu.sh runs them with its own Python: PYTEST="python3 -m pytest".
+PYTEST ?= $(VENV)/bin/pytest
+.PHONY: test-gpu
+test-gpu:
+	$(PYTEST) -q tests_gpu
