@@ -38,7 +38,7 @@ class TrainConfig:
     dataset: str = "cifar10"  # a torchvision name or a path to an ImageFolder dir / .tar.gz
     data_dir: str | None = None  # searched first; default $SWEEPER_DATA_DIR, then ./data
     image_size: int | None = None  # resize once at load time; None keeps the native size
-    val_size: int = 5000  # images held out of the train split for validation
+    val_size: float = 0.1  # held out of the train split for validation: a fraction, or images
     train_size: int | None = None  # a deterministic slice of the remaining train split
     split_seed: int = 0  # the train/validation split depends on this alone
     augment: bool = True  # random crop (padding 4) + horizontal flip, per image
@@ -116,6 +116,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise bad(key, "it must be greater than 0, or left out")
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            raise bad("val_size", "give a fraction below 1 (0.1) or a whole number of images")
         if not 0 <= self.label_smoothing < 1:
             raise bad("label_smoothing", "it must be in [0, 1)")
         if not all(0 < m < 1 for m in self.milestones):

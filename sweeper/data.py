@@ -110,19 +110,20 @@ def load_images(
 
 
 def split(
-    images: ImageSet, val_size: int = 5000, train_size: int | None = None, seed: int = 0
+    images: ImageSet, val_size: float = 0.1, train_size: int | None = None, seed: int = 0
 ) -> SplitData:
     """Deterministic train/validation split of the train set, from the seed alone."""
     n = len(images.train_y)
-    if val_size >= n:
-        raise SweeperError(f"val_size={val_size} must be smaller than the {n} training images")
+    count = round(val_size * n) if val_size < 1 else int(val_size)  # a fraction, or images
+    if count >= n:
+        raise SweeperError(f"val_size={val_size:g} must be smaller than the {n} training images")
     order = np.random.default_rng(seed).permutation(n)
-    val_idx, train_idx = order[:val_size], order[val_size:]
+    val_idx, train_idx = order[:count], order[count:]
     if train_size is not None:
         if train_size > len(train_idx):
             raise SweeperError(
                 f"train_size={train_size} is larger than the {len(train_idx)} training images "
-                f"left after val_size={val_size}; lower one of them"
+                f"left after val_size={val_size:g}; lower one of them"
             )
         train_idx = train_idx[:train_size]
     hashed = (train_idx, val_idx, images.train_x[:16])  # same indices over other images differ
@@ -147,7 +148,7 @@ def split_of(config: TrainConfig) -> SplitData:
 
 
 @functools.cache
-def _split_of(dataset: str, data_dir: str | None, image_size: int | None, val_size: int,
+def _split_of(dataset: str, data_dir: str | None, image_size: int | None, val_size: float,
               train_size: int | None, seed: int) -> SplitData:  # fmt: skip
     return split(load_images(dataset, data_dir, image_size), val_size, train_size, seed)
 

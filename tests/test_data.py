@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from sweeper.batches import DeviceSplit, crop_flip
+from sweeper.config import TrainConfig
 from sweeper.data import ImageSet, load_images, split
 from sweeper.errors import SweeperError
 
@@ -36,6 +37,16 @@ def test_split_is_deterministic_and_sized(cifar10: ImageSet) -> None:
     assert (len(wide.train_y), len(wide.val_y)) == (40000, 10000)
     sliced = split(cifar10, val_size=5000, train_size=2000, seed=0)
     assert len(sliced.train_y) == 2000 and sliced.split_hash != a.split_hash
+
+
+def test_val_size_is_a_fraction_or_a_number_of_images(cifar10: ImageSet) -> None:
+    default = split(cifar10, TrainConfig().val_size)
+    assert len(default.val_y) == 5000 and default.split_hash == split(cifar10, 5000).split_hash
+    few = ImageSet(cifar10.train_x[:1500], cifar10.train_y[:1500], cifar10.test_x[:10],
+                   cifar10.test_y[:10], cifar10.classes)  # fmt: skip
+    assert (len(split(few).train_y), len(split(few).val_y)) == (1350, 150)
+    with pytest.raises(SweeperError, match="val_size=2.5 is invalid; give a fraction"):
+        TrainConfig.from_dict({"val_size": 2.5})
 
 
 def test_split_rejects_impossible_sizes(cifar10: ImageSet) -> None:
