@@ -13,15 +13,16 @@ import html
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
+
+import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths, add_store_flags
+from sweeper.storage import load_stored_study, make_storage
+from sweeper.study import load_by_name_or_file
 from sweeper.studydata import StudyData, collect, run_url  # dashboards may import StudyData here
 from sweeper.userfile import import_file, line_in, one_line
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 
@@ -52,8 +53,7 @@ def load_dashboard(target: str) -> Dashboard:
 
 def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | None]:
     """The report page (one self-contained HTML string) and its first table."""
-    import pandas as pd
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly loads only for a report
     from plotly.offline import get_plotlyjs
 
     body: list[str] = []
@@ -181,8 +181,6 @@ def register(commands: Any) -> None:
 
 def _stores(args: argparse.Namespace) -> tuple[SweepPaths, str]:
     """The sweep's stores (never created here) and the study's name."""
-    from sweeper.study import load_by_name_or_file
-
     _, name = load_by_name_or_file(args.study)
     return SweepPaths.existing(args.dir, args.storage, args.tracking_uri), name
 
@@ -205,7 +203,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if data.launch is None:
         print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
     else:
-        from sweeper import tracking
+        from sweeper import tracking  # MLflow: loaded on demand, the CLI stays quick
 
         tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
         print(f"report: logged to {run_url(args.mlflow_url.rstrip('/'), data.launch)} (report/)")
@@ -213,9 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from optuna_dashboard import run_server
-
-    from sweeper.storage import load_stored_study, make_storage
+    from optuna_dashboard import run_server  # its web server: only this command needs it
 
     stores, name = _stores(args)
     storage = make_storage(stores.storage_url)

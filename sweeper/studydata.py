@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import optuna
-    import pandas as pd
-    from optuna.trial import FrozenTrial
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial
 
-    from sweeper.paths import SweepPaths
+from sweeper.paths import SweepPaths
+from sweeper.storage import counted_trials, load_stored_study, make_storage
 
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others ignore the momentum setting
@@ -67,7 +67,6 @@ class StudyData:
 
 def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
     """Read the study, its trial runs and their metric histories, and the ensemble run."""
-    from sweeper.storage import counted_trials, load_stored_study, make_storage
     from sweeper.tracking import queries  # loaded on demand: the CLI stays quick
 
     study = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
@@ -108,8 +107,6 @@ def _settings(
 ) -> pd.DataFrame:
     """One row per trial: its setting, state and times from Optuna, its device and link from the
     run it names (user attr mlflow_run_id), its metrics only from its own run (see _curves)."""
-    import pandas as pd
-
     frame = pd.DataFrame([_setting(t) for t in trials], columns=list(SETTINGS))
     run = runs.set_index("run_id", drop=False).reindex(index=frame["run_id"], columns=RUN_KEYS)
     run = run.set_axis(frame.index)  # the run each trial names; NaN where there is none
