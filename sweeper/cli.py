@@ -238,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.csv:
         print(table.to_csv(index=False), end="")
     else:
-        print(table.to_string(index=False) if not table.empty else "no trials yet")
+        print(table.to_string(index=False, na_rep="") if not table.empty else "no trials yet")
     return 0
 
 
