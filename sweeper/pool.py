@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,12 +70,16 @@ class LaunchContext:
         return cls(**json.loads(line))
 
 
+STOPPING = threading.Event()  # set by the first SIGTERM or SIGINT, whatever became of its error
+
+
 def stop_on_signals() -> None:
     """SIGTERM and SIGINT raise KeyboardInterrupt once; a second one must not cut the clean-up."""
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        STOPPING.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from sweeper.config import TrainConfig
 from sweeper.data import SplitData, split_of
 from sweeper.errors import first_line
 from sweeper.gpulock import gpu_slot
+from sweeper.pool import STOPPING
 from sweeper.storage import counted_trials
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker
@@ -159,18 +161,21 @@ class Objective:
             pruned = trial.should_prune()
             return pruned
 
+        result = None
         try:
             result = self._train(trial, config, data, on_epoch, resume, last)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", "KeyboardInterrupt()")
-            self.tracker.finish(
-                run_id, "FAIL", [], reason="interrupted; resumes on the next launch"
-            )
+            return self._finish(trial, run_id, config, data, result, pruned, last)
+        except optuna.TrialPruned:
             raise
         except BaseException as exc:
-            self._fail(trial, run_id, str(exc) if isinstance(exc, CheckpointError) else repr(exc))
+            # A library may turn the interrupt into another error (torch.save into RuntimeError):
+            # whatever was raised, a trial cut by Ctrl-C or SIGTERM resumes on the next launch.
+            if STOPPING.is_set():
+                self._interrupted(trial, run_id)
+                raise KeyboardInterrupt from None
+            reason = str(exc) if isinstance(exc, TrialDiverged | CheckpointError) else repr(exc)
+            self._fail(trial, run_id, reason, result.history if result else [])
             raise
-        return self._finish(trial, run_id, config, data, result, pruned, last)
 
     def _train(
         self,
@@ -210,16 +215,12 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
         if result.status == "diverged":
-            reason = f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
-            self._fail(trial, run_id, reason, result.history)
             last.unlink(missing_ok=True)
-            raise TrialDiverged(reason)
+            raise TrialDiverged(
+                f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
+            )
         best = self.checkpoint_dir / f"trial-{trial.number}-best.pt"
-        try:
-            save_best(best, result, config, data)
-        except CheckpointError as error:
-            self._fail(trial, run_id, str(error), result.history)
-            raise
+        save_best(best, result, config, data)
         predictions = result.val_predictions  # None when the best epoch came before a resume
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
@@ -238,6 +239,12 @@ class Objective:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
         trial.set_user_attr("fail_reason", reason[:500])
         self.tracker.finish(run_id, "FAIL", list(history), reason=reason)
+
+    def _interrupted(self, trial: optuna.Trial, run_id: str) -> None:
+        """Mark the trial for its retry, which resumes from its last checkpoint and run."""
+        trial.set_user_attr("interrupted", True)
+        with contextlib.suppress(Exception):  # the retry reopens the run anyway
+            self.tracker.finish(run_id, "FAIL", [], reason="interrupted; resumes on next launch")
 
     def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
         """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""

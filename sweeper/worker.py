@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from sweeper.errors import first_line
 from sweeper.paths import SweepPaths
-from sweeper.pool import EXIT_GAVE_UP, Budget, budget_state, stop_on_signals
+from sweeper.pool import EXIT_GAVE_UP, STOPPING, Budget, budget_state, stop_on_signals
 from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker, experiment_for
@@ -81,6 +81,8 @@ def _train_trials(
 ) -> int:
     """Claim and train trials one at a time while the budget and the deadline allow."""
     while deadline is None or time.time() < deadline:
+        if STOPPING.is_set():  # the interrupt was caught and turned into another error
+            raise KeyboardInterrupt
         fail_stale_trials(study)
         state = budget_state(study, budget)
         if state == Budget.DONE:

@@ -14,9 +14,12 @@ import pytest
 from helpers import QUICKSTART, SWEEPER, Store, children, processes_mentioning, sweeper
 from mlflow import MlflowClient
 
-from sweeper import tracking
-from sweeper.paths import default_tracking_uri
+from sweeper import pool, tracking
+from sweeper import trial as trial_module
+from sweeper.paths import SweepPaths, default_tracking_uri
+from sweeper.study import load_study
 from sweeper.train import cpu_has_native_bf16
+from sweeper.worker import run_worker
 
 SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble"]
 TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
@@ -227,3 +230,38 @@ def test_a_worker_whose_launcher_died_before_handing_over_says_so(tmp_path: Path
     assert done.stderr.strip() == (
         "sweeper: error: the launcher stopped before it handed over the MLflow launch run"
     )
+
+
+def test_an_interrupt_a_library_turned_into_another_error_still_resumes(
+    tmp_path: Path, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save cut by SIGTERM may raise RuntimeError, which Optuna would catch as a failed
+    trial: the worker must still stop and queue the trial's retry, not train on."""
+    paths = SweepPaths.resolve(tmp_path)
+    optuna.create_study(study_name="quickstart", storage=paths.storage_url, direction="maximize")
+    saved = trial_module.save_atomic
+
+    def save_then_interrupted(obj: dict, path: Path) -> None:
+        saved(obj, path)
+        if obj["epoch"] == 2:
+            pool.STOPPING.set()  # what the signal handler does before it raises
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos")
+
+    monkeypatch.setattr(trial_module, "save_atomic", save_then_interrupted)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        overrides = {"epochs": 3, "train_size": 500, "data_dir": str(datasets_dir)}
+        code = run_worker(load_study(QUICKSTART), paths, device="cpu", worker="w0",
+                          experiment_id=None, parent_run_id=None, budget=2, deadline=None,
+                          overrides=overrides)  # fmt: skip
+    finally:
+        pool.STOPPING.clear()
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert code == 130
+    failed, waiting = optuna.load_study(study_name="quickstart", storage=paths.storage_url).trials
+    assert (failed.state.name, waiting.state.name) == ("FAIL", "WAITING")
+    assert waiting.system_attrs["failed_trial"] == failed.number
+    run = MlflowClient(paths.tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.data.tags["sweeper.fail_reason"].startswith("interrupted")
+    assert (paths.checkpoints("quickstart") / "trial-0-last.pt").exists()
