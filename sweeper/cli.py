@@ -128,9 +128,11 @@ def add_result_commands(commands: Any) -> None:
     status.set_defaults(func=cmd_status)
 
     ui = commands.add_parser("ui", help="the MLflow UI on the sweep's store, on 127.0.0.1")
+    ui.add_argument("study", nargs="?", help="the study to open (default: the last one run)")
     add_store_flags(ui, storage=False)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     ui.set_defaults(func=cmd_ui)
 
 
@@ -243,14 +245,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from sweeper import ui
+
     sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
-    command = ["mlflow", "ui", "--backend-store-uri", sweep.tracking_uri,
-               "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    if sweep.artifact_root:
-        command += ["--default-artifact-root", sweep.artifact_root]
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    os.execv(mlflow, [mlflow, *command[1:]])
-    return 0
+    study = load_by_name_or_file(args.study)[1] if args.study else None
+    return ui.serve(sweep, study, args.host, args.port, args.workers)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
-"""What the tests share: the paths, a `sweeper` command runner, ports, and /proc helpers."""
+"""What the tests share: the paths, a `sweeper` command runner, ports, /proc helpers and headless
+Chromium."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,12 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import pytest
 
 from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 QUICKSTART = str(REPO / "studies" / "quickstart.py")
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--proxy-server=127.0.0.1:9",  # nothing may come from the network (127.0.0.1 may)
+            "--hide-scrollbars"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,32 @@ def processes_mentioning(text: str) -> list[int]:
         except OSError:  # the process ended meanwhile
             continue
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """The ids of a process's children, their children, and so on."""
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether the process is there and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def chromium(
+    page: Path | str, profile: Path, *args: str, budget_ms: int = 5000
+) -> subprocess.CompletedProcess:
+    """Headless Chromium on a file or a URL, its scripts given `budget_ms` of virtual time."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium")
+    target = page.as_uri() if isinstance(page, Path) else page
+    command = [binary, *CHROMIUM, f"--virtual-time-budget={budget_ms}",
+               f"--user-data-dir={profile}", *args, target]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from helpers import REPO, SWEEPER, children, free_port, sweeper
+from helpers import REPO, SWEEPER, children, chromium, free_port, sweeper
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
@@ -58,10 +58,6 @@ study = Study(
     ensemble={{"k": 2, "seeds": 1, "epochs": 1}},
 )
 '''
-CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--proxy-server=127.0.0.1:9",  # nothing may come from the network
-            "--hide-scrollbars", "--virtual-time-budget=5000"]  # fmt: skip
 
 
 def pause(pid: int) -> None:
@@ -122,14 +118,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
-
-
-def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium")
-    command = [binary, *CHROMIUM, f"--user-data-dir={profile}", *args, page.as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def rendered(page: Path, tmp_path: Path) -> str:

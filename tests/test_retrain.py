@@ -54,6 +54,9 @@ def test_members_are_tracked_runs_linked_to_their_source(sweep: Path) -> None:
         # The sweep trained seed 0 of each config: that trial and its run are the member.
         as_trained = trial.params["seed"] == 0
         assert run.data.tags["sweeper.kind"] == ("trial" if as_trained else "ensemble_member")
+        source_trial, seed = trial.params["source_trial"], trial.params["seed"]
+        member = f"member-of-trial-{source_trial}-seed-{seed}"
+        assert run.info.run_name == (f"trial-{source_trial}" if as_trained else member)
         source = swept[trial.params["source_trial"]]
         assert (run.info.run_id == source.user_attrs["mlflow_run_id"]) is as_trained
     # the sweep's own runs stay the trials'

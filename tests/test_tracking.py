@@ -78,6 +78,11 @@ def test_experiment_for_gets_or_creates(sweep_dir: Path, uri: str) -> None:
         location = client.get_experiment(experiment_id).artifact_location
         assert Path(location.removeprefix("file://")).is_relative_to(sweep_dir.resolve())
     assert (sweep_dir / "mlflow.db").is_file()
+    older = client.create_experiment("exp-older")  # made before sweeper tagged its experiments
+    for experiment_id in (first, other, experiment_for(uri, "exp-older")):
+        kind = client.get_experiment(experiment_id).tags["mlflow.experimentKind"]
+        assert kind == "custom_model_development"  # MLflow 3's model training, not GenAI
+    assert experiment_for(uri, "exp-older") == older
 
 
 def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:

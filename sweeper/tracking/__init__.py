@@ -8,6 +8,7 @@ from sweeper.tracking.runs import (
     TrialTracker,
     end_run,
     experiment_for,
+    experiment_to_show,
     run_config,
     start_launch_run,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "download_registered",
     "end_run",
     "experiment_for",
+    "experiment_to_show",
     "load_registered",
     "log_ensemble",
     "log_report",

@@ -3,6 +3,7 @@ figures (matplotlib Figures, which save without pyplot: no global backend, nothi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -27,6 +28,8 @@ CONFIG_FILE = "config.json"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
+# MLflow 3 shows an experiment without this tag as GenAI (traces); sweeper's train models.
+MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None = None) -> str:
@@ -40,7 +43,9 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         try:
-            return client.create_experiment(study_name, artifact_location=artifact_root)
+            return client.create_experiment(
+                study_name, artifact_location=artifact_root, tags=MODEL_TRAINING
+            )
         except MlflowException:  # another process created it first
             experiment = client.get_experiment_by_name(study_name)
             if experiment is None:
@@ -51,6 +56,36 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
             " is deleted; restore it (mlflow experiments restore --experiment-id"
             f" {experiment.experiment_id}) or remove it for good (mlflow gc)"
         )
+    _mark_model_training(client, experiment)
+    return experiment.experiment_id
+
+
+def _mark_model_training(client: PatientClient, experiment: Experiment) -> None:
+    """Tag an experiment as model training: one sweeper made before it tagged them too."""
+    for key, value in MODEL_TRAINING.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def experiment_to_show(
+    tracking_uri: str, study_name: str | None, view_key: str, view: dict[str, Any]
+) -> str | None:
+    """The id of the study's experiment (default: the one with the newest run; None if there
+    is none), tagged as model training and given `view` as MLflow's shared view `view_key`."""
+    client = PatientClient(tracking_uri)
+    if study_name is not None:
+        experiment = client.get_experiment_by_name(study_name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            raise SweeperError(f"no MLflow experiment '{study_name}' in {tracking_uri}")
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+        newest = client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"])
+        if not newest:
+            return None
+        experiment = client.get_experiment(newest[0].info.experiment_id)
+    _mark_model_training(client, experiment)
+    key = f"mlflow.sharedViewState.{view_key}"  # what the UI's ?viewStateShareKey= loads
+    client.set_experiment_tag(experiment.experiment_id, key, json.dumps(view))
     return experiment.experiment_id
 
 
@@ -117,8 +152,10 @@ class TrialTracker:
         config: dict[str, Any],
         tags: dict[str, str],
         run_id: str | None = None,
+        run_name: str | None = None,
     ) -> str:
-        """Start the run of a trial, or reopen `run_id` for a retry; return the run id."""
+        """Start the run of a trial (named run_name, default trial-<number>), or reopen `run_id`
+        for a retry; return the run id."""
         run_tags = {
             "sweeper.kind": "trial",  # an ensemble member passes its own kind in tags
             **{key: str(value) for key, value in tags.items()},
@@ -133,7 +170,8 @@ class TrialTracker:
             return run_id
         if self.parent_run_id is not None:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        run = self.client.create_run_once(self.experiment_id, run_tags, f"trial-{trial_number}")
+        run_name = run_name or f"trial-{trial_number}"
+        run = self.client.create_run_once(self.experiment_id, run_tags, run_name)
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.items()]
         self.client.log_batch(run.info.run_id, params=params)
         self.client.log_dict(run.info.run_id, config, CONFIG_FILE)
