@@ -32,4 +32,5 @@ study = Study(
     patience=2,
     sampler="tpe",
     pruner="median",
+    reference=(0.6657, "document 003's hand-tuned CNN"),
 )

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from sweeper.data import load_images
-from sweeper.paths import SweepPaths
+from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.pool import (
     Budget,
     LaunchContext,
@@ -32,8 +34,6 @@ from sweeper.pool import (
 )
 from sweeper.storage import load_stored_study, make_storage, open_study
 from sweeper.study import Study, load_by_name_or_file, load_study
-
-STOPPED = "sweeper: stopped; running trials keep their checkpoints and resume next launch"
 
 
 def launch(
@@ -49,6 +49,7 @@ def launch(
 ) -> int:
     """Sweep the study on a pool of workers, then build its ensemble; return an exit code."""
     stop_on_signals()
+    started = time.time()
     prefetch_data(study, overrides)  # milliseconds once cached; a missing dataset fails here
     deadline = time.time() + timeout if timeout else None
     opened: Opened | None = None
@@ -74,22 +75,64 @@ def launch(
         if not run_pool(worker_commands(study.file, paths, devices, flags), setup, budget=budget,
                         deadline=deadline, progress=progress):  # fmt: skip
             status = "KILLED"
-            print(STOPPED)
+            print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return 130
-        swept = budget_state(opened.study, budget) == Budget.DONE
-        if ensemble and ensemble.get("k") and swept and not build_ensemble(
-            study, paths, opened.study, opened.context, devices=devices,
-            overrides=overrides, progress=progress, settings=ensemble,
-        ):  # fmt: skip
-            status = "KILLED"
-            return 130
+        built = None
+        if ensemble and ensemble.get("k") and budget_state(opened.study, budget) == Budget.DONE:
+            built = build_ensemble(
+                study, paths, opened.study, opened.context, devices=devices,
+                overrides=overrides, progress=progress, settings=ensemble,
+            )  # fmt: skip
+            if built is None:
+                status = "KILLED"
+                return 130
+        from sweeper.report import write_report  # pandas and plotly: only now
+
+        files, _ = write_report(study.name, paths)
         status = "FINISHED"
+        print_summary(study, opened.study, paths, built, files[0], time.time() - started)
         return 0
     finally:
         if opened is not None:
             from sweeper import tracking  # already loaded by setup()
 
             tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status)
+
+
+def stopped(optuna_study: optuna.Study, budget: int | None, what: str) -> str:
+    """The one line of a launch stopped by Ctrl-C: what was kept and how to go on."""
+    trials = optuna_study.get_trials(deepcopy=False)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    again = shlex.join(["sweeper", *sys.argv[1:]])
+    resumed = f"; the {waiting} cut short resume from their last epoch" if waiting else ""
+    return (f"sweeper: stopped; {done}{f' of {budget}' if budget else ''} {what} done and kept"
+            f"{resumed}; go on with: {again}")  # fmt: skip
+
+
+def print_summary(
+    study: Study, optuna_study: optuna.Study, paths: SweepPaths, ensemble: dict[str, Any] | None,
+    report: Path, seconds: float,
+) -> None:  # fmt: skip
+    """What the launch found, where its files are, and how to look at the runs."""
+    show = (lambda v: f"{v:.2%}") if study.metric == "val_acc" else (lambda v: f"{v:.4f}")
+    lines = [f"sweeper: {study.name} done in {seconds // 60:.0f} min {seconds % 60:.0f} s"]
+    if any(t.state == TrialState.COMPLETE for t in optuna_study.get_trials(deepcopy=False)):
+        best = optuna_study.best_trial
+        reference = study.reference and f" ({study.reference[1]}: {show(study.reference[0])})"
+        lines.append(f"  best trial {best.number}: {study.metric} {show(best.value)}"
+                     f"{reference or ''}")  # fmt: skip
+    if ensemble is not None:
+        report_ = ensemble["report"]
+        lines.append(f"  ensemble of {ensemble['members']} members: test accuracy"
+                     f" {report_.ensemble_test_acc:.2%}, {100 * report_.gain:+.2f} points over"
+                     " its best member")  # fmt: skip
+        lines.append(f"  exported: {' and '.join(str(p) for p in ensemble['exports'])}")
+    lines.append(f"  report: {report}")
+    local = paths.tracking_uri == default_tracking_uri(paths.dir)
+    lines.append(f"  MLflow UI: sweeper ui --dir {shlex.quote(str(paths.dir))}" if local
+                 else f"  MLflow: {paths.tracking_uri}")  # fmt: skip
+    print("\n".join(lines))
 
 
 @dataclass
@@ -110,9 +153,9 @@ def build_ensemble(
     overrides: dict[str, Any],
     progress: bool,
     settings: dict[str, Any],
-) -> bool:
-    """Plan the ensemble, retrain its members on the pool, evaluate, log and register it;
-    False if interrupted."""
+) -> dict[str, Any] | None:
+    """Plan the ensemble, retrain its members on the pool, evaluate, log, register and export it;
+    None if interrupted."""
     from sweeper import retrain  # torch and MLflow: the launcher needs them only from here on
 
     options = retrain.EnsembleSettings(**settings)
@@ -132,14 +175,14 @@ def build_ensemble(
     flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides)]
     commands = worker_commands(spec.file, paths, devices, flags)
     if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,
-                    progress=progress):  # fmt: skip
-        return False
+                    progress=progress, table=False):  # fmt: skip
+        print(stopped(members, spec.trials, "ensemble members"), file=sys.stderr)
+        return None
     if budget_state(members, spec.trials) != Budget.DONE:
         print("ensemble: some members did not finish; building from those that did")
     device = devices[0] if devices[0].startswith("cuda") else "cpu"
-    retrain.finish_ensemble(study, paths, members, plan, context.experiment_id,
-                            context.parent_run_id, options.greedy, device)  # fmt: skip
-    return True
+    return retrain.finish_ensemble(study, paths, members, plan, context.experiment_id,
+                                   context.parent_run_id, options.greedy, device)  # fmt: skip
 
 
 def ensemble_again(
@@ -156,7 +199,7 @@ def ensemble_again(
     done = build_ensemble(study, paths, optuna_study, LaunchContext(experiment_id),
                           devices=devices, overrides=overrides, progress=progress,
                           settings={**study.ensemble, **settings})  # fmt: skip
-    return 0 if done else 130
+    return 0 if done is not None else 130
 
 
 def join(args: argparse.Namespace, overrides: dict[str, Any]) -> int:

@@ -50,6 +50,10 @@ class SweepPaths:
         """Lock files of the GPUs that packed workers share."""
         return self.dir / "locks"
 
+    def exports(self, study_name: str) -> Path:
+        """TorchScript and ONNX files of the study's registered ensembles."""
+        return self.dir / "exports" / study_name
+
     def report(self, study_name: str, dashboard: str) -> Path:
         return self.dir / "reports" / f"{study_name}-{dashboard}.html"
 

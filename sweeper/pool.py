@@ -137,8 +137,10 @@ def run_pool(
     budget: int | None,
     deadline: float | None,
     progress: bool,
+    table: bool = True,
 ) -> bool:
-    """Run worker processes until the work is done; False if interrupted (Ctrl-C, SIGTERM).
+    """Run worker processes until the work is done (then print the trials table unless not
+    `table`); False if interrupted (Ctrl-C, SIGTERM).
 
     The workers start first: while they import torch and MLflow (seconds), setup() opens the
     Optuna study they work on and makes the MLflow runs; it returns that study and the launch
@@ -161,7 +163,8 @@ def run_pool(
             return False
         raise
     view.close()
-    view.summary()
+    if table:
+        view.summary()
     if workers.all_gave_up():
         raise SweeperError("every worker gave up after failed trials; their errors are above")
     return True

@@ -53,7 +53,7 @@ class Progress:
             done=count[TrialState.COMPLETE],
             pruned=count[TrialState.PRUNED],
             failed=count[TrialState.FAIL],
-            running=count[TrialState.RUNNING],
+            running=" ".join(_epoch_of(t) for t in trials if t.state == TrialState.RUNNING) or 0,
             best=f"{best.value:.4f} (#{best.number})" if best else "-",
         )
         if self.bar.disable:  # no terminal: one line per trial that ended
@@ -61,7 +61,9 @@ class Progress:
                 if t.state.is_finished() and t.number not in self.seen:
                     self.seen.add(t.number)
                     value = f"{t.value:.4f}" if t.value is not None else "-"
-                    print(f"trial {t.number} {t.state.name} value={value}", flush=True)
+                    cut = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+                    state = "INTERRUPTED" if cut else t.state.name
+                    print(f"trial {t.number} {state} value={value}", flush=True)
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
         try:
@@ -79,6 +81,9 @@ class Progress:
             print("no trials ran")
             return
         print(table.drop(columns=["mlflow_run_id", "fail_reason"]).head(10).to_string(index=False))
-        best = self._best()
-        if best is not None:
-            print(f"best: trial {best.number} value={best.value:.4f} params={best.params}")
+
+
+def _epoch_of(trial: optuna.trial.FrozenTrial) -> str:
+    """A running trial as #3:2/5 (its number, the epochs it reported, of its budget)."""
+    epochs = trial.user_attrs.get("config", {}).get("epochs", "?")
+    return f"#{trial.number}:{max(trial.intermediate_values, default=0)}/{epochs}"

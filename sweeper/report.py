@@ -25,6 +25,7 @@ from sweeper.studydata import StudyData, collect, run_url  # dashboards may impo
 from sweeper.userfile import import_file, line_in, one_line
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
 
 
 class Dashboard(NamedTuple):
@@ -166,7 +167,7 @@ def register(commands: Any) -> None:
     add_store_flags(report)
     report.add_argument(
         "--mlflow-url",
-        default="http://127.0.0.1:5000",
+        default=MLFLOW_URL,
         help="MLflow UI that the run links point to (default: %(default)s, as `sweeper ui`)",
     )
     report.set_defaults(func=cmd_report)
@@ -186,28 +187,40 @@ def _stores(args: argparse.Namespace) -> tuple[SweepPaths, str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    dashboard = load_dashboard(args.dashboard)
     stores, name = _stores(args)
-    out = Path(args.out) if args.out else stores.report(name, dashboard.file.stem)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise SweeperError(f"--out {out}: the report is HTML; name a .html file")
-    data = collect(name, stores, args.mlflow_url)
-    page, table = render(dashboard, data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    files = [out]
-    if table is not None:
-        table.to_csv(out.with_suffix(".csv"), index=False)
-        files.append(out.with_suffix(".csv"))
+    files, logged = write_report(name, stores, args.dashboard, args.out, args.mlflow_url)
     print(f"report: {' and '.join(str(p) for p in files)}")
-    if data.launch is None:
+    if logged is None:
         print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
     else:
-        from sweeper import tracking  # MLflow: loaded on demand, the CLI stays quick
-
-        tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
-        print(f"report: logged to {run_url(args.mlflow_url.rstrip('/'), data.launch)} (report/)")
+        print(f"report: logged to {logged} (report/)")
     return 0
+
+
+def write_report(
+    name: str, stores: SweepPaths, dashboard: str = "evaluation", out: str | None = None,
+    mlflow_url: str = MLFLOW_URL,
+) -> tuple[list[Path], str | None]:  # fmt: skip
+    """The dashboard as an HTML page (and its table as CSV), logged to the study's launch run;
+    return the files and the launch run's URL (None: no launch run to log to)."""
+    board = load_dashboard(dashboard)
+    page_path = Path(out) if out else stores.report(name, board.file.stem)
+    if page_path.suffix.lower() not in (".html", ".htm"):
+        raise SweeperError(f"--out {page_path}: the report is HTML; name a .html file")
+    data = collect(name, stores, mlflow_url)
+    page, table = render(board, data)
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    page_path.write_text(page, encoding="utf-8")
+    files = [page_path]
+    if table is not None:
+        table.to_csv(page_path.with_suffix(".csv"), index=False)
+        files.append(page_path.with_suffix(".csv"))
+    if data.launch is None:
+        return files, None
+    from sweeper import tracking  # MLflow: loaded on demand, the CLI stays quick
+
+    tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
+    return files, run_url(mlflow_url.rstrip("/"), data.launch)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

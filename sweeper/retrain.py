@@ -84,6 +84,7 @@ def member_study(base: Study, plan: EnsemblePlan, epochs: int | None = None) -> 
     def space(trial: optuna.Trial) -> dict[str, Any]:
         source = trial.suggest_categorical("source_trial", plan.sources)
         seed = trial.suggest_categorical("seed", plan.seeds)
+        trial.set_user_attr("run_name", f"member-of-trial-{source}-seed-{seed}")  # its MLflow run's
         return {**plan.configs[str(source)], "seed": seed}
 
     return Study(
@@ -197,8 +198,21 @@ def finish_ensemble(
         paths.tracking_uri, experiment_id, parent_run_id, study.name, report=report,
         member_runs=member_runs, model=ensemble, example=data.test_x[:4], note=note,
     )  # fmt: skip
+    result["exports"] = export_files(ensemble, paths.exports(study.name), result["version"])
     _print_report(report, result, note)
-    return result
+    return {**result, "report": report, "members": len(done)}
+
+
+def export_files(ensemble: Any, folder: Path, version: str) -> list[Path]:
+    """The registered ensemble as TorchScript and ONNX files, named by its version."""
+    import torch
+
+    from sweeper.export import export
+
+    channels, size = ensemble.input_shape
+    example = torch.rand(2, channels, size, size)
+    return [export(ensemble, fmt, folder / f"ensemble-v{version}{suffix}", example)
+            for fmt, suffix in (("torchscript", ".pt"), ("onnx", ".onnx"))]  # fmt: skip
 
 
 def _print_report(report: Any, result: dict[str, Any], note: str | None) -> None:

@@ -39,6 +39,7 @@ class Study:
     seed: int = 0  # the sampler's seed
     # the best-of seed ensemble after the sweep: k configs x seeds; {} or k=0 turns it off
     ensemble: dict[str, Any] = field(default_factory=lambda: {"k": 3, "seeds": 3})
+    reference: tuple[float, str] | None = None  # a result to beat, in the summary: (value, whose)
     file: str = ""  # set by load_study
     file_hash: str = ""
 
@@ -151,6 +152,12 @@ def validate(study: Study, draws: int = 32) -> None:
         raise bad(
             "ensemble", f"unknown key(s) {sorted(unknown)}; accepted: k, seeds, epochs, greedy"
         )
+    reference = study.reference
+    if reference is not None and not (
+        isinstance(reference, tuple | list) and len(reference) == 2
+        and isinstance(reference[0], int | float)
+    ):  # fmt: skip
+        raise bad("reference", 'give (value, "where it comes from"), e.g. (0.6657, "document 003")')
     try:
         study.make_sampler()
         study.make_pruner()

@@ -43,6 +43,8 @@ class _OneLineFailures(logging.Filter):
     """Optuna logs a failed trial with its traceback; for these known causes the line is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if STOPPING.is_set():  # an interrupted trial: the launcher says in one line what was kept
+            return False
         if record.exc_info and isinstance(
             record.exc_info[1], TrialDiverged | SurplusTrial | CheckpointError
         ):
@@ -144,6 +146,7 @@ class Objective:
                 "sweeper.study_file_hash": self.study.file_hash,
             },
             run_id=trial.user_attrs.get("mlflow_run_id"),
+            run_name=trial.user_attrs.get("run_name"),  # an ensemble member's, see retrain.py
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.worker)

@@ -43,12 +43,12 @@ def run_worker(
     stop_on_signals()
     storage = make_storage(paths.storage_url)
     optuna_study = load_stored_study(
-        study.name,
-        storage,
-        paths.storage_url,
-        sampler=study.make_sampler(zlib.crc32(worker.encode())),
-        pruner=study.make_pruner(),
+        study.name, storage, paths.storage_url, pruner=study.make_pruner()
     )
+    # Seeded by worker and by what the study holds: a relaunched or replaced worker must not
+    # draw the configs that its previous self drew (interrupted trials are retried, not redrawn).
+    drawn = len(optuna_study.get_trials(deepcopy=False))
+    optuna_study.sampler = study.make_sampler(zlib.crc32(f"{worker}/{drawn}".encode()))
     if experiment_id is None:
         experiment_id = experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
     objective = Objective(

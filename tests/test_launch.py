@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from helpers import QUICKSTART, SWEEPER, Store, children, processes_mentioning, sweeper
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 
 from sweeper import pool, tracking
 from sweeper import trial as trial_module
+from sweeper.export import load_exported
 from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.study import load_study
 from sweeper.train import cpu_has_native_bf16
@@ -265,3 +267,28 @@ def test_an_interrupt_a_library_turned_into_another_error_still_resumes(
     run = MlflowClient(paths.tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
     assert run.data.tags["sweeper.fail_reason"].startswith("interrupted")
     assert (paths.checkpoints("quickstart") / "trial-0-last.pt").exists()
+
+
+def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    storage = Store("sqlite", f"sqlite:///{tmp_path / 'optuna.db'}", ())
+    done = launch(tmp_path, storage, datasets_dir, "--trials", "2", "--workers", "2",
+                  "--epochs", "1", "--train-size", "500", "--no-progress")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout[done.stdout.index("sweeper: quickstart done in") :].splitlines()
+    best = storage.load().best_trial
+    assert summary[1] == (
+        f"  best trial {best.number}: val_acc {best.value:.2%}"
+        " (document 003's hand-tuned CNN: 66.57%)"
+    )
+    assert summary[2].startswith("  ensemble of 6 members: test accuracy ")
+    exports = [tmp_path / "exports" / "quickstart" / f"ensemble-v1{s}" for s in (".pt", ".onnx")]
+    assert summary[3] == f"  exported: {exports[0]} and {exports[1]}"
+    images = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    (torchscript, _), (onnx, classes) = (load_exported(path) for path in exports)
+    assert np.abs(torchscript(images) - onnx(images)).max() < 1e-4 and len(classes) == 10
+    report = tmp_path / "reports" / "quickstart-evaluation.html"
+    assert summary[4] == f"  report: {report}" and report.stat().st_size > 10_000
+    assert summary[5] == f"  MLflow UI: sweeper ui --dir {tmp_path}"
+    assert "INFO mlflow" not in done.stderr and "Traceback" not in done.stderr

@@ -28,6 +28,9 @@ from sweeper.errors import first_line  # noqa: E402
 from sweeper.patience import patiently  # noqa: E402
 
 log = logging.getLogger(__name__)
+# A new store's "Creating initial MLflow database tables..." is MLflow's business, not the user's.
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 CREATE_TOKEN = "sweeper.create_token"  # one per create_run call: finds a run created twice
 PATIENCE_S = float(os.environ.get("SWEEPER_TRACKING_PATIENCE_S", "600"))  # seconds a call waits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def _register(client: PatientClient, run_id: str, name: str, model: Any, example
     inputs = example.astype(np.float32) / 255.0
     with torch.no_grad():
         outputs = model(torch.from_numpy(inputs)).numpy()
+    # pickle is chosen knowingly (see below): MLflow's warning about it would only alarm users
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.pytorch.save_model(
             model,
