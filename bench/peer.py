@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -46,6 +45,8 @@ import time
 import warnings
 import zlib
 from pathlib import Path
+
+from pipeline import machine  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -234,15 +235,6 @@ def common(args: argparse.Namespace) -> list[str]:
             "--train-size", str(args.train_size), "--data-dir", args.data_dir]  # fmt: skip
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {cpu}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the three variants")
@@ -290,7 +282,6 @@ NAMES = {
 def report(args: argparse.Namespace, runs: dict[str, list[dict]], load_before: float,
            load_after: float) -> str:  # fmt: skip
     """The table: medians, ratios to the peer (of medians, and the median of per-round ones)."""
-    import torch
 
     median = statistics.median
     peer_runs = runs["peer"]
@@ -309,7 +300,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], load_before: f
     ratio = median(r["wall"] / p["wall"] for r, p in zip(runs["sweeper-1"], peer_runs, strict=True))
     verdict = "met" if ratio <= 0.40 else "not met"
     return "\n".join([
-        f"{time.strftime('%Y-%m-%d')}, {machine()}, torch {torch.__version__}; 1-minute load "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}; 1-minute load "
         f"average {load_before:.2f} before, {load_after:.2f} after.",
         "",
         f"{args.trials} trials x {args.epochs} epochs x {args.train_size} training images "
