@@ -124,7 +124,8 @@ def test_early_stopping_restores_the_best_epoch(small_cifar: SplitData) -> None:
     losses = [row["val_loss"] for row in result.history]
     assert result.best_epoch == losses.index(min(losses)) + 1 == len(losses) - 2
     val = DeviceSplit(overfit.val_x, overfit.val_y, result.mean, result.std, result.device)
-    loss, accuracy = scores(predict(result.model, val, 1024), val.y)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved(config).bf16)
+    loss, accuracy = scores(predict(result.model, val, config.eval_batch_size, autocast), val.y)
     assert accuracy == result.best_val_acc
     assert math.isclose(loss, min(losses), rel_tol=1e-5)
 
