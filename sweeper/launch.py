@@ -32,7 +32,7 @@ from sweeper.pool import (
     worker_commands,
     worker_flags,
 )
-from sweeper.storage import load_stored_study, make_storage, open_study
+from sweeper.storage import load_stored_study, make_storage, note_limits, open_study
 from sweeper.study import Study, load_by_name_or_file, load_study
 
 
@@ -49,6 +49,7 @@ def launch(
 ) -> int:
     """Sweep the study on a pool of workers, then build its ensemble; return an exit code."""
     stop_on_signals()
+    note_limits(paths.storage_url)
     started = time.time()
     prefetch_data(study, overrides)  # milliseconds once cached; a missing dataset fails here
     deadline = time.time() + timeout if timeout else None
@@ -193,6 +194,7 @@ def ensemble_again(
     from sweeper import tracking  # loaded on demand: the CLI stays quick
 
     stop_on_signals()
+    note_limits(paths.storage_url)
     study = study_from_name_or_file(target, paths)
     optuna_study = open_study(study, make_storage(paths.storage_url))
     experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
@@ -212,6 +214,8 @@ def join(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     study = load_study(args.study)
     context = LaunchContext.read(sys.stdin) if args.from_launcher else LaunchContext()
     paths = SweepPaths.existing(args.dir, args.storage, args.tracking_uri)  # never creates
+    if not args.from_launcher:  # the launcher said it once for its workers
+        note_limits(paths.storage_url)
     tags = None
     if args.ensemble:
         study = retrain.load_member_study(study, make_storage(paths.storage_url))

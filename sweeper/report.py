@@ -232,5 +232,5 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     study_id = storage.get_study_id_from_name(name)
     url = f"http://{args.host}:{args.port}/dashboard/studies/{study_id}"
     print(f"optuna-dashboard: {url} (Ctrl-C stops it)", flush=True)
-    run_server(stores.storage_url, host=args.host, port=args.port)
+    run_server(storage, host=args.host, port=args.port)
     return 0

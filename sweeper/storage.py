@@ -8,13 +8,19 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import (
+    BaseStorage,
+    GrpcStorageProxy,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SweeperError, first_line
@@ -31,10 +37,15 @@ GRACE_S = int(os.environ.get("SWEEPER_GRACE_S", "30"))
 MAX_RETRY = 3
 # How long a storage connection waits for a database that is down or restarting (seconds).
 STORAGE_PATIENCE_S = float(os.environ.get("SWEEPER_STORAGE_PATIENCE_S", "600"))
+PROXY_WAIT_S = 10.0  # how long a client waits for a `sweeper storage-proxy` to answer (seconds)
 
 
-def make_storage(url: str) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats, retries of dead workers' trials, and patient SQLite."""
+def make_storage(url: str) -> BaseStorage:
+    """Optuna's RDB storage with heartbeats, retries of dead workers' trials, and patient SQLite;
+    or, for grpc://HOST:PORT, the client of a `sweeper storage-proxy` (which has none of these
+    itself: the proxy's own storage waits out database restarts)."""
+    if url.startswith("grpc://"):
+        return proxy_client(url)
     if url.startswith("sqlite"):
         # Optuna's heartbeat thread dies silently on "database is locked": wait instead.
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
@@ -58,6 +69,37 @@ def make_storage(url: str) -> RDBStorage:
         return patiently(open_storage, retry=_lost_table_race, patience_s=10, max_pause=1)
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
+
+
+def proxy_client(url: str) -> GrpcStorageProxy:
+    """The client of the `sweeper storage-proxy` at grpc://HOST:PORT, once it answers."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path.strip("/") or parts.query:
+        raise SweeperError(f"--storage {redact(url)}: a storage proxy's URL is grpc://HOST:PORT")
+    client = GrpcStorageProxy(host=parts.hostname, port=port)
+    try:
+        client.wait_server_ready(timeout=PROXY_WAIT_S)
+    except ConnectionError:
+        raise SweeperError(
+            f"--storage: no storage proxy answers at {parts.hostname}:{port} after"
+            f" {PROXY_WAIT_S:.0f} s; start one with `sweeper storage-proxy --storage URL --port"
+            f" {port}`"
+        ) from None
+    return client
+
+
+def note_limits(url: str) -> None:
+    """One stderr line on what sweeper cannot do with this storage (Optuna's gRPC proxy client is
+    no BaseHeartbeat: its trials send no heartbeats, so none is ever found stale)."""
+    if url.startswith("grpc://"):
+        print(f"sweeper: note: through the storage proxy at {redact(url)} trials send no "
+              "heartbeats: a trial whose worker is killed stays RUNNING for good, is not retried "
+              "from its checkpoint, and a trial budget waits on it until --timeout",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _lost_table_race(error: Exception) -> bool:
@@ -140,7 +182,7 @@ def _patient_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any
     )
 
 
-def load_stored_study(name: str, storage: RDBStorage, url: str, **kwargs: Any) -> optuna.Study:
+def load_stored_study(name: str, storage: BaseStorage, url: str, **kwargs: Any) -> optuna.Study:
     """An existing study, or one line that names the studies the storage does hold."""
     try:
         return optuna.load_study(study_name=name, storage=storage, **kwargs)
@@ -163,7 +205,7 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-def open_study(study: Study, storage: RDBStorage) -> optuna.Study:
+def open_study(study: Study, storage: BaseStorage) -> optuna.Study:
     """Create the Optuna study on the first launch, load it on the next ones."""
     created = optuna.create_study(
         study_name=study.name,

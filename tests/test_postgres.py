@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import QUICKSTART, SWEEPER
+from helpers import QUICKSTART, SWEEPER, sweeper
 
 from sweeper import storage as storage_module
 from sweeper.storage import make_storage
@@ -67,6 +67,31 @@ def test_two_launches_at_once_share_the_budget(
     numbers = [t.number for t in optuna.load_study(
         study_name="quickstart", storage=make_storage(storage)).get_trials()]  # fmt: skip
     assert len(numbers) == len(set(numbers))
+
+
+@pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg", "postgresql+psycopg2"])
+def test_every_driver_form_of_the_url_opens(new_database: Callable[[], str], driver: str) -> None:
+    url = sa.make_url(new_database()).set(drivername=driver).render_as_string(hide_password=False)
+    storage = make_storage(url)
+    assert storage.get_all_studies() == []
+    assert storage.engine.dialect.driver == (driver.partition("+")[2] or "psycopg")
+    storage.engine.dispose()
+
+
+def test_a_plain_postgresql_url_launches(
+    new_database: Callable[[], str], tmp_path: Path, datasets_dir: Path
+) -> None:
+    """`postgresql://`, as most people type it: SQLAlchemy's default driver, psycopg 3."""
+    url = sa.make_url(new_database()).set(drivername="postgresql")
+    storage = url.render_as_string(hide_password=False)
+    done = subprocess.run(
+        launch_args(storage, tmp_path, datasets_dir, "--trials", "2", "--workers", "1"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(counted(storage)) == 2
+    status = sweeper("status", "quickstart", "--dir", str(tmp_path), "--storage", storage, "--csv")
+    assert status.returncode == 0 and len(status.stdout.splitlines()) == 3, status.stderr
 
 
 def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> None:

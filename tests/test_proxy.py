@@ -1,4 +1,5 @@
-"""`sweeper storage-proxy`: a real gRPC proxy process in front of a SQLite storage."""
+"""`sweeper storage-proxy`: a real gRPC proxy process in front of a SQLite storage, and sweeps
+that reach it with `--storage grpc://HOST:PORT`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SWEEPER, free_port, sweeper
+from helpers import QUICKSTART, SWEEPER, free_port, sweeper
+
+TINY = ["--epochs", "1", "--train-size", "500", "--no-progress"]
 
 
 @pytest.fixture
@@ -49,3 +52,37 @@ def test_a_bad_storage_is_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith("sweeper: error: --storage:")
     assert len(done.stderr.strip().splitlines()) == 1 and "s3cretpw" not in done.stderr
+
+
+def test_a_launch_and_a_worker_through_the_proxy(
+    proxy: tuple[int, str], tmp_path: Path, datasets_dir: Path
+) -> None:
+    port, storage = proxy
+    url = f"grpc://127.0.0.1:{port}"
+    flags = ["--storage", url, "--dir", str(tmp_path / "sweep"), "--data-dir", str(datasets_dir)]
+    done = sweeper("launch", QUICKSTART, *flags, "--trials", "2", "--workers", "1", *TINY,
+                   "--no-ensemble")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = [line for line in done.stderr.splitlines() if "heartbeats" in line]
+    assert len(notes) == 1, done.stderr
+    assert notes[0].startswith(f"sweeper: note: through the storage proxy at {url} ")
+    joined = sweeper("worker", QUICKSTART, *flags, "--trials", "3", *TINY[:-1])
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "trials send no heartbeats" in joined.stderr
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials  # the database
+    assert [t.state.name in ("COMPLETE", "PRUNED") for t in trials] == [True] * 3
+    assert {t.user_attrs["worker"] for t in trials} >= {"w0"}
+
+
+@pytest.mark.parametrize("url", ["grpc://127.0.0.1", "grpc://127.0.0.1:{port}"])
+def test_a_storage_proxy_that_is_not_there_is_one_line(url: str, tmp_path: Path) -> None:
+    port = free_port()
+    done = sweeper("status", "quickstart", "--dir", str(tmp_path), "--storage",
+                   url.format(port=port), timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweeper: error: --storage"), done.stderr
+    if "{port}" in url:
+        assert f"no storage proxy answers at 127.0.0.1:{port}" in lines[0]
+    else:
+        assert "grpc://HOST:PORT" in lines[0]
