@@ -19,7 +19,7 @@ from sweeper.config import TrainConfig, load_config_file
 from sweeper.data import split_of
 from sweeper.errors import SweeperError, bad_value
 from sweeper.launch import ensemble_again, join, launch
-from sweeper.paths import SweepPaths, add_store_flags
+from sweeper.paths import SweepPaths, add_storage_flag, add_store_flags, add_tracking_flag
 from sweeper.pool import default_devices
 from sweeper.progress import trials_table
 from sweeper.storage import load_stored_study, make_storage
@@ -68,7 +68,7 @@ def add_training_commands(commands: Any) -> None:
     train.add_argument("--json", action="store_true", help="print one JSON line instead")
     add_config_flags(train)
     train.add_argument("--from-run", help="retrain the config of this MLflow run (a trial)")
-    train.add_argument("--tracking-uri", help="MLflow store of --from-run (default: the --dir's)")
+    add_tracking_flag(train, "MLflow store of --from-run")
     train.add_argument("--dir", default="sweeps", help="sweep directory of --from-run")
     train.set_defaults(func=cmd_train)
 
@@ -121,7 +121,7 @@ def add_result_commands(commands: Any) -> None:
     status = commands.add_parser("status", help="print the trials of a study as a table")
     status.add_argument("study", help="a study name or file")
     status.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
-    status.add_argument("--storage", help="Optuna storage URL (default: the --dir's SQLite)")
+    add_storage_flag(status)
     fmt = status.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON list, one object per trial")
     fmt.add_argument("--csv", action="store_true", help="CSV")

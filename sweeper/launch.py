@@ -67,7 +67,8 @@ def launch(
         experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
         tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))}
         run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
-        opened = Opened(optuna_study, LaunchContext(experiment_id, run_id))
+        context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
+        opened = Opened(optuna_study, context)
         return optuna_study, opened.context
 
     status = "FAILED"
@@ -198,7 +199,8 @@ def ensemble_again(
     study = study_from_name_or_file(target, paths)
     optuna_study = open_study(study, make_storage(paths.storage_url))
     experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
-    done = build_ensemble(study, paths, optuna_study, LaunchContext(experiment_id),
+    context = LaunchContext(experiment_id, None, paths.storage_url, paths.tracking_uri)
+    done = build_ensemble(study, paths, optuna_study, context,
                           devices=devices, overrides=overrides, progress=progress,
                           settings={**study.ensemble, **settings})  # fmt: skip
     return 0 if done is not None else 130
@@ -207,13 +209,15 @@ def ensemble_again(
 def join(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """`sweeper worker`: train trials of a launched study (or its ensemble members). A
     launcher's worker loads torch and MLflow while its launcher opens the study, then reads the
-    launch context on stdin."""
+    launch context on stdin, the stores' URLs with it."""
     from sweeper import retrain  # torch and MLflow: workers only
     from sweeper.worker import run_worker
 
     study = load_study(args.study)
     context = LaunchContext.read(sys.stdin) if args.from_launcher else LaunchContext()
-    paths = SweepPaths.existing(args.dir, args.storage, args.tracking_uri)  # never creates
+    paths = SweepPaths.existing(
+        args.dir, context.storage_url or args.storage, context.tracking_uri or args.tracking_uri
+    )  # never creates
     if not args.from_launcher:  # the launcher said it once for its workers
         note_limits(paths.storage_url)
     tags = None

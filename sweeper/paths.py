@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,21 @@ def add_store_flags(parser: argparse.ArgumentParser, storage: bool = True) -> No
     """--dir, and the --storage and --tracking-uri that replace its stores."""
     parser.add_argument("--dir", default="sweeps", help="sweep directory (default: ./sweeps)")
     if storage:
-        parser.add_argument("--storage", help="Optuna storage URL (default: <dir>/optuna.db)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: <dir>/mlflow.db)")
+        add_storage_flag(parser)
+    add_tracking_flag(parser, "MLflow tracking URI")
+
+
+# A URL with a password given in the environment stays off the command line, which `ps` shows.
+def add_storage_flag(parser: argparse.ArgumentParser) -> None:
+    default = "$SWEEPER_STORAGE, else <dir>/optuna.db"
+    parser.add_argument("--storage", default=os.environ.get("SWEEPER_STORAGE"),
+                        help=f"Optuna storage URL (default: {default})")  # fmt: skip
+
+
+def add_tracking_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    default = "$SWEEPER_TRACKING_URI, else <dir>/mlflow.db"
+    parser.add_argument("--tracking-uri", default=os.environ.get("SWEEPER_TRACKING_URI"),
+                        help=f"{what} (default: {default})")  # fmt: skip
 
 
 def default_tracking_uri(sweep_dir: str | Path) -> str:

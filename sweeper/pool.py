@@ -54,10 +54,14 @@ def budget_state(study: optuna.Study, budget: int | None) -> Budget:
 
 @dataclass
 class LaunchContext:
-    """What a launcher hands each of its workers on stdin once it has made them."""
+    """What a launcher hands each of its workers on stdin once it has made them: the MLflow ids,
+    and the stores' URLs, which may hold passwords and so never go on a worker's command line
+    (where `ps` shows them to every user)."""
 
     experiment_id: str | None = None  # the MLflow experiment of the study
     parent_run_id: str | None = None  # the launch run the trial runs hang under
+    storage_url: str | None = None  # the Optuna storage
+    tracking_uri: str | None = None  # the MLflow store
 
     def line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -121,10 +125,9 @@ def worker_commands(
     study_file: str, paths: SweepPaths, devices: list[str], flags: list[str]
 ) -> list[list[str]]:
     """One `sweeper worker` command line per device slot (an ensemble's workers name the study
-    file of the sweep)."""
+    file of the sweep); the stores' URLs come on stdin, in the LaunchContext."""
     return [
         [sys.executable, "-m", "sweeper.cli", "worker", study_file, "--dir", str(paths.dir),
-         "--storage", paths.storage_url, "--tracking-uri", paths.tracking_uri,
          "--device", device, "--worker-name", f"w{i}", *flags]
         for i, device in enumerate(devices)
     ]  # fmt: skip

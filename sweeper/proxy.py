@@ -7,6 +7,7 @@ Many workers then hold one connection pool between them instead of one each:
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import optuna
@@ -21,7 +22,9 @@ def register(commands: Any) -> None:
     proxy = commands.add_parser(
         "storage-proxy", help="serve an Optuna storage over gRPC to many workers"
     )
-    proxy.add_argument("--storage", required=True, help="Optuna storage URL to serve")
+    stored = os.environ.get("SWEEPER_STORAGE")  # keeps a password off the command line
+    proxy.add_argument("--storage", default=stored, required=stored is None,
+                       help="Optuna storage URL to serve (default: $SWEEPER_STORAGE)")  # fmt: skip
     proxy.add_argument("--host", default="127.0.0.1", help="address to listen on")
     proxy.add_argument("--port", type=int, default=13000, help="port to listen on")
     proxy.set_defaults(func=cmd_storage_proxy)

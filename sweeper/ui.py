@@ -36,13 +36,14 @@ def serve(sweep: SweepPaths, study: str | None, host: str, port: int, workers: i
     stop_on_signals()
     experiment_id = tracking.experiment_to_show(sweep.tracking_uri, study, VIEW_KEY, trials_view())
     _check_port(host, port)
-    command = [str(Path(sys.executable).parent / "mlflow"), "ui",
-               "--backend-store-uri", sweep.tracking_uri, "--host", host, "--port", str(port),
-               "--workers", str(workers)]  # fmt: skip
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", host,
+               "--port", str(port), "--workers", str(workers)]  # fmt: skip
     if sweep.artifact_root:
         command += ["--default-artifact-root", sweep.artifact_root]
     # The job runner serves GenAI features (LLM judges, trace jobs): 8 more processes, unused here.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # The store's URI (a password, maybe) goes in the environment: `ps` shows command lines.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
+           "MLFLOW_BACKEND_STORE_URI": sweep.tracking_uri}  # fmt: skip
     log = sweep.dir / "mlflow-ui.log"
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,

@@ -7,6 +7,7 @@ dropped at the end of the module.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -20,13 +21,14 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import QUICKSTART, SWEEPER, sweeper
+from helpers import QUICKSTART, SWEEPER, descendants, sweeper
 
 from sweeper import storage as storage_module
 from sweeper.storage import make_storage
 
 SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
 FINISHED = ("COMPLETE", "PRUNED")
+SECRET = "s3cret-Pw-4711"
 
 
 def launch_args(storage: str, sweep_dir: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -78,20 +80,44 @@ def test_every_driver_form_of_the_url_opens(new_database: Callable[[], str], dri
     storage.engine.dispose()
 
 
-def test_a_plain_postgresql_url_launches(
+def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_lines(
     new_database: Callable[[], str], tmp_path: Path, datasets_dir: Path
 ) -> None:
-    """`postgresql://`, as most people type it: SQLAlchemy's default driver, psycopg 3."""
-    url = sa.make_url(new_database()).set(drivername="postgresql")
+    """`postgresql://`, as most people type it (SQLAlchemy's default driver, psycopg 3), with a
+    password (the local server trusts 127.0.0.1 and takes any): the launcher hands it to its
+    workers on stdin, never on their command lines or in their environment, which other users'
+    `ps` and /proc show."""
+    url = sa.make_url(new_database()).set(drivername="postgresql", password=SECRET)
     storage = url.render_as_string(hide_password=False)
-    done = subprocess.run(
-        launch_args(storage, tmp_path, datasets_dir, "--trials", "2", "--workers", "1"),
-        capture_output=True, text=True, timeout=600,
+    launcher = subprocess.Popen(
+        launch_args(storage, tmp_path, datasets_dir, "--trials", "2", "--workers", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    seen: dict[int, str] = {}  # worker pid -> its command line
+    try:
+        while launcher.poll() is None:
+            for pid in descendants(launcher.pid):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    environ = Path(f"/proc/{pid}/environ").read_bytes()
+                except OSError:  # it ended meanwhile
+                    continue
+                assert SECRET.encode() not in cmdline + environ, cmdline
+                seen[pid] = cmdline.decode()
+            time.sleep(0.1)
+    finally:
+        launcher.terminate()  # a no-op once it ended; else it stops its workers
+    _, err = launcher.communicate()
+    assert launcher.returncode == 0, err[-3000:]
+    assert len([c for c in seen.values() if " worker " in c]) >= 2, seen
     assert len(counted(storage)) == 2
-    status = sweeper("status", "quickstart", "--dir", str(tmp_path), "--storage", storage, "--csv")
-    assert status.returncode == 0 and len(status.stdout.splitlines()) == 3, status.stderr
+    # By hand, a worker and `sweeper status` take the URL from $SWEEPER_STORAGE instead of a flag.
+    env = {**os.environ, "SWEEPER_STORAGE": storage}
+    worker = sweeper("worker", QUICKSTART, "--dir", str(tmp_path), "--data-dir", str(datasets_dir),
+                     "--trials", "3", "--epochs", "1", "--train-size", "500", env=env)  # fmt: skip
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    status = sweeper("status", "quickstart", "--dir", str(tmp_path), "--csv", env=env)
+    assert status.returncode == 0 and len(status.stdout.splitlines()) == 4, status.stderr
 
 
 def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> None:
@@ -224,9 +250,6 @@ def password_server() -> Iterator[int]:
     thread.start()
     yield sock.getsockname()[1]
     sock.close()
-
-
-SECRET = "s3cret-Pw-4711"
 
 
 @pytest.mark.parametrize(
