@@ -80,7 +80,7 @@ def read(folder: Path) -> Ensemble:
         ) from None
     try:
         return _build(config, tensors)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, SweeperError) as exc:
         raise SweeperError(
             f"{folder} does not rebuild ({type(exc).__name__}: {first_line(exc)}); "
             "its files do not match each other"
