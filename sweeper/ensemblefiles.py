@@ -82,8 +82,7 @@ def read(folder: Path) -> Ensemble:
         return _build(config, tensors)
     except (KeyError, TypeError, ValueError, RuntimeError, SweeperError) as exc:
         raise SweeperError(
-            f"{folder} does not rebuild ({type(exc).__name__}: {first_line(exc)}); "
-            "its files do not match each other"
+            f"{folder} does not rebuild ({first_line(exc)}); its files do not match each other"
         ) from None
 
 
