@@ -201,21 +201,27 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from sweeper import tracking
+    from sweeper.atomic import replacing
+    from sweeper.export import export
 
     _, name = load_by_name_or_file(args.study)
     sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
     out = Path(args.out)
-    if args.format == "mlflow":
-        path = tracking.download_registered(sweep.tracking_uri, name, out, args.alias)
-    else:
-        import torch
-
-        from sweeper.export import export
-
-        model = tracking.load_registered(sweep.tracking_uri, name, args.alias)
-        channels, size = model.input_shape if hasattr(model, "input_shape") else (3, 32)
-        path = export(model, args.format, out, torch.rand(2, channels, size, size))
+    # rebuilt from tensors and JSON by sweeper's own code: nothing stored on the server runs
+    model = tracking.load_registered(sweep.tracking_uri, name, args.alias)
+    channels, size = model.input_shape
+    example = torch.rand(2, channels, size, size)
+    if args.format != "mlflow":
+        path = export(model, args.format, out, example)
+    else:  # written afresh: what the directory holds comes from this sweeper, not the server
+        if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+            raise SweeperError(f"export: {out} exists; give a new directory for the MLflow model")
+        with replacing(out) as tmp:
+            tracking.save_model(model, tmp, example.numpy())
+        path = out
     print(f"exported {name}@{args.alias} to {path}")
     return 0
 

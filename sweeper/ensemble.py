@@ -29,7 +29,9 @@ class Ensemble(nn.Module):
 
     Normalization is inside, so it takes raw images scaled 0..1 (float [B, C, H, W]) and returns
     probabilities [B, num_classes] that sum to 1. `weights` says how many times each member
-    counts (greedy selection with replacement); members with weight 0 are dropped.
+    counts (greedy selection with replacement); members with weight 0 are dropped. `options`
+    are the members' build_model options, kept to save the ensemble as plain data
+    (sweeper.ensemblefiles).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Ensemble(nn.Module):
         classes: list[str],
         weights: Sequence[float] | None = None,
         image_size: int = 32,
+        options: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
@@ -59,6 +62,7 @@ class Ensemble(nn.Module):
             self.register_buffer(name, torch.stack(per_channel))
         self.register_buffer("weights", torch.tensor([weights[i] / total for i in keep]))
         self.classes: list[str] = list(classes)
+        self.options = None if options is None else [dict(options[i]) for i in keep]
         self.input_shape: tuple[int, int] = (int(self.means.shape[2]), image_size)
         self.eval()
 
@@ -86,16 +90,21 @@ def load_member(checkpoint: Path | str) -> tuple[nn.Module, dict[str, Any]]:
             f"ensemble: {path} lacks {', '.join(missing)}; "
             "use a best checkpoint written by sweeper (trial-N-best.pt)"
         )
-    options = TrainConfig.from_dict(saved["config"], source=str(path)).model_options()
-    options["pretrained"] = False  # the saved weights replace any download
     model = build_model(
-        options,
+        member_options(saved, str(path)),
         num_classes=len(saved["classes"]),
         in_channels=int(saved["in_channels"]),
         image_size=int(saved["image_size"]),
     )
     model.load_state_dict(saved["model"])
     return model.eval(), saved
+
+
+def member_options(saved: dict[str, Any], source: str) -> dict[str, Any]:
+    """The build_model options of a best checkpoint's model."""
+    options = TrainConfig.from_dict(saved["config"], source=source).model_options()
+    options["pretrained"] = False  # the saved weights replace any download
+    return options
 
 
 @torch.no_grad()
@@ -269,5 +278,6 @@ def evaluate(
         [c["std"] for c in saved],
         list(saved[0]["classes"]),
         image_size=shape[1],
+        options=[member_options(c, str(p)) for c, (_, p) in zip(saved, members, strict=True)],
     )
     return ensemble, report

@@ -2,13 +2,12 @@
 
 Every export takes float32 images scaled 0..1 [N, C, H, W] and returns probabilities, and
 carries its class names: TorchScript in the extra file `classes.json`, ONNX in the metadata
-property `classes`. MLflow model directories are written by `sweeper.tracking`; this module
-only reads them.
+property `classes`. MLflow model directories are written and read by `sweeper.tracking` (tensors
+and JSON only, rebuilt by sweeper's own code: nothing stored in them runs).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from collections.abc import Callable
@@ -52,8 +51,7 @@ def export(ensemble: Ensemble | nn.Module, fmt: str, out: Path, example: Tensor)
     if len(example) < 2:  # a batch of 1 would be specialised into the graph
         example = example.expand(2, *example.shape[1:])
     example = example.float().contiguous()
-    with contextlib.suppress(NotImplementedError):  # torch.export modules (MLflow pt2) refuse
-        ensemble.eval()
+    ensemble.eval()
     tensors = [*ensemble.parameters(), *ensemble.buffers()]
     if tensors:
         example = example.to(tensors[0].device)
@@ -156,30 +154,19 @@ def _load_onnx(path: Path) -> tuple[Predictor, Any, Any]:
 
 
 def _load_mlflow(path: Path) -> tuple[Predictor, Any, Any]:
-    if not (path / "MLmodel").is_file():
-        raise SweeperError(
-            f"predict: {path} is a directory without an MLmodel file; give an MLflow model "
-            "directory (`sweeper export --format mlflow`), a .pt or a .onnx file"
-        )
-    import mlflow.pyfunc
+    from sweeper import tracking  # mlflow: only MLflow model directories need it
 
-    try:
-        model = mlflow.pyfunc.load_model(str(path))
-    except Exception as exc:
-        raise SweeperError(
-            f"predict: cannot load MLflow model {path} ({first_line(exc)})"
-        ) from None
-    classes = (model.metadata.metadata or {}).get("classes")
-    if classes is None:  # a pickled Ensemble keeps them as an attribute
-        with contextlib.suppress(Exception):  # flavors without a raw model still predict
-            classes = getattr(model.get_raw_model(), "classes", None)
-    schema = model.metadata.get_input_schema()
-    tensor = schema is not None and schema.is_tensor_spec()
+    try:  # sweeper's own code rebuilds it; nothing stored in the directory runs
+        ensemble = tracking.read_model(path)
+    except SweeperError as exc:
+        raise SweeperError(f"predict: {exc}") from None
+    channels, size = ensemble.input_shape
 
+    @torch.no_grad()
     def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(np.ascontiguousarray(x, dtype=np.float32)))
+        return ensemble(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
-    return run, classes, schema.inputs[0].shape[1:] if tensor else None
+    return run, ensemble.classes, [channels, size, size]
 
 
 def read_images(paths: list[str], channels: int, size: int) -> tuple[list[str], np.ndarray]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import sweeper
 from PIL import Image
 
+from sweeper import tracking
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData
 from sweeper.ensemble import (
@@ -22,6 +25,8 @@ from sweeper.ensemble import (
 )
 from sweeper.errors import SweeperError
 from sweeper.export import export, load_exported, predict, read_images
+from sweeper.paths import default_tracking_uri
+from sweeper.tracking.model import MODEL_CODE
 from sweeper.train import train
 from sweeper.trial import save_best
 
@@ -219,32 +224,149 @@ def test_predict_classifies_a_folder_of_png_files(trained: Trained, tmp_path: Pa
     assert x.min() >= 0 and x.max() <= 1
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_mlflow_model_directory_loads_for_predict(trained: Trained, tmp_path: Path) -> None:
-    import mlflow.pytorch as mlflow_pytorch
-    from mlflow.models import infer_signature
+# what an MLflow model directory of the ensemble may hold: no pickle, code only sweeper's own
+MODEL_FILES = {
+    "MLmodel",
+    "conda.yaml",
+    "python_env.yaml",
+    "requirements.txt",
+    "model_code.py",
+    "input_example.json",
+    "serving_input_example.json",
+    "artifacts/ensemble/ensemble.json",
+    "artifacts/ensemble/weights.safetensors",
+}
 
-    x = trained.data.test_x[:4].astype(np.float32) / 255
+
+def test_mlflow_model_directory_holds_no_pickle_and_loads(trained: Trained, tmp_path: Path) -> None:
+    import mlflow.pyfunc
+    import yaml
+
+    x = trained.data.test_x[:200].astype(np.float32) / 255
     with torch.no_grad():
         expected = trained.ensemble(torch.from_numpy(x)).numpy()
-    directory = tmp_path / "mlflow-model"
-    mlflow_pytorch.save_model(  # MLflow's default format (pt2); log_ensemble pickles instead
-        trained.ensemble,
-        str(directory),
-        signature=infer_signature(x, expected),
-        input_example=x,
-        metadata={"classes": trained.ensemble.classes},
-    )
+    directory = tracking.save_model(trained.ensemble, tmp_path / "mlflow-model", x[:4])
+    files = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    code = {f for f in files if f.startswith("code/sweeper/")}
+    assert files - code == MODEL_FILES
+    assert code and all(f.endswith(".py") for f in code)  # no __pycache__ either
+    flavors = yaml.safe_load((directory / "MLmodel").read_text())["flavors"]
+    assert list(flavors) == ["python_function"]
+    assert flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (directory / "model_code.py").read_bytes() == MODEL_CODE.read_bytes()
+    # sweeper reads it with its own code, exactly
     run, classes = load_exported(directory)
     assert classes == trained.data.classes
-    assert np.abs(run(x) - expected).max() < 1e-5
-    # `sweeper export` of a registered model: the torch.export module MLflow loads back
-    graph = mlflow_pytorch.load_model(str(directory))
-    exported = export(graph, "torchscript", tmp_path / "m.pt", torch.from_numpy(x))
-    run, classes = load_exported(exported)
-    assert classes == []  # that module has no class names: predict shows indices
-    assert np.abs(run(x) - expected).max() < 1e-4
-    assert np.abs(run(x[:1]) - expected[:1]).max() < 1e-4  # its shape checks traced as constants
+    assert np.abs(run(x) - expected).max() < 1e-6
+    rebuilt = tracking.read_model(directory)
+    assert rebuilt.options == trained.ensemble.options and rebuilt.input_shape == (3, 32)
+    # MLflow's own loader runs the stored model_code.py (models from code), unpickles nothing
+    model = mlflow.pyfunc.load_model(str(directory))
+    assert np.abs(model.predict(x) - expected).max() < 1e-6
+
+
+class _RunsCode:
+    """A pickle that, when loaded, creates `marker`: code an attacker would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def _payload(marker: Path) -> bytes:
+    """The pickle of _RunsCode, proven live: loading it once does create the marker."""
+    payload = pickle.dumps(_RunsCode(marker))
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+    return payload
+
+
+def test_tampered_weights_are_refused_without_running_code(
+    trained: Trained, tmp_path: Path
+) -> None:
+    directory = tracking.save_model(trained.ensemble, tmp_path / "model", np.zeros((2, 3, 32, 32)))
+    marker = tmp_path / "code-ran"
+    weights = directory / "artifacts" / "ensemble" / "weights.safetensors"
+    image = tmp_path / "cat.png"
+    Image.fromarray(trained.data.test_x[0].transpose(1, 2, 0)).save(image)
+    # the stored code is MLflow's to run, never sweeper's: predict works and runs none of it
+    for code in (directory / "model_code.py", *directory.glob("code/sweeper/**/*.py")):
+        code.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    assert len(predict(str(directory), [str(image)])) == 1
+    assert not marker.exists()
+    config = directory / "artifacts" / "ensemble" / "ensemble.json"
+    saved = config.read_text()
+    config.write_text(saved.replace('"cnn2"', '"cnn3"'))
+    with pytest.raises(SweeperError) as excinfo:
+        predict(str(directory), [str(image)])
+    _one_line_error(excinfo, "predict:", "does not rebuild", "cnn3")
+    config.write_text(saved)
+    weights.write_bytes(_payload(marker))  # a plain pickle
+    with pytest.raises(SweeperError) as excinfo:
+        predict(str(directory), [str(image)])
+    _one_line_error(excinfo, "weights.safetensors", "cannot read")
+    assert not marker.exists()
+    torch.save({"model": _RunsCode(marker)}, weights)  # a torch.save zip with the pickle inside
+    done = sweeper("predict", str(directory), str(image))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "weights.safetensors" in done.stderr and not marker.exists()
+
+
+def test_export_refuses_a_tampered_or_pickled_registered_model(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """`sweeper export` of a registered ensemble: fine as stored; refused in one line, running
+    nothing, once its weights are a pickle or when an older sweeper registered it pickled."""
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    sweep, name, marker = tmp_path / "sweep", "shared", tmp_path / "code-ran"
+    uri = default_tracking_uri(sweep)
+    experiment = tracking.experiment_for(uri, name)
+    logged = tracking.log_ensemble(uri, experiment, None, name, report=trained.report,
+                                 member_runs=[], model=trained.ensemble,
+                                 example=trained.data.test_x[:4])  # fmt: skip
+    client = MlflowClient(uri)
+    run = client.create_run(experiment).info
+    mlflow.pytorch.save_model(trained.ensemble, tmp_path / "old", serialization_format="pickle")
+    (tmp_path / "old" / "data" / "model.pth").write_bytes(_payload(marker))
+    client.log_artifacts(run.run_id, str(tmp_path / "old"), "ensemble")
+    old = client.create_model_version(name, f"{run.artifact_uri}/ensemble", run.run_id)
+    client.set_registered_model_alias(name, "old", old.version)
+
+    out = tmp_path / "mlflow-export"
+    assert sweeper("export", name, "--dir", str(sweep), "--format", "mlflow",
+                   "--out", str(out)).returncode == 0  # fmt: skip
+    assert load_exported(out)[1] == trained.data.classes
+    done = sweeper("export", name, "--dir", str(sweep), "--alias", "old", "--format", "onnx",
+                   "--out", str(tmp_path / "old.onnx"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert f"sweeper ensemble {name}" in done.stderr and "older sweeper" in done.stderr
+    stored = list(sweep.rglob("weights.safetensors"))
+    assert len(stored) == 1 and logged["version"] == "1"
+    torch.save({"model": _RunsCode(marker)}, stored[0])
+    for fmt in ("torchscript", "mlflow"):
+        done = sweeper("export", name, "--dir", str(sweep), "--format", fmt,
+                       "--out", str(tmp_path / f"tampered-{fmt}"))  # fmt: skip
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+        assert "weights.safetensors" in done.stderr
+    assert not marker.exists() and not list(tmp_path.glob("tampered-*"))
+
+
+def test_pickled_model_of_an_older_sweeper_is_refused(trained: Trained, tmp_path: Path) -> None:
+    import mlflow.pytorch
+
+    old = tmp_path / "old"
+    mlflow.pytorch.save_model(trained.ensemble, str(old), serialization_format="pickle")
+    marker = tmp_path / "code-ran"
+    (old / "data" / "model.pth").write_bytes(_payload(marker))
+    with pytest.raises(SweeperError) as excinfo:
+        load_exported(old)
+    _one_line_error(excinfo, "older sweeper", "sweeper ensemble")
+    assert not marker.exists()
 
 
 def test_bad_input_fails_in_one_line(trained: Trained, tmp_path: Path) -> None:

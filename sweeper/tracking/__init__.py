@@ -2,8 +2,9 @@
 that reports read (as pandas DataFrames). The only package that imports mlflow; every call names
 its tracking URI and run id (no global MLflow state), so worker processes log in parallel."""
 
+from sweeper.tracking.model import read_model, save_model
 from sweeper.tracking.queries import log_report, runs_of_study
-from sweeper.tracking.registry import download_registered, load_registered, log_ensemble
+from sweeper.tracking.registry import load_registered, log_ensemble
 from sweeper.tracking.runs import (
     TrialTracker,
     end_run,
@@ -15,14 +16,15 @@ from sweeper.tracking.runs import (
 
 __all__ = [
     "TrialTracker",
-    "download_registered",
     "end_run",
     "experiment_for",
     "experiment_to_show",
     "load_registered",
     "log_ensemble",
     "log_report",
+    "read_model",
     "run_config",
     "runs_of_study",
+    "save_model",
     "start_launch_run",
 ]

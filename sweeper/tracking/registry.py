@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import SweeperError, first_line
 from sweeper.tracking.client import PatientClient
+from sweeper.tracking.model import read_model, save_model
 from sweeper.tracking.runs import MAX_PARAM_LENGTH
 
 MODEL_PATH = "ensemble"  # the model's folder in the ensemble run's artifacts
-CODE = Path(__file__).resolve().parents[1]  # the sweeper package, saved with the model
 
 
 def log_ensemble(
@@ -79,28 +78,13 @@ def _log_members(
 
 def _register(client: PatientClient, run_id: str, name: str, model: Any, example: Any) -> str:
     """Save the model into the run's `ensemble/` folder and register it; return the version."""
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import Model
 
-    inputs = example.astype(np.float32) / 255.0
-    with torch.no_grad():
-        outputs = model(torch.from_numpy(inputs)).numpy()
-    # pickle is chosen knowingly (see below): MLflow's warning about it would only alarm users
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pytorch.save_model(
-            model,
-            str(Path(tmp) / MODEL_PATH),
-            mlflow_model=Model(artifact_path=MODEL_PATH, run_id=run_id),
-            signature=infer_signature(inputs, outputs),
-            input_example=inputs,
-            code_paths=[str(CODE)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-            metadata={"classes": list(model.classes), "input_shape": list(model.input_shape)},
-            serialization_format="pickle",  # keeps the Ensemble class, its classes and shape
-        )
-        client.log_artifacts(run_id, str(Path(tmp) / MODEL_PATH), MODEL_PATH)
+        local = Path(tmp) / MODEL_PATH
+        metadata = Model(artifact_path=MODEL_PATH, run_id=run_id)
+        save_model(model, local, example.astype(np.float32) / 255.0, mlflow_model=metadata)
+        client.log_artifacts(run_id, str(local), MODEL_PATH)
     try:
         client.create_registered_model(name)
     except MlflowException as error:
@@ -124,16 +108,8 @@ def _move_champion(client: PatientClient, name: str, version: str, test_acc: flo
 
 
 def load_registered(tracking_uri: str, name: str, alias: str = "champion") -> Any:
-    """The registered ensemble of a study as a torch module (the champion by default)."""
-    import mlflow.pytorch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = download_registered(tracking_uri, name, Path(tmp), alias)
-        return mlflow.pytorch.load_model(str(local), map_location="cpu")
-
-
-def download_registered(tracking_uri: str, name: str, out: Path, alias: str = "champion") -> Path:
-    """Copy the registered MLflow model directory of a study's ensemble into `out`."""
+    """The registered ensemble of a study (the champion by default), rebuilt by sweeper from its
+    tensors-only files: nothing stored on the tracking server runs (see tracking.model)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     client = PatientClient(tracking_uri)
@@ -144,7 +120,11 @@ def download_registered(tracking_uri: str, name: str, out: Path, alias: str = "c
             f"export: no registered ensemble '{name}@{alias}' in {tracking_uri} "
             f"({first_line(exc)}); run `sweeper ensemble {name}` first"
         ) from None
-    out.mkdir(parents=True, exist_ok=True)
     uri = client.get_model_version_download_uri(name, version.version)
     repository = get_artifact_repository(uri, tracking_uri=tracking_uri)
-    return Path(repository.download_artifacts("", dst_path=str(out)))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = repository.download_artifacts("", dst_path=tmp)
+        try:
+            return read_model(Path(local), name)
+        except SweeperError as exc:  # named by where it is stored, not by the temporary copy
+            raise SweeperError(f"export: {name}@{alias}: {exc}".replace(local, uri)) from None
