@@ -157,7 +157,7 @@ def run_pool(
         view = Progress(study, budget, enabled=progress)
         while workers.supervise(lambda: _work_remains(study, budget, deadline)):
             view.update()
-            time.sleep(POLL_S)
+            workers.wait(POLL_S)
     except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
         workers.stop()
         if view is not None:
@@ -207,7 +207,16 @@ class Workers:
                     " its error is printed above"
                 )
             self.processes[i] = self.start(self.commands[i])
-        return any(process.poll() is None for process in self.processes)
+        return self.running() > 0
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking as soon as a worker ends (the launch goes on at once)."""
+        end, running = time.monotonic() + seconds, self.running()
+        while time.monotonic() < end and self.running() == running:
+            time.sleep(0.05)
+
+    def running(self) -> int:
+        return sum(process.poll() is None for process in self.processes)
 
     def all_gave_up(self) -> bool:
         return all(process.returncode == EXIT_GAVE_UP for process in self.processes)
