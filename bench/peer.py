@@ -56,8 +56,9 @@ DATA_DIR = os.environ.get("SWEEPER_DATA_DIR") or str(ROOT.parent / "shared" / "d
 VAL_SIZE, SPLIT_SEED, EVAL_BATCH = 5000, 0, 1024  # quickstart's val_size; sweeper's defaults
 # The documents' normalization (SEEDS.md); sweeper computes the train slice's own.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-# sweeper.worker seeds a worker's sampler with study.seed + 1000 * crc32(name): worker w0's draws.
-W0_SEED = (0 + 1000 * zlib.crc32(b"w0")) % 2**32
+# sweeper.worker seeds a worker's sampler with study.seed + 1000 * crc32("<name>/<trials drawn>"):
+# worker w0's draws in a fresh study.
+W0_SEED = (0 + 1000 * zlib.crc32(b"w0/0")) % 2**32
 VARIANTS = ("peer", "sweeper-1", "sweeper-2")
 
 
