@@ -18,6 +18,7 @@ import numpy as np
 from sweeper.atomic import replacing
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, first_line
+from sweeper.paths import cache_dir
 
 CACHE_VERSION = 2
 FIELDS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of an ImageSet
@@ -88,8 +89,7 @@ def load_images(
     identity = (CACHE_VERSION, dataset, source.resolve(), image_size, st.st_size, st.st_mtime_ns)
     key = hashlib.sha256("|".join(map(str, identity)).encode()).hexdigest()[:16]
     name = Path(dataset).name.split(".")[0]  # a known name stays itself
-    cache = Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
-    cached = cache / f"{name}-{key}"
+    cached = cache_dir() / f"{name}-{key}"
     if (cached / "classes.npy").exists():
         # Memory-mapped copy-on-write: opening is instant, pages come from the OS cache as read.
         arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}

@@ -80,6 +80,11 @@ def add_tracking_flag(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{what} (default: {default})")  # fmt: skip
 
 
+def cache_dir() -> Path:
+    """Decoded data sets and store templates: $SWEEPER_CACHE_DIR, else ~/.cache/sweeper."""
+    return Path(os.environ.get("SWEEPER_CACHE_DIR") or Path.home() / ".cache" / "sweeper")
+
+
 def default_tracking_uri(sweep_dir: str | Path) -> str:
     """The embedded MLflow store of a local sweep: a sqlite file inside the sweep directory."""
     return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"

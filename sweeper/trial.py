@@ -164,7 +164,6 @@ class Objective:
             pruned = trial.should_prune()
             return pruned
 
-        result = None
         try:
             result = self._train(trial, config, data, on_epoch, resume, last)
             return self._finish(trial, run_id, config, data, result, pruned, last)
@@ -177,7 +176,7 @@ class Objective:
                 self._interrupted(trial, run_id)
                 raise KeyboardInterrupt from None
             reason = str(exc) if isinstance(exc, TrialDiverged | CheckpointError) else repr(exc)
-            self._fail(trial, run_id, reason, result.history if result else [])
+            self._fail(trial, run_id, reason)
             raise
 
     def _train(
@@ -228,8 +227,8 @@ class Objective:
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
-        self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE", result.history,
-                            classes=data.classes, val_labels=data.val_y,
+        self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE", classes=data.classes,
+                            val_labels=data.val_y,
                             val_predictions=predictions.cpu().numpy().astype(np.int64),
                             checkpoint=best, summary=summary)  # fmt: skip
         trial.set_user_attr("checkpoint", str(best))
@@ -238,16 +237,16 @@ class Objective:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
         return float(result.history[result.best_epoch - 1][self.study.metric])
 
-    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, history: list = ()) -> None:
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
         trial.set_user_attr("fail_reason", reason[:500])
-        self.tracker.finish(run_id, "FAIL", list(history), reason=reason)
+        self.tracker.finish(run_id, "FAIL", reason=reason)
 
     def _interrupted(self, trial: optuna.Trial, run_id: str) -> None:
         """Mark the trial for its retry, which resumes from its last checkpoint and run."""
         trial.set_user_attr("interrupted", True)
         with contextlib.suppress(Exception):  # the retry reopens the run anyway
-            self.tracker.finish(run_id, "FAIL", [], reason="interrupted; resumes on next launch")
+            self.tracker.finish(run_id, "FAIL", reason="interrupted; resumes on next launch")
 
     def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
         """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""

@@ -165,7 +165,7 @@ def test_every_trial_is_one_complete_run_on_the_server(
         steps = [m.step for m in client.get_metric_history(run["run_id"], "val_acc")]
         assert sorted(steps) == list(range(1, trial.user_attrs["epochs_run"] + 1))
         paths = {a.path for a in client.list_artifacts(run["run_id"], "plots")}
-        assert paths == {"plots/learning_curve.png", "plots/confusion_matrix.png"}
+        assert paths == {"plots/confusion_matrix.png"}
         assert [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
     # proxied artifacts: the files went through the server into its --artifacts-destination
     stored = list(server.artifacts.rglob("trial-*-best.pt"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -107,14 +109,13 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     tracker.finish(
         first,
         "COMPLETE",
-        history(3),
         CLASSES,
         labels,
         predictions,
         checkpoint,
         summary={"best_val_acc": 0.55, "best_epoch": 3},
     )
-    tracker.finish(second, "PRUNED", history(1), summary={"best_val_acc": 0.35})
+    tracker.finish(second, "PRUNED", summary={"best_val_acc": 0.35})
     end_run(uri, parent, "FINISHED")
 
     client = MlflowClient(tracking_uri=uri)
@@ -134,10 +135,7 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     val_acc = client.get_metric_history(first, "val_acc")
     assert [(m.step, m.value) for m in val_acc] == [(e, 0.25 + 0.1 * e) for e in (1, 2, 3)]
     assert len(client.get_metric_history(first, "images_per_s")) == 3
-    assert {f.path for f in client.list_artifacts(first, "plots")} == {
-        "plots/learning_curve.png",
-        "plots/confusion_matrix.png",
-    }
+    assert [f.path for f in client.list_artifacts(first, "plots")] == ["plots/confusion_matrix.png"]
     assert [f.path for f in client.list_artifacts(first, "checkpoints")] == ["checkpoints/best.pt"]
     downloaded = client.download_artifacts(first, "checkpoints/best.pt", str(tmp_path / "dl"))
     assert Path(downloaded).read_bytes() == b"weights"
@@ -146,7 +144,7 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     assert pruned.info.status == "FINISHED"
     assert pruned.data.tags["optuna.state"] == "PRUNED"
     assert pruned.data.tags["worker"] == "1"
-    assert [f.path for f in client.list_artifacts(second, "plots")] == ["plots/learning_curve.png"]
+    assert client.list_artifacts(second, "plots") == []  # no predictions given, no picture
 
     launch = client.get_run(parent)
     assert launch.info.status == "FINISHED"
@@ -161,7 +159,7 @@ def test_failed_trial(uri: str) -> None:
     experiment_id = experiment_for(uri, study)
     tracker = TrialTracker(uri, experiment_id, None)
     run_id = tracker.start(study, 0, CONFIG, {})
-    tracker.finish(run_id, "FAIL", [], reason="CUDA out of memory " + "x" * 1000)
+    tracker.finish(run_id, "FAIL", reason="CUDA out of memory " + "x" * 1000)
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["optuna.state"] == "FAIL"
@@ -175,10 +173,10 @@ def test_failing_artifact_still_ends_the_run(tmp_path: Path, uri: str) -> None:
     tracker = TrialTracker(uri, experiment_for(uri, study), None)
     run_id = tracker.start(study, 0, CONFIG, {})
     missing = tmp_path / "never-written.pt"
-    tracker.finish(run_id, "COMPLETE", history(2), checkpoint=missing)
+    tracker.finish(run_id, "COMPLETE", checkpoint=missing)
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/learning_curve.png"]
+    assert client.list_artifacts(run_id, "checkpoints") == []
 
 
 def test_run_config_round_trips(uri: str) -> None:
@@ -204,7 +202,7 @@ def test_reopened_run_keeps_one_run(uri: str) -> None:
     run_id = tracker.start(study, 4, CONFIG, {"worker": "0"})
     for row in history(2):
         tracker.log_epoch(run_id, row, row["epoch"])
-    tracker.finish(run_id, "FAIL", history(2), reason="worker died")
+    tracker.finish(run_id, "FAIL", reason="worker died")
 
     again = tracker.start(study, 9, {**CONFIG, "lr": 1.0}, {"worker": "3"}, run_id=run_id)
     assert again == run_id
@@ -220,7 +218,7 @@ def test_reopened_run_keeps_one_run(uri: str) -> None:
 
     for row in history(3)[2:]:
         tracker.log_epoch(run_id, row, row["epoch"])
-    tracker.finish(run_id, "COMPLETE", history(3))
+    tracker.finish(run_id, "COMPLETE")
     assert tracker.logged_epochs(run_id) == {1, 2, 3}
     assert client.get_run(run_id).info.status == "FINISHED"
     assert list(runs_of_study(uri, study)["run_id"]) == [run_id]
@@ -252,7 +250,7 @@ def test_queries_return_frames(uri: str) -> None:
     for row in history(2):
         tracker.log_epoch(first, row, row["epoch"])
     tracker.log_epoch(first, {"val_acc": 0.9}, 2)  # a step logged again keeps its last value
-    tracker.finish(first, "COMPLETE", [], summary={"best_val_acc": 0.9})
+    tracker.finish(first, "COMPLETE", summary={"best_val_acc": 0.9})
 
     runs = runs_of_study(uri, study)
     assert list(runs["run_id"]) == [first, second]  # in trial-number order
@@ -274,3 +272,27 @@ def test_queries_return_frames(uri: str) -> None:
     assert list(zip(val_acc["step"], val_acc["value"], strict=True)) == [(1, 0.35), (2, 0.9)]
     assert list(curves[curves["key"] == "seconds"]["step"]) == [1, 2]
     assert set(curves["run_id"]) == {first}  # the second run logged nothing yet
+
+
+def test_a_new_embedded_store_is_a_copy_of_the_migrated_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+    experiment_for(default_tracking_uri(tmp_path / "a"), "first")  # migrates the template
+    template = tmp_path / "cache" / "stores" / f"mlflow-{mlflow.__version__}.db"
+    assert template.is_file()
+    rows = "SELECT * FROM experiments"
+    template_rows = sqlite3.connect(template).execute(rows).fetchall()
+
+    uri = default_tracking_uri(tmp_path / "b")
+    experiment_id = experiment_for(uri, "second")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["mlflow.db"]  # no copy left
+    client = MlflowClient(tracking_uri=uri)
+    default = client.get_experiment("0")
+    assert default.artifact_location == str(tmp_path / "b" / "artifacts" / "0")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "val_acc", 0.5, step=1)
+    assert client.get_run(run.info.run_id).data.metrics == {"val_acc": 0.5}
+    # the template itself stays empty: the next new store starts from the same tables
+    assert sqlite3.connect(template).execute(rows).fetchall() == template_rows
+    assert [e.name for e in client.search_experiments()] == ["second", "Default"]

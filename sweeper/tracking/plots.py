@@ -1,27 +1,12 @@
-"""The figures of a trial run: its learning curve and its validation confusion matrix, drawn
-without pyplot (no global backend, nothing to close)."""
+"""The figure of a trial run: its validation confusion matrix, drawn without pyplot (no global
+backend, nothing to close). Learning curves need no picture: MLflow's run charts and the report
+draw them from the per-epoch metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-
-
-def learning_curve(history: list[dict[str, float]]) -> Any:
-    """Train/val loss and accuracy per epoch, in two panels (a matplotlib Figure)."""
-    from matplotlib.figure import Figure  # only workers draw: a launcher never loads it
-
-    figure = Figure(figsize=(10, 4), layout="tight")
-    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    for ax, metric in zip(figure.subplots(ncols=2), ("loss", "acc"), strict=True):
-        for split in ("train", "val"):
-            values = [row.get(f"{split}_{metric}", float("nan")) for row in history]
-            ax.plot(epochs, values, marker="o", markersize=3, label=split)
-        ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return figure
 
 
 def confusion_matrix(labels: Any, predictions: Any, classes: list[str] | None = None) -> Any:

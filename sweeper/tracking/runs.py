@@ -19,8 +19,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import SweeperError, first_line
-from sweeper.tracking.client import PatientClient, is_transient
-from sweeper.tracking.plots import confusion_matrix, learning_curve
+from sweeper.tracking.client import PatientClient, is_transient, new_sqlite_store
+from sweeper.tracking.plots import confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def experiment_for(tracking_uri: str, study_name: str, artifact_root: str | None
         database = Path(tracking_uri.removeprefix("sqlite:///"))
         database.parent.mkdir(parents=True, exist_ok=True)
         artifact_root = artifact_root or str(database.parent / "artifacts")
+        if not database.exists():
+            new_sqlite_store(database, artifact_root)
     client = PatientClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
@@ -215,7 +217,6 @@ class TrialTracker:
         self,
         run_id: str,
         state: str,
-        history: list[dict[str, float]],
         classes: list[str] | None = None,
         val_labels: Sequence[int] | np.ndarray | None = None,
         val_predictions: Sequence[int] | np.ndarray | None = None,
@@ -233,10 +234,6 @@ class TrialTracker:
             now = int(time.time() * 1000)
             metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            if history:
-                with _warn_on_error("learning curve", run_id):
-                    figure = learning_curve(history)
-                    self.client.log_figure(run_id, figure, "plots/learning_curve.png")
             if val_labels is not None and val_predictions is not None:
                 with _warn_on_error("confusion matrix", run_id):
                     figure = confusion_matrix(val_labels, val_predictions, classes)
