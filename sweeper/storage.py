@@ -60,7 +60,9 @@ def make_storage(url: str) -> BaseStorage:
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
-        if not url.startswith("sqlite"):  # opened once: from now on, wait out restarts
+        if url.startswith("sqlite"):
+            sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+        else:  # opened once: from now on, wait out restarts
             sqlalchemy.event.listen(storage.engine, "do_connect", _patient_connect)
             sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
         return storage
@@ -69,6 +71,13 @@ def make_storage(url: str) -> BaseStorage:
         return patiently(open_storage, retry=_lost_table_race, patience_s=10, max_pause=1)
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
+
+
+def _begin_immediate(connection: sqlalchemy.Connection) -> None:
+    """Every SQLite transaction takes the write lock when it begins. SQLite has no row locks, so
+    Optuna's "WAITING -> RUNNING unless another worker got it first" (its SELECT ... FOR UPDATE)
+    would otherwise let two workers take one queued trial, as ensemble members are."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def proxy_client(url: str) -> GrpcStorageProxy:
