@@ -28,9 +28,10 @@ study = Study(
     space=space,
     fixed={"dataset": "cifar10", "val_size": 5000, "augment": False},
     trials=6,
-    epochs=5,
+    epochs=4,
     patience=2,
     sampler="tpe",
     pruner="median",
     reference=(0.6657, "document 003's hand-tuned CNN"),
+    ensemble={"k": 2, "seeds": 2},  # the top 2 configs x 2 seeds: one round of 2 workers
 )

@@ -161,7 +161,8 @@ class Objective:
             save_atomic({**state.state_dict(), "config": config.to_dict()}, last)
             self.tracker.log_epoch(run_id, metrics, int(metrics["epoch"]))
             trial.report(metrics[self.study.metric], int(metrics["epoch"]))
-            pruned = trial.should_prune()
+            # after the last epoch there is nothing left to save: the trial completes
+            pruned = metrics["epoch"] < config.epochs and trial.should_prune()
             return pruned
 
         try:
