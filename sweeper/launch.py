@@ -32,7 +32,13 @@ from sweeper.pool import (
     worker_commands,
     worker_flags,
 )
-from sweeper.storage import load_stored_study, make_storage, note_limits, open_study
+from sweeper.storage import (
+    counted_trials,
+    load_stored_study,
+    make_storage,
+    note_limits,
+    open_study,
+)
 from sweeper.study import Study, load_by_name_or_file, load_study
 
 
@@ -72,15 +78,23 @@ def launch(
         return optuna_study, opened.context
 
     status = "FAILED"
+    ended: dict[str, str] = {}  # tags of the launch run that say how it ended
     try:
         flags = worker_flags(devices, budget, deadline, overrides)
         if not run_pool(worker_commands(study.file, paths, devices, flags), setup, budget=budget,
-                        deadline=deadline, progress=progress):  # fmt: skip
+                        deadline=deadline, progress=progress, stop=study.stop_rule):  # fmt: skip
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return 130
         built = None
-        if ensemble and ensemble.get("k") and budget_state(opened.study, budget) == Budget.DONE:
+        stopped_early = study.stop_rule and study.stop_rule.reason(
+            opened.study, counted_trials(opened.study)
+        )
+        if stopped_early:
+            ended["sweeper.stopped_because"] = stopped_early
+            print(f"sweeper: the sweep stops early: {stopped_early}")
+        done = budget_state(opened.study, budget, study.stop_rule) == Budget.DONE
+        if ensemble and ensemble.get("k") and done:
             built = build_ensemble(
                 study, paths, opened.study, opened.context, devices=devices,
                 overrides=overrides, progress=progress, settings=ensemble,
@@ -98,7 +112,7 @@ def launch(
         if opened is not None:
             from sweeper import tracking  # already loaded by setup()
 
-            tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status)
+            tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, ended)
 
 
 def stopped(optuna_study: optuna.Study, budget: int | None, what: str) -> str:

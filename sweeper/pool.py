@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths
 from sweeper.progress import Progress
+from sweeper.stopping import StopRule
 from sweeper.storage import counted_trials
 
 MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, not unlucky
@@ -37,12 +38,16 @@ class Budget(Enum):
     DONE = "done"
 
 
-def budget_state(study: optuna.Study, budget: int | None) -> Budget:
-    """Whether a worker may start another trial of `study` under `budget` finished trials."""
+def budget_state(study: optuna.Study, budget: int | None, stop: StopRule | None = None) -> Budget:
+    """Whether a worker may start another trial of `study` under `budget` finished trials (and,
+    given a stop rule, while the study still improves)."""
+    trials = counted_trials(study)
+    if stop is not None and stop.reason(study, trials):
+        return Budget.DONE
     if budget is None:
         return Budget.RUN
     counts = {state: 0 for state in TrialState}
-    for trial in counted_trials(study):
+    for trial in trials:
         counts[trial.state] += 1
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     if finished >= budget:
@@ -141,6 +146,7 @@ def run_pool(
     deadline: float | None,
     progress: bool,
     table: bool = True,
+    stop: StopRule | None = None,
 ) -> bool:
     """Run worker processes until the work is done (then print the trials table unless not
     `table`); False if interrupted (Ctrl-C, SIGTERM).
@@ -155,7 +161,7 @@ def run_pool(
         study, context = setup()
         workers.hand(context.line())
         view = Progress(study, budget, enabled=progress)
-        while workers.supervise(lambda: _work_remains(study, budget, deadline)):
+        while workers.supervise(lambda: _work_remains(study, budget, deadline, stop)):
             view.update()
             workers.wait(POLL_S)
     except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
@@ -238,7 +244,9 @@ def _hand(worker: subprocess.Popen, line: str) -> None:
         pass
 
 
-def _work_remains(study: optuna.Study, budget: int | None, deadline: float | None) -> bool:
-    return budget_state(study, budget) != Budget.DONE and (
+def _work_remains(
+    study: optuna.Study, budget: int | None, deadline: float | None, stop: StopRule | None
+) -> bool:
+    return budget_state(study, budget, stop) != Budget.DONE and (
         deadline is None or time.time() < deadline
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 from collections.abc import Callable
@@ -13,9 +14,10 @@ import optuna
 
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, bad_value
+from sweeper.stopping import StopRule
 from sweeper.userfile import import_file, line_in, one_line
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp", "nsga2")
 PRUNERS = ("median", "halving", "hyperband", "none")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 
@@ -32,20 +34,28 @@ class Study:
     timeout: float | None = None  # seconds per launch
     epochs: int = 10  # maximum per trial
     patience: int | None = 3  # early stopping inside a trial; None: off
-    sampler: str = "tpe"
+    sampler: str | optuna.samplers.BaseSampler = "tpe"  # a name, or any Optuna sampler object
     sampler_options: dict[str, Any] = field(default_factory=dict)
-    pruner: str = "median"
+    pruner: str | optuna.pruners.BasePruner = "median"  # a name, or any Optuna pruner object
     pruner_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the sampler's seed
     # the best-of seed ensemble after the sweep: k configs x seeds; {} or k=0 turns it off
     ensemble: dict[str, Any] = field(default_factory=lambda: {"k": 3, "seeds": 3})
     reference: tuple[float, str] | None = None  # a result to beat, in the summary: (value, whose)
+    # the sweep ends once stop_after finished trials in a row have not raised the best value by
+    # more than min_delta (pruned trials count as not raising it); None: only the budget ends it
+    stop_after: int | None = None
+    min_delta: float = 0.0
     file: str = ""  # set by load_study
     file_hash: str = ""
 
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def stop_rule(self) -> StopRule | None:
+        return StopRule(self.stop_after, self.min_delta) if self.stop_after else None
 
     def config(
         self, params: dict[str, Any], overrides: dict[str, Any] | None = None
@@ -71,7 +81,14 @@ class Study:
         return self.config(params, overrides)
 
     def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
-        """Each worker gets its own seed, so parallel workers do not suggest the same configs."""
+        """Each worker gets its own seed, so parallel workers do not suggest the same configs. A
+        sampler object keeps the seed it was made with: each worker's copy is reseeded at random
+        (the workers of one study import its file alike and would otherwise draw alike)."""
+        if isinstance(self.sampler, optuna.samplers.BaseSampler):
+            sampler = copy.deepcopy(self.sampler)
+            if worker:
+                sampler.reseed_rng()
+            return sampler
         options = dict(self.sampler_options)
         seed = (self.seed + 1000 * worker) % 2**32
         if self.sampler == "grid":
@@ -86,10 +103,14 @@ class Study:
             "random": optuna.samplers.RandomSampler,
             "cmaes": optuna.samplers.CmaEsSampler,
             "qmc": optuna.samplers.QMCSampler,
+            "gp": optuna.samplers.GPSampler,
+            "nsga2": optuna.samplers.NSGAIISampler,
         }[self.sampler]
         return cls(seed=seed, **options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
+        if isinstance(self.pruner, optuna.pruners.BasePruner):
+            return self.pruner
         cls = {
             "median": optuna.pruners.MedianPruner,
             "halving": optuna.pruners.SuccessiveHalvingPruner,
@@ -135,10 +156,10 @@ def validate(study: Study, draws: int = 32) -> None:
         raise bad("name", "give the study a non-empty name")
     if not callable(study.space):
         raise bad("space", "it must be a function space(trial) -> dict")
-    if study.sampler not in SAMPLERS:
-        raise bad("sampler", f"accepted: {', '.join(SAMPLERS)}")
-    if study.pruner not in PRUNERS:
-        raise bad("pruner", f"accepted: {', '.join(PRUNERS)}")
+    if not isinstance(study.sampler, optuna.samplers.BaseSampler) and study.sampler not in SAMPLERS:
+        raise bad("sampler", f"accepted: {', '.join(SAMPLERS)}, or an Optuna sampler object")
+    if not isinstance(study.pruner, optuna.pruners.BasePruner) and study.pruner not in PRUNERS:
+        raise bad("pruner", f"accepted: {', '.join(PRUNERS)}, or an Optuna pruner object")
     if study.metric not in METRICS:
         raise bad("metric", f"accepted: {', '.join(METRICS)}")
     if study.trials is not None and study.trials < 1:
@@ -147,6 +168,12 @@ def validate(study: Study, draws: int = 32) -> None:
         raise bad("trials", "set trials, timeout, or both: the sweep needs a budget")
     if study.epochs < 1:
         raise bad("epochs", "it must be 1 or more")
+    if study.stop_after is not None and (
+        not isinstance(study.stop_after, int) or study.stop_after < 1
+    ):
+        raise bad("stop_after", "a whole number of trials, 1 or more (or None)")
+    if not isinstance(study.min_delta, int | float) or study.min_delta < 0:
+        raise bad("min_delta", "a number, 0 or more")
     unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy"}
     if unknown:
         raise bad(

@@ -150,6 +150,7 @@ class Objective:
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("sampler", type(trial.study.sampler).__name__)
         trial.set_user_attr("config", config.to_dict())
         if resume is not None:
             trial.set_user_attr("resumed_from_epoch", resume["epoch"])

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from sweeper.errors import first_line
 from sweeper.paths import SweepPaths
 from sweeper.pool import EXIT_GAVE_UP, STOPPING, Budget, budget_state, stop_on_signals
+from sweeper.stopping import StopRule
 from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import Study
 from sweeper.tracking import TrialTracker, experiment_for
@@ -65,7 +66,7 @@ def run_worker(
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _train_trials(optuna_study, objective, budget, deadline)
+        return _train_trials(optuna_study, objective, budget, deadline, study.stop_rule)
     except KeyboardInterrupt:
         _requeue_interrupted(optuna_study, worker)
         return 130
@@ -77,14 +78,18 @@ def run_worker(
 
 
 def _train_trials(
-    study: optuna.Study, objective: Objective, budget: int | None, deadline: float | None
+    study: optuna.Study,
+    objective: Objective,
+    budget: int | None,
+    deadline: float | None,
+    stop: StopRule | None = None,
 ) -> int:
     """Claim and train trials one at a time while the budget and the deadline allow."""
     while deadline is None or time.time() < deadline:
         if STOPPING.is_set():  # the interrupt was caught and turned into another error
             raise KeyboardInterrupt
         fail_stale_trials(study)
-        state = budget_state(study, budget)
+        state = budget_state(study, budget, stop)
         if state == Budget.DONE:
             break
         if state == Budget.WAIT:  # a running trial may yet die and come back to be retried

@@ -282,7 +282,7 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
         f"  best trial {best.number}: val_acc {best.value:.2%}"
         " (document 003's hand-tuned CNN: 66.57%)"
     )
-    assert summary[2].startswith("  ensemble of 6 members: test accuracy ")
+    assert summary[2].startswith("  ensemble of 4 members: test accuracy ")  # 2 configs x 2 seeds
     exports = [tmp_path / "exports" / "quickstart" / f"ensemble-v1{s}" for s in (".pt", ".onnx")]
     assert summary[3] == f"  exported: {exports[0]} and {exports[1]}"
     images = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
@@ -292,3 +292,42 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
     assert summary[4] == f"  report: {report}" and report.stat().st_size > 10_000
     assert summary[5] == f"  MLflow UI: sweeper ui --dir {tmp_path}"
     assert "INFO mlflow" not in done.stderr and "Traceback" not in done.stderr
+
+
+STALLING = """
+import optuna
+from sweeper.study import Study
+
+
+def space(trial):
+    trial.suggest_float("unused", 0, 1)  # every trial trains the same config: none beats the first
+    return {"model": "cnn2", "optimizer": "adam", "lr": 1e-3}
+
+
+study = Study(
+    name="stalling", space=space, fixed={"dataset": "cifar10", "val_size": 500},
+    trials=20, epochs=1, patience=None, stop_after=2, min_delta=0.01,
+    sampler=optuna.samplers.RandomSampler(seed=7), pruner=optuna.pruners.NopPruner(),
+)
+"""
+
+
+def test_a_study_that_stops_improving_ends_early_and_says_why(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    study_file = tmp_path / "stalling.py"
+    study_file.write_text(STALLING)
+    done = sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
+                   str(datasets_dir), "--workers", "1", "--train-size", "500", "--no-progress",
+                   "--no-ensemble")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trials = optuna.load_study(study_name="stalling", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # the best, then 2 that did not help
+    assert {t.user_attrs["sampler"] for t in trials} == {"RandomSampler"}
+    why = "stop_after: 2 finished trials in a row did not raise the best value"
+    assert f"sweeper: the sweep stops early: {why}" in done.stdout
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("stalling").experiment_id
+    (launch_run,) = client.search_runs([experiment], "tags.`sweeper.kind` = 'launch'")
+    assert launch_run.data.tags["sweeper.stopped_because"].startswith(why)

@@ -1,10 +1,12 @@
 from pathlib import Path
 
+import optuna
 import pytest
 from helpers import QUICKSTART, REPO, sweeper
 
 from sweeper.errors import SweeperError
-from sweeper.study import load_study
+from sweeper.stopping import StopRule
+from sweeper.study import Study, load_study
 
 GOOD_SPACE = (
     'def space(trial):\n    return {"model": "cnn2", "lr": trial.suggest_float("lr", 1e-3, 1e-1)}\n'
@@ -31,6 +33,8 @@ def test_shipped_studies_load(name: str) -> None:
         ("study = Study(name='x', space=bad_opt)", "optimizer='adamm' is invalid"),
         ("study = Study(name='x', space=space, fixed={'lrr': 1})", "unknown key 'lrr'"),
         ("study = Study(name='x', space=space, sampler='grid')", "needs sampler_options"),
+        ("study = Study(name='x', space=space, stop_after=0)", "stop_after=0 is invalid"),
+        ("study = Study(name='x', space=space, min_delta=-1)", "min_delta=-1 is invalid"),
     ],
 )
 def test_broken_study_files_fail_with_one_line(tmp_path: Path, body: str, expected: str) -> None:
@@ -61,3 +65,44 @@ def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:
                    "postgresql://postgres:secret@127.0.0.1:1/none", timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--storage: cannot open" in done.stderr and "secret" not in done.stderr
+
+
+def test_a_study_stops_after_finished_trials_that_do_not_raise_its_best() -> None:
+    study = optuna.create_study(direction="maximize")
+    rule = StopRule(after=2, min_delta=0.01)
+
+    def finish(value: float | None) -> str | None:
+        state = optuna.trial.TrialState.COMPLETE if value else optuna.trial.TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(state=state, value=value))
+        return rule.reason(study, study.get_trials())
+
+    assert finish(0.50) is None
+    assert finish(0.505) is None  # raised, but by no more than min_delta: 1 in a row
+    assert finish(0.52) is None  # raised by 0.02: the count starts again
+    assert finish(None) is None  # a pruned trial raises nothing: 1
+    assert finish(0.40) == (
+        "stop_after: 2 finished trials in a row did not raise the best value (0.5200, trial 2)"
+        " by more than 0.01"
+    )
+    lower = optuna.create_study(direction="minimize")  # val_loss: lower is better
+    for value in (1.0, 0.9, 0.8):
+        lower.add_trial(optuna.trial.create_trial(value=value))
+    assert StopRule(after=1).reason(lower, lower.get_trials()) is None
+
+
+def test_any_optuna_sampler_or_pruner_and_the_common_ones_by_name() -> None:
+    space = lambda trial: {"model": "cnn2", "lr": trial.suggest_float("lr", 1e-3, 1e-1)}  # noqa: E731
+    given = optuna.samplers.RandomSampler(seed=3)
+    study = Study(name="x", space=space, sampler=given, pruner=optuna.pruners.NopPruner())
+
+    def draws(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        probe = optuna.create_study(sampler=sampler)
+        probe.optimize(lambda trial: trial.suggest_float("lr", 0, 1), n_trials=3)
+        return [trial.params["lr"] for trial in probe.trials]
+
+    launcher, worker = study.make_sampler(), study.make_sampler(worker=1234)
+    assert launcher is not given and draws(launcher) == draws(optuna.samplers.RandomSampler(3))
+    assert draws(worker) != draws(optuna.samplers.RandomSampler(3))  # workers draw apart
+    assert study.make_pruner() is study.pruner
+    for name, cls in (("gp", optuna.samplers.GPSampler), ("nsga2", optuna.samplers.NSGAIISampler)):
+        assert type(Study(name="x", space=space, sampler=name).make_sampler()) is cls

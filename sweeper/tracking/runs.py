@@ -118,9 +118,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def end_run(tracking_uri: str, run_id: str, status: str) -> None:
-    """End a run as FINISHED, FAILED or KILLED."""
-    PatientClient(tracking_uri).set_terminated(run_id, status=status)
+def end_run(
+    tracking_uri: str, run_id: str, status: str, tags: dict[str, str] | None = None
+) -> None:
+    """End a run as FINISHED, FAILED or KILLED (with tags that say how it ended)."""
+    client = PatientClient(tracking_uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=status)
 
 
 def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
