@@ -40,6 +40,7 @@ from sweeper.storage import (
     open_study,
 )
 from sweeper.study import Study, load_by_name_or_file, load_study
+from sweeper.warmstart import enqueue_warm_start
 
 
 def launch(
@@ -68,6 +69,8 @@ def launch(
 
         storage = make_storage(paths.storage_url)
         optuna_study = open_study(study, storage)
+        for line in enqueue_warm_start(study, optuna_study, storage, paths.storage_url):
+            print(line)
         optuna_study.set_user_attr("study_file", study.file)
         optuna_study.set_user_attr("study_file_hash", study.file_hash)
         experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)

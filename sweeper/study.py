@@ -46,6 +46,10 @@ class Study:
     # more than min_delta (pruned trials count as not raising it); None: only the budget ends it
     stop_after: int | None = None
     min_delta: float = 0.0
+    # earlier studies (same storage) or CSV files of configs (params as columns) whose configs a
+    # new study trains first: the warm_top best complete trials of each study, every CSV row
+    warm_start: list[str] = field(default_factory=list)
+    warm_top: int = 3
     file: str = ""  # set by load_study
     file_hash: str = ""
 
@@ -174,6 +178,12 @@ def validate(study: Study, draws: int = 32) -> None:
         raise bad("stop_after", "a whole number of trials, 1 or more (or None)")
     if not isinstance(study.min_delta, int | float) or study.min_delta < 0:
         raise bad("min_delta", "a number, 0 or more")
+    if not isinstance(study.warm_start, list | tuple) or not all(
+        isinstance(source, str) for source in study.warm_start
+    ):
+        raise bad("warm_start", 'a list of study names and CSV files, e.g. ["quickstart"]')
+    if not isinstance(study.warm_top, int) or study.warm_top < 1:
+        raise bad("warm_top", "a whole number of trials per earlier study, 1 or more")
     unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy"}
     if unknown:
         raise bad(

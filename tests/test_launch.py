@@ -331,3 +331,55 @@ def test_a_study_that_stops_improving_ends_early_and_says_why(
     experiment = client.get_experiment_by_name("stalling").experiment_id
     (launch_run,) = client.search_runs([experiment], "tags.`sweeper.kind` = 'launch'")
     assert launch_run.data.tags["sweeper.stopped_because"].startswith(why)
+
+
+WARM = """
+from sweeper.study import Study
+
+
+def space(trial):
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    values = {{"model": "cnn2", "optimizer": optimizer, "lr": trial.suggest_float("lr", 1e-3, 0.1)}}
+    {momentum}
+    return values
+
+
+study = Study(name="{name}", space=space, fixed={{"dataset": "cifar10", "val_size": 500}},
+              trials={trials}, epochs=1, patience=None, sampler="random", pruner="none",
+              warm_start={warm}, warm_top=2)
+"""
+
+
+def test_a_new_study_trains_the_best_configs_of_an_earlier_one_and_a_csv_first(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    def run(name: str, trials: int, warm: list[str], momentum: bool) -> subprocess.CompletedProcess:
+        extra = 'values["momentum"] = trial.suggest_float("momentum", 0.5, 0.9)' if momentum else ""
+        study_file = tmp_path / f"{name}.py"
+        study_file.write_text(WARM.format(name=name, trials=trials, warm=warm, momentum=extra))
+        return sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
+                       str(datasets_dir), "--workers", "1", "--train-size", "500",
+                       "--no-progress", "--no-ensemble")  # fmt: skip
+
+    assert run("first", 3, [], momentum=True).returncode == 0
+    missing = run("other", 1, ["nothing-here"], momentum=False)
+    assert missing.returncode == 2 and "no study 'nothing-here'" in missing.stderr
+    (tmp_path / "configs.csv").write_text("optimizer,lr\nadam,0.005\nsgd,0.5\n")
+    done = run("second", 4, ["first", "configs.csv"], momentum=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = optuna.load_study(study_name="first", storage=storage)
+    top = sorted(first.trials, key=lambda t: t.value, reverse=True)[:2]
+    second = optuna.load_study(study_name="second", storage=storage).trials
+    lines = [line for line in done.stdout.splitlines() if line.startswith("warm start:")]
+    assert lines[0] == "warm start: 4 configs from first, configs.csv queued first"
+    assert lines[1].startswith("warm start: momentum left out, the new space draws it: first trial")
+    assert lines[1].endswith("is not a parameter of the new space (and 1 more configs)")
+    assert lines[2].startswith(
+        "warm start: lr left out, the new space draws it: configs.csv row 2:"
+    )
+    for trial, source in zip(second[:2], top, strict=True):
+        assert trial.params == {k: v for k, v in source.params.items() if k != "momentum"}
+        assert trial.user_attrs["warm_start"] == f"first trial {source.number}"
+    assert second[2].params == {"optimizer": "adam", "lr": 0.005}
+    assert second[3].params["optimizer"] == "sgd" and 1e-3 <= second[3].params["lr"] <= 0.1
