@@ -166,7 +166,8 @@ def build_ensemble(
     spec = retrain.member_study(study, plan, epochs)  # by default the sources' epoch budget
     member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
     storage = make_storage(paths.storage_url)
-    members = retrain.open_member_study(spec, storage, optuna_study, plan, member_overrides)
+    members = retrain.open_member_study(spec, storage, optuna_study, plan, member_overrides,
+                                        paths.tracking_uri)  # fmt: skip
     kept = len(members.trials) - len(members.get_trials(states=(TrialState.WAITING,)))
     short = len(plan.sources) < options.k
     print(
