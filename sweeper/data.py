@@ -12,6 +12,7 @@ import shutil
 import socket
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -102,8 +103,7 @@ def load_images(
     cached = cache_dir() / f"{name}-{key}"
     if (cached / "classes.npy").exists():
         return _mapped(cached)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(cached.with_name(f".{cached.name}.lock")):
+    with _locked(cached):
         if (cached / "classes.npy").exists():  # another process decoded it while this one waited
             return _mapped(cached)
         log.info("decoding %s into %s", source, cached)
@@ -122,6 +122,24 @@ def load_images(
             (tmp / "origin.txt").write_text(origin)
         evict_caches(cached, origin)
     return images
+
+
+@contextlib.contextmanager
+def _locked(cached: Path) -> Iterator[None]:
+    """Held while one process decodes into `cached`: the others wait for it, then map its copy."""
+    lock = FileLock(cached.with_name(f".{cached.name}.lock"))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise SweeperError(
+            f"data cache: cannot write in {cached.parent} ({error.strerror or error}); make it"
+            " writable or point $SWEEPER_CACHE_DIR at a writable folder"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _mapped(cached: Path) -> ImageSet:

@@ -89,6 +89,17 @@ def test_a_new_cache_evicts_the_one_it_replaces_and_idle_ones(
     assert len(names) == 2 and all(name.startswith("pets-") for name in names), names
 
 
+def test_a_cache_folder_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _image_folder(tmp_path / "pets")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(SweeperError, match="data cache: cannot write in") as error:
+        load_images(str(folder))
+    assert "\n" not in str(error.value) and "SWEEPER_CACHE_DIR" in str(error.value)
+
+
 def test_split_is_deterministic_and_sized(cifar10: ImageSet) -> None:
     a = split(cifar10, val_size=5000, seed=0)
     b = split(cifar10, val_size=5000, seed=0)
