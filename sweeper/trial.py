@@ -77,8 +77,9 @@ def still_running(trial: optuna.Trial) -> bool:
 
 
 def drop_files(files: list[Path]) -> None:
-    """A trial that ended (complete, pruned, failed; not interrupted, not taken over) needs no
-    epoch checkpoint: neither its own nor those of the tries it resumed."""
+    """Delete a trial's files that nothing needs any more. A trial that ended (complete, pruned,
+    failed; not interrupted, not taken over) needs no epoch checkpoint: neither its own nor those
+    of the tries it resumed."""
     for file in files:
         file.unlink(missing_ok=True)
 
@@ -138,7 +139,6 @@ class Objective:
     packed: bool = False  # several trials share this GPU
     failures_in_a_row: int = 0
     last_failure: str = ""
-
     taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
 
     def __call__(self, trial: optuna.Trial) -> float:
