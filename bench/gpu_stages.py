@@ -249,12 +249,15 @@ def best_trial_on_test(sweep_dir: Path, name: str) -> dict[str, Any]:
     from sweeper.config import TrainConfig
     from sweeper.data import split_of
     from sweeper.ensemble import accuracy, load_member, probabilities
+    from sweeper.paths import default_tracking_uri
     from sweeper.storage import make_storage
+    from sweeper.tracking import fetch_checkpoint
 
     storage = make_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
     best = optuna.load_study(study_name=name, storage=storage).best_trial
     data = split_of(TrainConfig.from_dict(best.user_attrs["config"]))
-    model, saved = load_member(best.user_attrs["checkpoint"])
+    uri, ref = default_tracking_uri(sweep_dir), best.user_attrs["checkpoint"]
+    model, saved = load_member(fetch_checkpoint(uri, ref, sweep_dir / "downloads"))
     probs = probabilities(model, saved["mean"], saved["std"], data.test_x, device=DEVICE)
     return {"trial": best.number, "val_acc": best.value, "test_acc": accuracy(probs, data.test_y),
             "params": best.params, "epochs": best.user_attrs.get("epochs_run")}  # fmt: skip

@@ -127,6 +127,14 @@ def add_result_commands(commands: Any) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV")
     status.set_defaults(func=cmd_status)
 
+    gc = commands.add_parser("gc", help="delete the checkpoints a study no longer needs")
+    gc.add_argument("study", help="a study name or file")
+    add_store_flags(gc)
+    gc.add_argument("--keep", type=int, default=3, help="top trials whose best weights stay, "
+                    "besides the ensemble's sources and members (default: 3)")  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    gc.set_defaults(func=cmd_gc)
+
     ui = commands.add_parser("ui", help="the MLflow UI on the sweep's store, on 127.0.0.1")
     ui.add_argument("study", nargs="?", help="the study to open (default: the last one run)")
     add_store_flags(ui, storage=False)
@@ -247,6 +255,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(table.to_csv(index=False), end="")
     else:
         print(table.to_string(index=False, na_rep="") if not table.empty else "no trials yet")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from sweeper import retention  # MLflow: loaded on demand
+
+    if args.keep < 0:
+        raise bad_value("", "--keep", args.keep, "it must be 0 or more")
+    _, name = load_by_name_or_file(args.study)
+    sweep = SweepPaths.existing(args.dir, args.storage, args.tracking_uri)
+    storage = make_storage(sweep.storage_url)
+    load_stored_study(name, storage, sweep.storage_url)  # one line if there is no such study
+    removed = retention.sweep_disk(storage, name, sweep, args.keep, args.dry_run)
+    for item in removed:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {item.what}"
+              f" ({item.size / 1e6:.1f} MB)")  # fmt: skip
+    print(f"sweeper gc {name}: {retention.describe(removed, args.dry_run)}")
     return 0
 
 

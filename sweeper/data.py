@@ -6,21 +6,29 @@ import contextlib
 import functools
 import hashlib
 import io
+import logging
 import os
+import shutil
 import socket
 import tarfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from filelock import FileLock
 
 from sweeper.atomic import replacing
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, first_line
 from sweeper.paths import cache_dir
 
+log = logging.getLogger(__name__)
+
 CACHE_VERSION = 2
+CACHE_IDLE_DAYS = float(os.environ.get("SWEEPER_CACHE_DAYS", "30"))  # then a cache is evicted
 FIELDS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of an ImageSet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 # name: (torchvision class, the folder it reads under data_dir, what to put there)
@@ -83,30 +91,82 @@ class SplitData:
 def load_images(
     dataset: str, data_dir: str | None = None, image_size: int | None = None
 ) -> ImageSet:
-    """Find a dataset by name or path, decoding it once into the cache."""
+    """Find a dataset by name or path, decoding it once into the cache. Processes that start on
+    an empty cache at once (workers sharing a cache volume) decode it once: the others wait on
+    its lock, then map what the first wrote."""
     source = _find_source(dataset, Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data"))
     st = source.stat()
-    identity = (CACHE_VERSION, dataset, source.resolve(), image_size, st.st_size, st.st_mtime_ns)
+    origin = f"{dataset}|{source.resolve()}|{image_size}"  # the same data, any version of it
+    identity = (CACHE_VERSION, origin, st.st_size, st.st_mtime_ns)
     key = hashlib.sha256("|".join(map(str, identity)).encode()).hexdigest()[:16]
     name = Path(dataset).name.split(".")[0]  # a known name stays itself
     cached = cache_dir() / f"{name}-{key}"
     if (cached / "classes.npy").exists():
-        # Memory-mapped copy-on-write: opening is instant, pages come from the OS cache as read.
-        arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}
-        return ImageSet(**arrays, classes=np.load(cached / "classes.npy").tolist())
-    if source.is_dir() and dataset in TORCHVISION_SETS:
-        images = _decode_torchvision(dataset, source)
-    else:
-        images = _decode_image_folder(source)
-    if image_size is not None:
-        images.train_x = _resize(images.train_x, image_size)
-        images.test_x = _resize(images.test_x, image_size)
-    with contextlib.suppress(OSError), replacing(cached) as tmp:  # another process cached it first
-        tmp.mkdir()
-        for field in FIELDS:
-            np.save(tmp / f"{field}.npy", getattr(images, field))
-        np.save(tmp / "classes.npy", np.array(images.classes))
+        return _mapped(cached)
+    with _locked(cached):
+        if (cached / "classes.npy").exists():  # another process decoded it while this one waited
+            return _mapped(cached)
+        log.info("decoding %s into %s", source, cached)
+        if source.is_dir() and dataset in TORCHVISION_SETS:
+            images = _decode_torchvision(dataset, source)
+        else:
+            images = _decode_image_folder(source)
+        if image_size is not None:
+            images.train_x = _resize(images.train_x, image_size)
+            images.test_x = _resize(images.test_x, image_size)
+        with contextlib.suppress(OSError), replacing(cached) as tmp:  # a read-only cache: no copy
+            tmp.mkdir()
+            for field in FIELDS:
+                np.save(tmp / f"{field}.npy", getattr(images, field))
+            np.save(tmp / "classes.npy", np.array(images.classes))
+            (tmp / "origin.txt").write_text(origin)
+        evict_caches(cached, origin)
     return images
+
+
+@contextlib.contextmanager
+def _locked(cached: Path) -> Iterator[None]:
+    """Held while one process decodes into `cached`: the others wait for it, then map its copy."""
+    lock = FileLock(cached.with_name(f".{cached.name}.lock"))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise SweeperError(
+            f"data cache: cannot write in {cached.parent} ({error.strerror or error}); make it"
+            " writable or point $SWEEPER_CACHE_DIR at a writable folder"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _mapped(cached: Path) -> ImageSet:
+    """A cached dataset, memory-mapped copy-on-write: opening is instant, pages come from the OS
+    cache as read. Its folder's mtime says when it was last used (see evict_caches)."""
+    with contextlib.suppress(OSError):
+        os.utime(cached)
+    arrays = {field: np.load(cached / f"{field}.npy", mmap_mode="c") for field in FIELDS}
+    return ImageSet(**arrays, classes=np.load(cached / "classes.npy").tolist())
+
+
+def evict_caches(kept: Path, origin: str) -> list[Path]:
+    """Remove the decoded datasets that `kept` replaces (the same data decoded by another cache
+    version, or from a source file since changed) and those unused for CACHE_IDLE_DAYS; return
+    them. A process still reading an evicted copy keeps it until it ends (the files stay mapped)."""
+    idle_since = time.time() - CACHE_IDLE_DAYS * 86400
+    evicted = []
+    for folder in kept.parent.glob("*-*"):
+        marker = folder / "origin.txt"
+        if folder == kept or not (folder / "classes.npy").exists():
+            continue  # not a decoded dataset (the MLflow store templates), or half written
+        replaced = marker.exists() and marker.read_text() == origin
+        if replaced or folder.stat().st_mtime < idle_since:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("evicted the data cache %s", folder)
+            evicted.append(folder)
+    return evicted
 
 
 def split(

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.data import load_images
+from sweeper.errors import first_line
 from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.pool import (
     Budget,
@@ -109,7 +110,8 @@ def launch(
 
         files, _ = write_report(study.name, paths)
         status = "FINISHED"
-        print_summary(study, opened.study, paths, built, files[0], time.time() - started)
+        freed = free_disk(study, paths, ensemble)
+        print_summary(study, opened.study, paths, built, files[0], time.time() - started, freed)
         return 0
     finally:
         if opened is not None:
@@ -129,9 +131,22 @@ def stopped(optuna_study: optuna.Study, budget: int | None, what: str) -> str:
             f"{resumed}; go on with: {again}")  # fmt: skip
 
 
+def free_disk(study: Study, paths: SweepPaths, ensemble: dict[str, Any] | None) -> str:
+    """Delete the checkpoints that the top trials and the ensemble do not need (`sweeper gc`);
+    say how much that freed. A sweep that ended well still ends well if this fails."""
+    from sweeper import retention  # MLflow: already loaded by setup()
+
+    keep = max(retention.KEEP, (ensemble or {}).get("k") or 0)
+    try:
+        removed = retention.sweep_disk(make_storage(paths.storage_url), study.name, paths, keep)
+    except Exception as error:
+        return f"nothing freed ({first_line(error)}); try `sweeper gc {study.name}`"
+    return f"{retention.describe(removed)}; the best weights of the top {keep} trials stay"
+
+
 def print_summary(
     study: Study, optuna_study: optuna.Study, paths: SweepPaths, ensemble: dict[str, Any] | None,
-    report: Path, seconds: float,
+    report: Path, seconds: float, freed: str = "",
 ) -> None:  # fmt: skip
     """What the launch found, where its files are, and how to look at the runs."""
     show = (lambda v: f"{v:.2%}") if study.metric == "val_acc" else (lambda v: f"{v:.4f}")
@@ -151,6 +166,8 @@ def print_summary(
     local = paths.tracking_uri == default_tracking_uri(paths.dir)
     lines.append(f"  MLflow UI: sweeper ui --dir {shlex.quote(str(paths.dir))}" if local
                  else f"  MLflow: {paths.tracking_uri}")  # fmt: skip
+    if freed:
+        lines.append(f"  disk: {freed}")
     print("\n".join(lines))
 
 
@@ -183,7 +200,8 @@ def build_ensemble(
     spec = retrain.member_study(study, plan, epochs)  # by default the sources' epoch budget
     member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}
     storage = make_storage(paths.storage_url)
-    members = retrain.open_member_study(spec, storage, optuna_study, plan, member_overrides)
+    members = retrain.open_member_study(spec, storage, optuna_study, plan, member_overrides,
+                                        paths.tracking_uri)  # fmt: skip
     kept = len(members.trials) - len(members.get_trials(states=(TrialState.WAITING,)))
     short = len(plan.sources) < options.k
     print(

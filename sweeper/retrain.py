@@ -8,6 +8,7 @@ checkpoints and tracking (see launch.build_ensemble).
 from __future__ import annotations
 
 import itertools
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def open_member_study(
     swept: optuna.Study,
     plan: EnsemblePlan,
     overrides: dict[str, Any],
+    tracking_uri: str,
 ) -> optuna.Study:
     """The member study of `spec` (see member_study): every (source, seed) pair queued, unless
     the source trial itself is that member; replanned if the top configs changed."""
@@ -135,7 +137,7 @@ def open_member_study(
     choices = {"source_trial": plan.sources, "seed": plan.seeds}
     for source, seed in itertools.product(plan.sources, plan.seeds):
         params, trial = {"source_trial": source, "seed": seed}, sources[source]
-        if not is_source_as_is(spec, trial, seed, overrides):
+        if not is_source_as_is(spec, trial, seed, overrides, tracking_uri):
             members.enqueue_trial(params)
             continue
         attrs = {key: trial.user_attrs[key] for key in ("checkpoint", "mlflow_run_id", "config")}
@@ -145,15 +147,19 @@ def open_member_study(
     return members
 
 
-def is_source_as_is(spec: Study, source: FrozenTrial, seed: int, overrides: dict) -> bool:
+def is_source_as_is(
+    spec: Study, source: FrozenTrial, seed: int, overrides: dict, tracking_uri: str
+) -> bool:
     """Whether a member would train exactly what its source trial did (config, data, epochs;
-    where it runs aside): then the source trial, checkpoint and run, is that member."""
+    where it runs aside) and its best weights are kept: then the source trial, checkpoint and
+    run, is that member."""
     from sweeper.train import resolved  # torch: the launcher needs it only from here on
 
     trained = source.user_attrs["config"]
     member = resolved(spec.config({**trained, "seed": seed}, overrides)).to_dict()
     same = all(member[k] == v for k, v in trained.items() if k not in ("device", "threads"))
-    return same and Path(source.user_attrs.get("checkpoint", "")).is_file()
+    kept = tracking.checkpoint_size(tracking_uri, source.user_attrs.get("checkpoint", ""))
+    return same and kept is not None
 
 
 def finish_ensemble(
@@ -169,20 +175,23 @@ def finish_ensemble(
     """Evaluate the finished members on the test split; log, register and report the ensemble."""
     from sweeper.ensemble import evaluate  # torch: the launcher needs it only from here on
 
+    uri = paths.tracking_uri
     done = [
         t
         for t in members.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if Path(t.user_attrs.get("checkpoint", "")).is_file()
+        if tracking.checkpoint_size(uri, t.user_attrs.get("checkpoint", "")) is not None
     ]
     if not done:
         raise SweeperError("ensemble: no member finished; see `sweeper status` for the reasons")
     data = split_of(TrainConfig.from_dict(done[0].user_attrs["config"]))
-    labelled = [
-        (f"trial {t.params['source_trial']}", Path(t.user_attrs["checkpoint"])) for t in done
-    ]
-    ensemble, report = evaluate(
-        labelled, (data.val_x, data.val_y), (data.test_x, data.test_y), device=device, greedy=greedy
-    )
+    with tempfile.TemporaryDirectory(prefix="sweeper-members-") as downloads:  # a remote store's
+        labelled = [
+            (f"trial {t.params['source_trial']}",
+             tracking.fetch_checkpoint(uri, t.user_attrs["checkpoint"], Path(downloads)))
+            for t in done
+        ]  # fmt: skip
+        ensemble, report = evaluate(labelled, (data.val_x, data.val_y), (data.test_x, data.test_y),
+                                    device=device, greedy=greedy)  # fmt: skip
     ensemble.input_shape = (data.in_channels, data.image_size)  # for exports of the model
     missing = plan.size - len(done)
     note = f"{missing} member(s) missing (failed or unfinished)" if missing else None

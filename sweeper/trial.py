@@ -39,12 +39,20 @@ class CheckpointError(Exception):
     """A checkpoint could not be written (disk full, no permission): the trial fails."""
 
 
+class TrialTakenOver(Exception):
+    """The trial is no longer RUNNING in the storage: the other workers called this one dead
+    (a network partition) and its retry trains on in the same MLflow run. This worker stops the
+    trial and touches neither its checkpoints nor its run."""
+
+
 class _OneLineFailures(logging.Filter):
     """Optuna logs a failed trial with its traceback; for these known causes the line is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if STOPPING.is_set():  # an interrupted trial: the launcher says in one line what was kept
             return False
+        if record.exc_info and isinstance(record.exc_info[1], TrialTakenOver):
+            return False  # the worker says it in its own line
         if record.exc_info and isinstance(
             record.exc_info[1], TrialDiverged | SurplusTrial | CheckpointError
         ):
@@ -57,11 +65,31 @@ class _OneLineFailures(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
 
 
-def root_number(trial: optuna.Trial) -> int:
-    """The number of a trial's first try: its retries resume from that try's checkpoint."""
+def earlier_tries(trial: optuna.Trial) -> list[int]:
+    """The numbers of a retried trial's earlier tries, the first first (none for a first try)."""
     (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
-    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    return history[0] if history else trial.number
+    return RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+
+
+def still_running(trial: optuna.Trial) -> bool:
+    """Whether the storage still holds the trial as RUNNING (one read of one trial)."""
+    return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
+
+
+def drop_files(files: list[Path]) -> None:
+    """Delete a trial's files that nothing needs any more. A trial that ended (complete, pruned,
+    failed; not interrupted, not taken over) needs no epoch checkpoint: neither its own nor those
+    of the tries it resumed."""
+    for file in files:
+        file.unlink(missing_ok=True)
+
+
+def load_newest(files: list[Path]) -> dict[str, Any] | None:
+    """The first of `files` that exists, loaded; None if none does."""
+    for file in files:
+        if file.exists():
+            return torch.load(file, map_location="cpu", weights_only=True)
+    return None
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -111,13 +139,18 @@ class Objective:
     packed: bool = False  # several trials share this GPU
     failures_in_a_row: int = 0
     last_failure: str = ""
+    taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.taken_over = ""
         self._check_budget(trial)
         try:
             value = self._run(trial)
         except optuna.TrialPruned:
             self.failures_in_a_row = 0
+            raise
+        except TrialTakenOver as error:
+            self.taken_over = str(error)
             raise
         except Exception as error:
             self.failures_in_a_row += 1
@@ -129,9 +162,11 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         config = resolved(self.study.trial_config(trial, {**self.overrides, "device": self.device}))
         data = split_of(config)
-        root = root_number(trial)
-        last = self.checkpoint_dir / f"trial-{root}-last.pt"
-        resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
+        # Each try checkpoints to its own file: a try called dead that trains on cannot overwrite
+        # what its retry resumed from. A retry resumes from the newest earlier try that saved one.
+        last = self.epoch_file(trial.number)
+        earlier = [self.epoch_file(number) for number in earlier_tries(trial)]
+        resume = load_newest(earlier[::-1])
         run_id = self.tracker.start(
             self.study.name,
             trial.number,
@@ -159,6 +194,7 @@ class Objective:
 
         def on_epoch(metrics: dict[str, float], state: TrainState) -> bool:
             nonlocal pruned
+            self._check_running(trial)
             save_atomic({**state.state_dict(), "config": config.to_dict()}, last)
             self.tracker.log_epoch(run_id, metrics, int(metrics["epoch"]))
             trial.report(metrics[self.study.metric], int(metrics["epoch"]))
@@ -168,8 +204,9 @@ class Objective:
 
         try:
             result = self._train(trial, config, data, on_epoch, resume, last)
-            return self._finish(trial, run_id, config, data, result, pruned, last)
-        except optuna.TrialPruned:
+            self._check_running(trial)
+            return self._finish(trial, run_id, config, data, result, pruned, [last, *earlier])
+        except (optuna.TrialPruned, TrialTakenOver):
             raise
         except BaseException as exc:
             # A library may turn the interrupt into another error (torch.save into RuntimeError):
@@ -179,7 +216,21 @@ class Objective:
                 raise KeyboardInterrupt from None
             reason = str(exc) if isinstance(exc, TrialDiverged | CheckpointError) else repr(exc)
             self._fail(trial, run_id, reason)
+            drop_files([last, *earlier])
             raise
+
+    def epoch_file(self, number: int) -> Path:
+        """The epoch checkpoint of the try numbered `number` of a trial."""
+        return self.checkpoint_dir / f"trial-{number}-last.pt"
+
+    @staticmethod
+    def _check_running(trial: optuna.Trial) -> None:
+        if not still_running(trial):
+            raise TrialTakenOver(
+                f"trial {trial.number} is no longer RUNNING in the storage (this worker was"
+                " called dead and the trial retried): stopped; its checkpoints and MLflow run are"
+                " left to the retry"
+            )
 
     def _train(
         self,
@@ -201,7 +252,7 @@ class Objective:
             if self.packed:
                 torch.cuda.empty_cache()
         trial.set_user_attr("oom_retried_alone", True)
-        resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
+        resume = load_newest([last]) or resume
         with gpu_slot(self.lock_dir, self.device, exclusive=True):
             return train(config, data, callback=on_epoch, resume=resume)
 
@@ -213,13 +264,12 @@ class Objective:
         data: SplitData,
         result: TrainResult,
         pruned: bool,
-        last: Path,
+        epoch_files: list[Path],
     ) -> float:
         trial.set_user_attr("train_status", result.status)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
         if result.status == "diverged":
-            last.unlink(missing_ok=True)
             raise TrialDiverged(
                 f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
             )
@@ -229,12 +279,13 @@ class Objective:
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
-        self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE", classes=data.classes,
-                            val_labels=data.val_y,
-                            val_predictions=predictions.cpu().numpy().astype(np.int64),
-                            checkpoint=best, summary=summary)  # fmt: skip
-        trial.set_user_attr("checkpoint", str(best))
-        last.unlink(missing_ok=True)
+        logged = self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE",
+                                     classes=data.classes, val_labels=data.val_y,
+                                     val_predictions=predictions.cpu().numpy().astype(np.int64),
+                                     checkpoint=best, summary=summary)  # fmt: skip
+        # One copy of the best weights: the run's artifact; the local file only if logging failed.
+        trial.set_user_attr("checkpoint", logged or str(best))
+        drop_files([best, *epoch_files] if logged else epoch_files)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
         return float(result.history[result.best_epoch - 1][self.study.metric])

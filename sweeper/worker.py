@@ -95,7 +95,13 @@ def _train_trials(
         if state == Budget.WAIT:  # a running trial may yet die and come back to be retried
             time.sleep(2.0)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except ValueError:  # Optuna cannot record the end of a trial that is no longer RUNNING
+            if not objective.taken_over:
+                raise
+        if objective.taken_over:
+            print(f"sweeper: worker {objective.worker}: {objective.taken_over}", file=sys.stderr)
         if objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             print(
                 f"sweeper: error: worker {objective.worker} stops: {objective.failures_in_a_row}"

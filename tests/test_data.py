@@ -1,4 +1,8 @@
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,76 @@ def test_second_load_comes_from_the_cache(cifar10: ImageSet, datasets_dir: Path)
     again = load_images("cifar10", str(datasets_dir))
     assert isinstance(again.train_x, np.memmap)  # mapped from the cache, not decoded again
     assert np.array_equal(again.train_x[:100], cifar10.train_x[:100])
+
+
+LOAD = """
+import logging, sys, time
+from pathlib import Path
+from sweeper.data import load_images
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.01)
+print(int(load_images("cifar10", sys.argv[2]).train_x[:500].sum()))
+"""
+
+
+def test_two_fresh_processes_decode_the_data_once(tmp_path: Path, datasets_dir: Path) -> None:
+    """Workers that start on an empty cache at the same moment: one decodes, the other waits on
+    the lock and maps what the first wrote."""
+    env = {**os.environ, "SWEEPER_CACHE_DIR": str(tmp_path / "cache")}
+    go = tmp_path / "go"
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD, str(go), str(datasets_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    time.sleep(3)  # both have imported numpy and wait for the start
+    go.touch()
+    outputs = [loader.communicate(timeout=300) for loader in loaders]
+    assert [loader.returncode for loader in loaders] == [0, 0], outputs
+    decodes = [line for _, err in outputs for line in err.splitlines() if "decoding" in line]
+    assert len(decodes) == 1, outputs
+    assert outputs[0][0] == outputs[1][0]  # the same images
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [
+        decodes[0].rsplit("/", 1)[1]
+    ]
+
+
+def test_a_new_cache_evicts_the_one_it_replaces_and_idle_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(cache))
+    load_images(str(folder))
+    (first,) = cache.glob("pets-*")
+    other_size = load_images(str(folder), image_size=8)  # other data: kept
+    assert other_size.train_x.shape[2] == 8 and first.exists()
+    idle = cache / "mnist-0123456789abcdef"
+    idle.mkdir()
+    np.save(idle / "classes.npy", np.array(["0"]))
+    os.utime(idle, (time.time() - 40 * 86400,) * 2)
+    os.utime(folder, (time.time() + 5,) * 2)  # the source changed: a new version of the data
+    load_images(str(folder))
+    names = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert not first.exists() and not idle.exists()
+    assert len(names) == 2 and all(name.startswith("pets-") for name in names), names
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _image_folder(tmp_path / "pets")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(SweeperError, match="data cache: cannot write in") as error:
+        load_images(str(folder))
+    assert "\n" not in str(error.value) and "SWEEPER_CACHE_DIR" in str(error.value)
 
 
 def test_split_is_deterministic_and_sized(cifar10: ImageSet) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from helpers import QUICKSTART, SWEEPER, children, free_port
 from mlflow import MlflowClient
 
@@ -469,3 +470,51 @@ def test_a_worker_gives_up_after_five_checkpoint_failures_in_a_row(
     assert [t.state.name for t in trials] == ["FAIL"] * 5
     for trial in trials:
         assert_one_clear_line(trial, CAUSE["unwritable"], sweep_dir)
+
+
+# --- 4. a worker called dead trains on (a network partition) -----------------------------------
+
+
+def test_a_worker_called_dead_stops_its_trial_and_leaves_the_retry_alone(tmp_path: Path) -> None:
+    """While the worker trains trial 0, the test fails it in the storage and queues its retry, as
+    the other workers' heartbeat check would. The worker writes no further epoch checkpoint, logs
+    no further epoch, leaves the MLflow run to the retry (never FAILED by it) and says so in one
+    line; the retry (which this worker then takes) resumes from the last epoch that trial 0 saved,
+    in the same run, and the ended trials' epoch checkpoints are gone."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
+    err = tmp_path / "worker.err"
+    with open(err, "w") as stderr:
+        worker = subprocess.Popen(
+            [SWEEPER, "worker", QUICKSTART, "--dir", str(tmp_path), "--trials", "1",
+             "--worker-name", "partitioned", "--device", "cpu", "--epochs", "5",
+             "--train-size", "6000"],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+    first = tmp_path / "checkpoints" / STUDY / "trial-0-last.pt"
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert worker.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(0.05)
+    storage = make_storage(url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    (trial,) = study.get_trials(deepcopy=False)
+    storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+    saved_epoch = torch.load(first, weights_only=True)["epoch"]  # what the retry must resume from
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[0])
+    assert worker.wait(timeout=600) == 0, err.read_text()[-3000:]
+
+    said = err.read_text()
+    assert said.count("trial 0 is no longer RUNNING") == 1 and "Traceback" not in said, said
+    failed, retry = stored_trials(url)
+    assert (failed.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert "fail_reason" not in failed.user_attrs
+    assert retry.user_attrs["resumed_from_epoch"] == saved_epoch  # nothing written after the FAIL
+    run_id = retry.user_attrs["mlflow_run_id"]
+    assert run_id == failed.user_attrs["mlflow_run_id"]
+    run = MlflowClient(default_tracking_uri(tmp_path)).get_run(run_id)
+    assert run.info.status == "FINISHED" and "sweeper.fail_reason" not in run.data.tags
+    steps = [m.step for m in MlflowClient(default_tracking_uri(tmp_path)).get_metric_history(
+        run_id, "val_acc")]  # fmt: skip
+    assert sorted(steps) == list(range(1, retry.user_attrs["epochs_run"] + 1)), steps
+    assert list((tmp_path / "checkpoints" / STUDY).iterdir()) == []  # both tries' files dropped

@@ -19,6 +19,7 @@ from sweeper import pool, tracking
 from sweeper import trial as trial_module
 from sweeper.export import load_exported
 from sweeper.paths import SweepPaths, default_tracking_uri
+from sweeper.retention import top_trials
 from sweeper.study import load_study
 from sweeper.train import cpu_has_native_bf16
 from sweeper.worker import run_worker
@@ -56,6 +57,7 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
     assert len(runs) == 4
     client = MlflowClient(tracking_uri=uri)
     by_id = runs.set_index("run_id")
+    top = {t.number for t in top_trials(storage.load(), 3)}  # whose best weights the launch kept
     for trial in trials:
         run = by_id.loc[trial.user_attrs["mlflow_run_id"]]  # trial -> run
         assert run["tags.sweeper.trial"] == str(trial.number)  # run -> trial
@@ -76,7 +78,7 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
             assert len(client.get_metric_history(run_id, key)) == epochs
         paths = {a.path for a in client.list_artifacts(run_id, "plots")}
         assert paths == {"plots/confusion_matrix.png"}
-        assert client.list_artifacts(run_id, "checkpoints")
+        assert bool(client.list_artifacts(run_id, "checkpoints")) == (trial.number in top)
     assert set(runs["tags.sweeper.worker"]) == {"w0", "w1"}
 
 
@@ -186,6 +188,7 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     assert resumed.state.name in FINISHED
     assert resumed.user_attrs["resumed_from_epoch"] >= 1
     assert len([t for t in trials if t.state.name in FINISHED]) == 2
+    assert list((tmp_path / "checkpoints" / "quickstart").iterdir()) == []  # both tries' dropped
 
 
 @pytest.mark.parametrize("broken", ["mlflow experiment", "optuna study"])
@@ -292,6 +295,11 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
     assert summary[4] == f"  report: {report}" and report.stat().st_size > 10_000
     assert summary[5] == f"  MLflow UI: sweeper ui --dir {tmp_path}"
     assert "INFO mlflow" not in done.stderr and "Traceback" not in done.stderr
+    assert summary[6].startswith("  disk: freed ")
+    members = storage.load("quickstart.ensemble").trials
+    uri = default_tracking_uri(tmp_path)
+    assert all(tracking.checkpoint_size(uri, t.user_attrs["checkpoint"]) for t in members)
+    assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # the runs hold the one copy
 
 
 STALLING = """

@@ -10,7 +10,7 @@ import pytest
 from optuna.storages import RDBStorage
 
 from sweeper import storage
-from sweeper.trial import TrialDiverged
+from sweeper.trial import TrialDiverged, still_running
 
 
 @pytest.mark.parametrize("name", [n for n in storage.REPEATED_METHODS if n.startswith("_")])
@@ -49,3 +49,15 @@ def test_failed_trials_are_logged_on_the_logger_sweeper_filters(
     (record,) = [r for r in caplog.records if "following error" in r.getMessage()]
     assert record.name == "optuna.study._optimize"
     assert record.exc_info is None  # the filter took the traceback away
+
+
+def test_a_trial_reads_its_own_state_through_its_id_and_storage(tmp_path: Path) -> None:
+    """still_running reads Trial._trial_id and Trial.storage: a trial another process ended
+    (Optuna's heartbeat check, here the study's tell) is seen as no longer RUNNING."""
+    study = optuna.create_study(storage=storage.make_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    trial = study.ask()
+    assert still_running(trial)
+    optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'o.db'}").tell(
+        trial.number, state=optuna.trial.TrialState.FAIL
+    )
+    assert not still_running(trial)

@@ -27,6 +27,7 @@ from helpers import QUICKSTART, REPO, free_port
 from mlflow import MlflowClient
 
 from sweeper import tracking
+from sweeper.retention import top_trials
 from sweeper.storage import make_storage
 
 BIN = Path(sys.executable).parent
@@ -158,6 +159,8 @@ def test_every_trial_is_one_complete_run_on_the_server(
     runs = tracking.runs_of_study(server.url, "quickstart").set_index("run_id", drop=False)
     assert sorted(runs.index) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
     client = MlflowClient(tracking_uri=server.url)
+    study = optuna.load_study(study_name="quickstart", storage=make_storage(topology["storage"]))
+    top = {t.number for t in top_trials(study, 3)}  # the launch deleted the others' best weights
     for trial in trials:
         run = runs.loc[trial.user_attrs["mlflow_run_id"]]
         assert run["status"] == "FINISHED"
@@ -166,10 +169,44 @@ def test_every_trial_is_one_complete_run_on_the_server(
         assert sorted(steps) == list(range(1, trial.user_attrs["epochs_run"] + 1))
         paths = {a.path for a in client.list_artifacts(run["run_id"], "plots")}
         assert paths == {"plots/confusion_matrix.png"}
-        assert [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
-    # proxied artifacts: the files went through the server into its --artifacts-destination
+        kept = [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
+        assert kept == ([f"checkpoints/trial-{trial.number}-best.pt"] if trial.number in top
+                        else []), trial.number  # fmt: skip
+    # proxied artifacts: the files went through the server into its --artifacts-destination, and
+    # the launch deleted those it did not keep through the server too
     stored = list(server.artifacts.rglob("trial-*-best.pt"))
-    assert len(stored) == 6
+    assert len(stored) == len(top) == 3
+    for root in topology["root"].iterdir():  # no host kept a copy of its own
+        assert not list(root.rglob("*.pt")), root
+
+
+def test_an_ensemble_on_a_host_without_the_sweep_files_reads_the_weights_from_the_server(
+    topology: dict, server: MlflowServer, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """The best weights live on the tracking server only: a host that ran none of the trials
+    builds the ensemble (its members partly the source trials as trained), then `sweeper gc`
+    deletes through the server what neither the top trial nor the ensemble needs."""
+    flags = ["--storage", topology["storage"], "--tracking-uri", server.url, "--dir", str(tmp_path)]
+    done = subprocess.run(
+        [BIN / "sweeper", "ensemble", "quickstart", "--k", "2", "--seeds", "2", "--epochs", "2",
+         "--train-size", "500", "--data-dir", str(datasets_dir), "--no-progress", *flags],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "of the members are their source trials as trained" in done.stdout, done.stdout
+    assert "ensemble on the test split:" in done.stdout
+    gc = subprocess.run([BIN / "sweeper", "gc", "quickstart", "--keep", "1", *flags],
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert gc.returncode == 0, gc.stderr[-3000:]
+    storage = make_storage(topology["storage"])
+    members = optuna.load_study(study_name="quickstart.ensemble", storage=storage)
+    best = optuna.load_study(study_name="quickstart", storage=storage).best_trial
+    needed = {best.number} | {t.params["source_trial"] for t in members.trials}
+    assert gc.stdout.count("deleted best weights of trial") == 1, gc.stdout  # the third of the top
+    client = MlflowClient(tracking_uri=server.url)
+    for trial in finished(topology["storage"], "quickstart"):
+        kept = client.list_artifacts(trial.user_attrs["mlflow_run_id"], "checkpoints")
+        assert bool(kept) == (trial.number in needed), (trial.number, gc.stdout)
 
 
 def test_the_storage_password_shows_up_nowhere(topology: dict, server: MlflowServer) -> None:

@@ -14,7 +14,16 @@ from mlflow import MlflowClient
 
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths, default_tracking_uri
-from sweeper.tracking import TrialTracker, end_run, experiment_for, run_config, start_launch_run
+from sweeper.tracking import (
+    TrialTracker,
+    checkpoint_size,
+    delete_checkpoint,
+    end_run,
+    experiment_for,
+    fetch_checkpoint,
+    run_config,
+    start_launch_run,
+)
 from sweeper.tracking.queries import latest_run, metric_histories, runs_of_study
 
 CLASSES = ["cat", "dog", "ship"]
@@ -168,12 +177,34 @@ def test_failed_trial(uri: str) -> None:
     assert "mlflow.parentRunId" not in run.data.tags
 
 
+def test_a_logged_checkpoint_is_named_found_fetched_in_place_and_deleted(
+    tmp_path: Path, uri: str
+) -> None:
+    study = "weights"
+    tracker = TrialTracker(uri, experiment_for(uri, study), None)
+    run_id = tracker.start(study, 4, CONFIG, {})
+    file = tmp_path / "trial-4-best.pt"
+    file.write_bytes(b"weights")
+    ref = tracker.finish(run_id, "COMPLETE", checkpoint=file)
+    assert ref == f"runs:/{run_id}/checkpoints/trial-4-best.pt"
+    assert checkpoint_size(uri, ref) == len(b"weights")
+    stored = fetch_checkpoint(uri, ref, tmp_path / "downloads")
+    assert stored.read_bytes() == b"weights" and stored != file
+    assert not (tmp_path / "downloads").exists()  # the embedded store's file itself, no copy
+    delete_checkpoint(uri, ref)
+    assert checkpoint_size(uri, ref) is None and not stored.exists()
+    assert MlflowClient(tracking_uri=uri).list_artifacts(run_id, "checkpoints") == []
+    assert checkpoint_size(uri, str(file)) == len(b"weights")  # a local file, where logging failed
+    delete_checkpoint(uri, str(file))
+    assert not file.exists() and checkpoint_size(uri, str(file)) is None
+
+
 def test_failing_artifact_still_ends_the_run(tmp_path: Path, uri: str) -> None:
     study = "bad-artifact"
     tracker = TrialTracker(uri, experiment_for(uri, study), None)
     run_id = tracker.start(study, 0, CONFIG, {})
     missing = tmp_path / "never-written.pt"
-    tracker.finish(run_id, "COMPLETE", checkpoint=missing)
+    assert tracker.finish(run_id, "COMPLETE", checkpoint=missing) is None
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert client.list_artifacts(run_id, "checkpoints") == []

@@ -2,6 +2,7 @@
 that reports read (as pandas DataFrames). The only package that imports mlflow; every call names
 its tracking URI and run id (no global MLflow state), so worker processes log in parallel."""
 
+from sweeper.tracking.checkpoints import checkpoint_size, delete_checkpoint, fetch_checkpoint
 from sweeper.tracking.model import read_model, save_model
 from sweeper.tracking.queries import log_report, runs_of_study
 from sweeper.tracking.registry import load_registered, log_ensemble
@@ -16,9 +17,12 @@ from sweeper.tracking.runs import (
 
 __all__ = [
     "TrialTracker",
+    "checkpoint_size",
+    "delete_checkpoint",
     "end_run",
     "experiment_for",
     "experiment_to_show",
+    "fetch_checkpoint",
     "load_registered",
     "log_ensemble",
     "log_report",

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import SweeperError, first_line
+from sweeper.tracking.checkpoints import FOLDER, reference
 from sweeper.tracking.client import PatientClient, is_transient, new_sqlite_store
 from sweeper.tracking.plots import confusion_matrix
 
@@ -228,9 +229,11 @@ class TrialTracker:
         checkpoint: Path | None = None,
         summary: dict[str, float] | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> str | None:
         """Record the trial's Optuna state (a key of RUN_STATUS), summary, plots and checkpoint;
-        end the run. A failing artifact step is logged as a warning: the run still ends."""
+        end the run. Return the reference of the logged checkpoint (see tracking.checkpoints).
+        A failing artifact step is logged as a warning: the run still ends."""
+        logged = None
         try:
             self.flush()
             tags = [RunTag("optuna.state", state)]
@@ -245,9 +248,11 @@ class TrialTracker:
                     self.client.log_figure(run_id, figure, "plots/confusion_matrix.png")
             if checkpoint is not None:
                 with _warn_on_error("checkpoint", run_id):
-                    self.client.log_artifact(run_id, str(checkpoint), "checkpoints")
+                    self.client.log_artifact(run_id, str(checkpoint), FOLDER)
+                    logged = reference(run_id, checkpoint)
         finally:
             self.client.set_terminated(run_id, status=RUN_STATUS[state])
+        return logged
 
 
 @contextmanager
