@@ -102,6 +102,11 @@ def default_devices(workers: int | None, trials_per_gpu: int) -> list[str]:
         import torch
 
         gpus = torch.cuda.device_count()
+        if not gpus:  # a GPU machine whose torch sees none: say so, not train on the CPU quietly
+            print("sweeper: note: this machine has a GPU driver but torch sees no GPU (torch"
+                  f" {torch.__version__}, CUDA {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); the workers train on the"
+                  " CPU", file=sys.stderr)  # fmt: skip
     if gpus:
         slots = [f"cuda:{i}" for i in range(gpus) for _ in range(trials_per_gpu)]
         count = workers or len(slots)

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, sweeper
 
+from sweeper import pool
+
 
 def test_train_json_reports_every_key(datasets_dir: Path) -> None:
     done = sweeper(
@@ -106,3 +108,16 @@ def test_the_cli_checks_a_study_without_importing_torch_or_mlflow() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=120)  # fmt: skip
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_gpu_machine_whose_torch_sees_no_gpu_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    driver = tmp_path / "nvidiactl"  # as if the driver were installed
+    driver.touch()
+    monkeypatch.setattr(pool, "GPU_DRIVER_FILES", (str(driver),))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # torch sees no GPU, here and on a GPU host
+    assert pool.default_devices(None, 1) == ["cpu"]
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "torch sees no GPU" in note
+    assert "CUDA_VISIBLE_DEVICES=)" in note and "the workers train on the CPU" in note
