@@ -80,7 +80,8 @@ class Progress:
         if table.empty:
             print("no trials ran")
             return
-        print(table.drop(columns=["mlflow_run_id", "fail_reason"]).head(10).to_string(index=False))
+        shown = table.drop(columns=["mlflow_run_id", "fail_reason"]).head(10)
+        print(shown.to_string(index=False, na_rep="", float_format="{:.4g}".format))
 
 
 def _epoch_of(trial: optuna.trial.FrozenTrial) -> str:
