@@ -81,6 +81,8 @@ class Progress:
             print("no trials ran")
             return
         shown = table.drop(columns=["mlflow_run_id", "fail_reason"]).head(10)
+        counts = shown.select_dtypes("Int64").columns  # their <NA> is no number: leave it blank
+        shown[counts] = shown[counts].astype("string").fillna("")
         print(shown.to_string(index=False, na_rep="", float_format="{:.4g}".format))
 
 
