@@ -64,22 +64,9 @@ def launch(
     opened: Opened | None = None
 
     def setup() -> tuple[optuna.Study, LaunchContext]:
-        """The Optuna study and the MLflow launch run, made while the workers load torch."""
         nonlocal opened
-        from sweeper import tracking  # MLflow loads here, while the workers start
-
-        storage = make_storage(paths.storage_url)
-        optuna_study = open_study(study, storage)
-        for line in enqueue_warm_start(study, optuna_study, storage, paths.storage_url):
-            print(line)
-        optuna_study.set_user_attr("study_file", study.file)
-        optuna_study.set_user_attr("study_file_hash", study.file_hash)
-        experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
-        tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(len(devices))}
-        run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
-        context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
-        opened = Opened(optuna_study, context)
-        return optuna_study, opened.context
+        opened = open_launch(study, paths, len(devices))
+        return opened.study, opened.context
 
     status = "FAILED"
     ended: dict[str, str] = {}  # tags of the launch run that say how it ended
@@ -91,12 +78,9 @@ def launch(
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return 130
         built = None
-        stopped_early = study.stop_rule and study.stop_rule.reason(
-            opened.study, counted_trials(opened.study)
-        )
-        if stopped_early:
-            ended["sweeper.stopped_because"] = stopped_early
-            print(f"sweeper: the sweep stops early: {stopped_early}")
+        if why := stopped_early(study, opened.study):
+            ended["sweeper.stopped_because"] = why
+            print(f"sweeper: the sweep stops early: {why}")
         done = budget_state(opened.study, budget, study.stop_rule) == Budget.DONE
         if ensemble and ensemble.get("k") and done:
             built = build_ensemble(
@@ -118,6 +102,30 @@ def launch(
             from sweeper import tracking  # already loaded by setup()
 
             tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, ended)
+
+
+def open_launch(study: Study, paths: SweepPaths, workers: int) -> Opened:
+    """The Optuna study (its warm start queued) and the MLflow launch run, made while the
+    workers load torch."""
+    from sweeper import tracking  # MLflow loads here, while the workers start
+
+    storage = make_storage(paths.storage_url)
+    optuna_study = open_study(study, storage)
+    for line in enqueue_warm_start(study, optuna_study, storage, paths.storage_url):
+        print(line)
+    optuna_study.set_user_attr("study_file", study.file)
+    optuna_study.set_user_attr("study_file_hash", study.file_hash)
+    experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
+    tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(workers)}
+    run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
+    return Opened(optuna_study, LaunchContext(experiment_id, run_id, paths.storage_url,
+                                              paths.tracking_uri))  # fmt: skip
+
+
+def stopped_early(study: Study, optuna_study: optuna.Study) -> str | None:
+    """Why the study's stop rule ended the sweep, or None."""
+    rule = study.stop_rule
+    return rule.reason(optuna_study, counted_trials(optuna_study)) if rule else None
 
 
 def stopped(optuna_study: optuna.Study, budget: int | None, what: str) -> str:

@@ -149,6 +149,37 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and value >= low
+
+
+# (field, whether the study's value fits, what is accepted): one line each when it does not
+FIELD_CHECKS: list[tuple[str, Callable[[Study], bool], str]] = [
+    ("name", lambda s: isinstance(s.name, str) and bool(s.name.strip()),
+     "give the study a non-empty name"),
+    ("space", lambda s: callable(s.space), "it must be a function space(trial) -> dict"),
+    ("sampler", lambda s: isinstance(s.sampler, optuna.samplers.BaseSampler)
+     or s.sampler in SAMPLERS, f"accepted: {', '.join(SAMPLERS)}, or an Optuna sampler object"),
+    ("pruner", lambda s: isinstance(s.pruner, optuna.pruners.BasePruner) or s.pruner in PRUNERS,
+     f"accepted: {', '.join(PRUNERS)}, or an Optuna pruner object"),
+    ("metric", lambda s: s.metric in METRICS, f"accepted: {', '.join(METRICS)}"),
+    ("trials", lambda s: s.trials is None or s.trials >= 1,
+     "it must be 1 or more, or None with a timeout"),
+    ("trials", lambda s: s.trials is not None or s.timeout is not None,
+     "set trials, timeout, or both: the sweep needs a budget"),
+    ("epochs", lambda s: s.epochs >= 1, "it must be 1 or more"),
+    ("stop_after", lambda s: s.stop_after is None or _whole(s.stop_after, 1),
+     "a whole number of trials, 1 or more (or None)"),
+    ("min_delta", lambda s: isinstance(s.min_delta, int | float) and s.min_delta >= 0,
+     "a number, 0 or more"),
+    ("warm_start", lambda s: isinstance(s.warm_start, list | tuple)
+     and all(isinstance(source, str) for source in s.warm_start),
+     'a list of study names and CSV files, e.g. ["quickstart"]'),
+    ("warm_top", lambda s: _whole(s.warm_top, 1),
+     "a whole number of trials per earlier study, 1 or more"),
+]  # fmt: skip
+
+
 def validate(study: Study, draws: int = 32) -> None:
     """Check the settings, and draw configs from the space to catch bad suggested values."""
     where = study.file or study.name
@@ -156,34 +187,9 @@ def validate(study: Study, draws: int = 32) -> None:
     def bad(key: str, accepted: str) -> SweeperError:
         return bad_value(where, key, getattr(study, key), accepted)
 
-    if not isinstance(study.name, str) or not study.name.strip():
-        raise bad("name", "give the study a non-empty name")
-    if not callable(study.space):
-        raise bad("space", "it must be a function space(trial) -> dict")
-    if not isinstance(study.sampler, optuna.samplers.BaseSampler) and study.sampler not in SAMPLERS:
-        raise bad("sampler", f"accepted: {', '.join(SAMPLERS)}, or an Optuna sampler object")
-    if not isinstance(study.pruner, optuna.pruners.BasePruner) and study.pruner not in PRUNERS:
-        raise bad("pruner", f"accepted: {', '.join(PRUNERS)}, or an Optuna pruner object")
-    if study.metric not in METRICS:
-        raise bad("metric", f"accepted: {', '.join(METRICS)}")
-    if study.trials is not None and study.trials < 1:
-        raise bad("trials", "it must be 1 or more, or None with a timeout")
-    if study.trials is None and study.timeout is None:
-        raise bad("trials", "set trials, timeout, or both: the sweep needs a budget")
-    if study.epochs < 1:
-        raise bad("epochs", "it must be 1 or more")
-    if study.stop_after is not None and (
-        not isinstance(study.stop_after, int) or study.stop_after < 1
-    ):
-        raise bad("stop_after", "a whole number of trials, 1 or more (or None)")
-    if not isinstance(study.min_delta, int | float) or study.min_delta < 0:
-        raise bad("min_delta", "a number, 0 or more")
-    if not isinstance(study.warm_start, list | tuple) or not all(
-        isinstance(source, str) for source in study.warm_start
-    ):
-        raise bad("warm_start", 'a list of study names and CSV files, e.g. ["quickstart"]')
-    if not isinstance(study.warm_top, int) or study.warm_top < 1:
-        raise bad("warm_top", "a whole number of trials per earlier study, 1 or more")
+    for key, fits, accepted in FIELD_CHECKS:
+        if not fits(study):
+            raise bad(key, accepted)
     unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy"}
     if unknown:
         raise bad(
