@@ -111,6 +111,8 @@ def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_line
     assert launcher.returncode == 0, err[-3000:]
     assert len([c for c in seen.values() if " worker " in c]) >= 2, seen
     assert len(counted(storage)) == 2
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):  # stores, logs, checkpoints
+        assert SECRET.encode() not in path.read_bytes(), path
     # By hand, a worker and `sweeper status` take the URL from $SWEEPER_STORAGE instead of a flag.
     env = {**os.environ, "SWEEPER_STORAGE": storage}
     worker = sweeper("worker", QUICKSTART, "--dir", str(tmp_path), "--data-dir", str(datasets_dir),

@@ -15,7 +15,7 @@ from sweeper import tracking
 from sweeper.paths import default_tracking_uri
 from sweeper.retention import top_trials
 
-TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
+TINY = ["--epochs", "1", "--train-size", "300", "--no-progress", "--no-ensemble"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> tuple
     sweep_dir = tmp_path_factory.mktemp("sweep")
     storage = Store("sqlite", f"sqlite:///{sweep_dir / 'optuna.db'}", ())
     done = sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), "--data-dir", str(datasets_dir),
-                   "--trials", "5", "--workers", "1", *TINY)  # fmt: skip
+                   "--trials", "20", "--workers", "1", *TINY)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir, storage, done.stdout
 
@@ -43,6 +43,9 @@ def test_a_launch_keeps_one_copy_of_the_top_trials_best_weights(
         assert trial.user_attrs["checkpoint"].startswith("runs:/")  # the run's artifact, once
         assert (stored(sweep_dir, trial) is not None) == (trial.number in top), trial.number
     assert list((sweep_dir / "checkpoints" / "quickstart").iterdir()) == []  # no local copies
+    kept = sum(stored(sweep_dir, t) for t in study.trials if t.number in top)
+    on_disk = sum(f.stat().st_size for f in sweep_dir.rglob("*.pt"))  # artifacts included
+    assert on_disk == kept, "20 trials leave the top 3 trials' best weights and nothing more"
     assert "  disk: freed " in out and "the best weights of the top 3 trials stay" in out
 
 
