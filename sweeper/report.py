@@ -115,10 +115,10 @@ def render(
                     "return a plotly Figure, a pandas DataFrame, a str or a list of them"
                 )
         body.append("</section>")
-    states = "; ".join(
-        f"{'Study' if i == 0 else 'study'} {d.name} ({'running' if d.running else 'finished'}; "
+    states = ("Study " if len(studies) == 1 else "Studies ") + ", ".join(
+        f"{d.name} ({'running' if d.running else 'finished'}; "
         f"launch run {d.launch['status'] if d.launch is not None else 'none'})"
-        for i, d in enumerate(studies)
+        for d in studies
     )
     page = PAGE.format(
         title=html.escape(f"{dashboard.title}: {' vs '.join(d.name for d in studies)}"),
