@@ -197,7 +197,7 @@ def register(commands: Any) -> None:
     )
     report.add_argument(
         "studies", nargs="+", metavar="study",
-        help="a study name or file; two or more: compare them (their stores are the same ones)",
+        help="a study name or file; two or more: compare them (all in the same stores)",
     )  # fmt: skip
     report.add_argument(
         "--dashboard", help="a dashboard file or a shipped name: evaluation (the default for "
