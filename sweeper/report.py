@@ -2,8 +2,10 @@
 
 A dashboard file (see dashboards/) defines `sections = [...]`, functions of one StudyData (see
 sweeper.studydata) that each return a plotly Figure, a DataFrame (a table), a str (a paragraph)
-or a list of those, headed by their docstring's first line; and optionally `title`. The page and
-its first table (as CSV) are logged to the study's latest launch run in MLflow.
+or a list of those, headed by their docstring's first line; and optionally `title`. A dashboard
+that declares `studies = "several"` (dashboards/compare.py) compares studies: its sections take a
+list of StudyData instead. The page and its first table (as CSV) are logged to each study's
+latest launch run in MLflow.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
 class Dashboard(NamedTuple):
     file: Path
     title: str
-    sections: list[Callable[[StudyData], Any]]
+    sections: list[Callable[[Any], Any]]  # of one StudyData, or of a list of them if several
+    several: bool  # the module says `studies = "several"`: it compares studies
+
+
+def default_dashboard(studies: int) -> str:
+    return "evaluation" if studies == 1 else "compare"
 
 
 def load_dashboard(target: str) -> Dashboard:
@@ -49,20 +56,46 @@ def load_dashboard(target: str) -> Dashboard:
             f"{path}: defines no `sections = [function, ...]` of functions section(data) "
             "(see dashboards/evaluation.py for the shape)"
         )
-    return Dashboard(path, str(getattr(module, "title", path.stem)), list(sections))
+    studies = getattr(module, "studies", "one")
+    if studies not in ("one", "several"):
+        raise SweeperError(f'{path}: studies = {studies!r}; say "one" (the default) or "several"')
+    title = str(getattr(module, "title", path.stem))
+    return Dashboard(path, title, list(sections), studies == "several")
 
 
-def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | None]:
-    """The report page (one self-contained HTML string) and its first table."""
+def check_fits(board: Dashboard, names: list[str]) -> None:
+    """One line if the dashboard is for one study and gets several, or the other way round."""
+    if len(set(names)) < len(names):
+        raise SweeperError(f"{' '.join(names)}: a study is named twice; name each study once")
+    if board.several and len(names) == 1:
+        raise SweeperError(
+            f"dashboard {board.file.name} compares studies; name two or more "
+            f"(sweeper report {names[0]} OTHER), or drop --dashboard for one study's report"
+        )
+    if not board.several and len(names) > 1:
+        raise SweeperError(
+            f"dashboard {board.file.name} shows one study, not {len(names)}; drop --dashboard "
+            "to compare them (dashboards/compare.py), or name one study"
+        )
+
+
+def render(
+    dashboard: Dashboard, data: StudyData | list[StudyData]
+) -> tuple[str, pd.DataFrame | None]:
+    """The report page (one self-contained HTML string) and its first table, of one study or
+    (for a dashboard of several) of a list of them."""
     import plotly.graph_objects as go  # plotly loads only for a report
     from plotly.offline import get_plotlyjs
 
+    studies = data if isinstance(data, list) else [data]
+    check_fits(dashboard, [d.name for d in studies])
+    argument = studies if dashboard.several else studies[0]
     body: list[str] = []
     first_table = None
     for number, section in enumerate(dashboard.sections):
         name = getattr(section, "__name__", f"section{number}")
         try:
-            blocks = section(data)
+            blocks = section(argument)
         except Exception as exc:
             where = f"{dashboard.file}:{line_in(exc, dashboard.file)}"
             raise SweeperError(f"{where}: section {name}(): {one_line(exc)}") from None
@@ -82,15 +115,17 @@ def render(dashboard: Dashboard, data: StudyData) -> tuple[str, pd.DataFrame | N
                     "return a plotly Figure, a pandas DataFrame, a str or a list of them"
                 )
         body.append("</section>")
-    state = "running" if data.running else "finished"
-    launch = data.launch["status"] if data.launch is not None else "no launch run"
+    states = ("Study " if len(studies) == 1 else "Studies ") + ", ".join(
+        f"{d.name} ({'running' if d.running else 'finished'}; "
+        f"launch run {d.launch['status'] if d.launch is not None else 'none'})"
+        for d in studies
+    )
     page = PAGE.format(
-        title=html.escape(f"{dashboard.title}: {data.name}"),
+        title=html.escape(f"{dashboard.title}: {' vs '.join(d.name for d in studies)}"),
         plotly=get_plotlyjs(),
         meta=html.escape(
-            f"Study {data.name} ({state}; launch run {launch}), read "
-            f"{data.collected:%Y-%m-%d %H:%M:%S} from the Optuna storage and MLflow; "
-            f"dashboard {dashboard.file.name}."
+            f"{states}; read {studies[0].collected:%Y-%m-%d %H:%M:%S} from the Optuna storage "
+            f"and MLflow; dashboard {dashboard.file.name}."
         ),
         body="\n".join(body),
     )
@@ -157,13 +192,21 @@ tr.RUNNING td, tr.WAITING td {{ background: #fff6d6; font-style: italic; }}
 
 def register(commands: Any) -> None:
     """Add `report` and `dashboard` to the `sweeper` command's subparsers."""
-    report = commands.add_parser("report", help="render a study's dashboard to an HTML page")
-    report.add_argument("study", help="a study name or file")
+    report = commands.add_parser(
+        "report", help="render a study's dashboard, or a comparison of studies, to an HTML page"
+    )
     report.add_argument(
-        "--dashboard", default="evaluation", help="a dashboard file or a shipped name: "
-        "evaluation (the default), sweep"
+        "studies", nargs="+", metavar="study",
+        help="a study name or file; two or more: compare them (all in the same stores)",
     )  # fmt: skip
-    report.add_argument("--out", help="HTML file (default: <dir>/reports/<study>-<dashboard>.html)")
+    report.add_argument(
+        "--dashboard", help="a dashboard file or a shipped name: evaluation (the default for "
+        "one study), sweep, compare (the default for several)"
+    )  # fmt: skip
+    report.add_argument(
+        "--out", help="HTML file (default: <dir>/reports/<study>-<dashboard>.html, "
+        "<A>-vs-<B>-compare.html for several)"
+    )  # fmt: skip
     add_store_flags(report)
     report.add_argument(
         "--mlflow-url",
@@ -187,40 +230,48 @@ def _stores(args: argparse.Namespace) -> tuple[SweepPaths, str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    stores, name = _stores(args)
-    files, logged = write_report(name, stores, args.dashboard, args.out, args.mlflow_url)
+    names = [load_by_name_or_file(target)[1] for target in args.studies]
+    stores = SweepPaths.existing(args.dir, args.storage, args.tracking_uri)
+    files, logged = write_report(names, stores, args.dashboard, args.out, args.mlflow_url)
     print(f"report: {' and '.join(str(p) for p in files)}")
-    if logged is None:
-        print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
-    else:
-        print(f"report: logged to {logged} (report/)")
+    for name, url in logged.items():
+        if url is None:
+            print(f"report: no launch run of '{name}' in MLflow; the report is not logged there")
+        else:
+            print(f"report: logged to {url} (report/)")
     return 0
 
 
 def write_report(
-    name: str, stores: SweepPaths, dashboard: str = "evaluation", out: str | None = None,
-    mlflow_url: str = MLFLOW_URL,
-) -> tuple[list[Path], str | None]:  # fmt: skip
-    """The dashboard as an HTML page (and its table as CSV), logged to the study's launch run;
-    return the files and the launch run's URL (None: no launch run to log to)."""
-    board = load_dashboard(dashboard)
-    page_path = Path(out) if out else stores.report(name, board.file.stem)
+    names: str | list[str], stores: SweepPaths, dashboard: str | None = None,
+    out: str | None = None, mlflow_url: str = MLFLOW_URL,
+) -> tuple[list[Path], dict[str, str | None]]:  # fmt: skip
+    """The dashboard of one study or several as an HTML page (and its table as CSV), logged to
+    each study's launch run; return the files and, per study, the URL of the launch run it was
+    logged to (None: the study has no launch run)."""
+    names = [names] if isinstance(names, str) else names
+    board = load_dashboard(dashboard or default_dashboard(len(names)))
+    check_fits(board, names)
+    page_path = Path(out) if out else stores.report("-vs-".join(names), board.file.stem)
     if page_path.suffix.lower() not in (".html", ".htm"):
         raise SweeperError(f"--out {page_path}: the report is HTML; name a .html file")
-    data = collect(name, stores, mlflow_url)
-    page, table = render(board, data)
+    studies = [collect(name, stores, mlflow_url) for name in names]
+    page, table = render(board, studies if board.several else studies[0])
     page_path.parent.mkdir(parents=True, exist_ok=True)
     page_path.write_text(page, encoding="utf-8")
     files = [page_path]
     if table is not None:
         table.to_csv(page_path.with_suffix(".csv"), index=False)
         files.append(page_path.with_suffix(".csv"))
-    if data.launch is None:
-        return files, None
-    from sweeper import tracking  # MLflow: loaded on demand, the CLI stays quick
+    from sweeper import tracking  # MLflow: loaded on demand (collect loaded it)
 
-    tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
-    return files, run_url(mlflow_url.rstrip("/"), data.launch)
+    logged: dict[str, str | None] = {}
+    for data in studies:
+        logged[data.name] = None
+        if data.launch is not None:
+            tracking.log_report(stores.tracking_uri, data.launch["run_id"], files)
+            logged[data.name] = run_url(mlflow_url.rstrip("/"), data.launch)
+    return files, logged
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -60,6 +60,26 @@ study = Study(
 '''
 
 
+# Two small studies in one sweep directory to compare: different optimizers, and metrics.
+COMPARED = {"cmpacc": ("adam", 1e-3, 3e-3, "val_acc"), "cmploss": ("sgd", 0.01, 0.05, "val_loss")}
+COMPARED_STUDY = """
+from sweeper.study import Study
+
+
+def space(trial):
+    lr = trial.suggest_float("lr", {low}, {high}, log=True)
+    return {{"optimizer": "{optimizer}", "lr": lr,
+             "batch_size": trial.suggest_categorical("batch_size", [64, 128])}}
+
+
+study = Study(
+    name="{name}", space=space, metric="{metric}", trials=3, epochs=2, patience=None,
+    sampler="random", pruner="none", ensemble={{}},
+    fixed={{"model": "cnn2", "dataset": "cifar10", "val_size": 500, "augment": False}},
+)
+"""
+
+
 def pause(pid: int) -> None:
     """SIGSTOP a worker outside any SQLite write (it holds no POSIX lock), so reads go on."""
     for _ in range(200):
@@ -112,6 +132,26 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     for dashboard in ("evaluation", "sweep"):
         done = sweeper("report", NAME, "--dir", str(directory), "--dashboard", dashboard)
         assert done.returncode == 0, done.stderr[-3000:]
+    return directory
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    """Two real sweeps (3 trials x 2 epochs x 500 images each) in one directory, compared."""
+    directory = tmp_path_factory.mktemp("compare")
+    for name, (optimizer, low, high, metric) in COMPARED.items():
+        study_file = directory / f"{name}.py"
+        study_file.write_text(COMPARED_STUDY.format(
+            name=name, optimizer=optimizer, low=low, high=high, metric=metric
+        ))  # fmt: skip
+        done = sweeper(
+            "launch", str(study_file), "--dir", str(directory), "--workers", "1",
+            "--train-size", "500", "--no-progress", "--data-dir", str(datasets_dir),
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = sweeper("report", *COMPARED, "--dir", str(directory))
+    assert done.returncode == 0, done.stderr[-3000:]
     return directory
 
 
@@ -263,7 +303,55 @@ def test_a_broken_dashboard_is_one_line_naming_it(
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"sweeper: error: {path}") and expected in line, line
     assert main(["report", NAME, "--dir", str(sweep), "--dashboard", "nosuch"]) == 2
-    assert "shipped: evaluation, sweep" in capsys.readouterr().err
+    assert "shipped: compare, evaluation, sweep" in capsys.readouterr().err
+
+
+def test_compare_report_renders_in_chromium(compared: Path, tmp_path: Path) -> None:
+    page = compared / "reports" / "cmpacc-vs-cmploss-compare.html"
+    source = page.read_text()
+    dom = rendered(page, tmp_path)
+    assert plots_drawn(source, dom) == ["curves-0", "importances-0", "history-0"]
+    assert "The studies optimize different metrics (cmpacc val_acc, cmploss val_loss)" in dom
+    table = rows(page.with_suffix(".csv"))
+    assert [row["study"] for row in table] == list(COMPARED)
+    storage = f"sqlite:///{compared / 'optuna.db'}"
+    for row in table:
+        study = optuna.load_study(study_name=row["study"], storage=storage)
+        assert row["metric"] == COMPARED[row["study"]][3]
+        assert (row["complete"], row["pruned"], row["failed"]) == ("3", "0", "0")
+        assert float(row["best_value"]) == study.best_trial.value
+        assert int(row["best_trial"]) == study.best_trial.number
+        assert float(row["lr"]) == study.best_trial.params["lr"]
+        assert row["optimizer"] == COMPARED[row["study"]][0]
+        assert float(row["train_minutes"]) > 0 and row["ensemble_test_acc"] == ""
+        shown = dom.index(f"<td>{row['study']}</td><td>{row['metric']}</td>")
+        assert dom.index('<section id="table">') < shown < dom.index('<section id="curves">')
+    screenshot(page, tmp_path, "report-compare-screenshot.png", 2400)
+
+
+def test_compare_report_is_logged_to_each_launch_run(compared: Path) -> None:
+    uri = default_tracking_uri(compared)
+    client = MlflowClient(tracking_uri=uri)
+    for name in COMPARED:
+        launch = queries.latest_run(uri, name, "launch")
+        files = {a.path for a in client.list_artifacts(launch["run_id"], "report")}
+        assert {"report/cmpacc-vs-cmploss-compare.html",
+                "report/cmpacc-vs-cmploss-compare.csv"} <= files  # fmt: skip
+
+
+def test_compare_mismatches_are_one_line(
+    compared: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = {
+        ("cmpacc", "--dashboard", "compare"): "dashboard compare.py compares studies; name two",
+        ("cmpacc", "cmploss", "--dashboard", "sweep"): "dashboard sweep.py shows one study, not 2",
+        ("cmpacc", "nosuch"): "no study 'nosuch' in sqlite:///",
+        ("cmpacc", "cmpacc"): "a study is named twice",
+    }
+    for args, expected in cases.items():
+        assert main(["report", *args, "--dir", str(compared)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("sweeper: error: ") and expected in line, line
 
 
 def test_dashboard_serves_the_study_on_localhost(sweep: Path) -> None:
@@ -328,14 +416,24 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
     assert retry_row["lr_decay"] == "step x0.1 at 0.5, 0.75 of the epochs"
 
 
-@pytest.mark.parametrize("dashboard", ["evaluation", "sweep"])
-def test_a_study_without_trials_renders(dashboard: str) -> None:
+def empty_study(name: str) -> StudyData:
     runs = queries.runs_frame([])
     curves = _curves([], runs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
-    data = StudyData(
-        name="empty", study=optuna.create_study(direction="maximize"), trials=[],
+    return StudyData(
+        name=name, study=optuna.create_study(study_name=name, direction="maximize"), trials=[],
         settings=_settings([], runs, curves, "http://m"), curves=curves, launch=None,
         ensemble=None, members=None, collected=datetime.now(),
     )  # fmt: skip
-    page, table = render(load_dashboard(dashboard), data)
+
+
+@pytest.mark.parametrize("dashboard", ["evaluation", "sweep"])
+def test_a_study_without_trials_renders(dashboard: str) -> None:
+    page, table = render(load_dashboard(dashboard), empty_study("empty"))
     assert "empty" in page and (table is None or table.empty)
+
+
+def test_studies_without_trials_compare() -> None:
+    page, table = render(load_dashboard("compare"), [empty_study("one"), empty_study("two")])
+    assert "No complete trial yet in one, two." in page
+    assert "two: needs two complete trials or more." in page
+    assert list(table["study"]) == ["one", "two"] and table["best_value"].isna().all()
