@@ -85,7 +85,7 @@ def importances(studies: list[StudyData]):
             said.append(f"{data.name}: needs two complete trials or more.")
             continue
         evaluator = FanovaImportanceEvaluator(seed=0)  # the same report twice: the same bars
-        scores = get_param_importances(data.study, evaluator=evaluator)
+        scores = get_param_importances(data.study, evaluator=evaluator, target=data.target)
         if not scores:
             said.append(f"{data.name}: no parameter was searched in every complete trial.")
         found += [{"study": data.name, "parameter": k, "importance": v} for k, v in scores.items()]
@@ -99,7 +99,9 @@ def importances(studies: list[StudyData]):
 def history(studies: list[StudyData]):
     """Optimization histories (best value so far against trial number)"""
     metrics = " / ".join(sorted({data.metric for data in studies}))
-    return vis.plot_optimization_history([d.study for d in studies], target_name=metrics)
+    target = next((d.target for d in studies if d.target is not None), None)  # several objectives
+    return vis.plot_optimization_history([d.study for d in studies], target=target,
+                                         target_name=metrics)  # fmt: skip
 
 
 sections = [table, curves, importances, history]

@@ -4,6 +4,7 @@ plot per setting, and a short summary.
 sweeper report quickstart --dashboard evaluation
 """
 
+import optuna.visualization as vis
 import plotly.express as px
 
 from sweeper.studydata import StudyData
@@ -81,4 +82,21 @@ def curves(data: StudyData):
     return [together, apart]
 
 
-sections = [summary, table, curves]
+def pareto(data: StudyData):
+    """Accuracy against cost: the Pareto front"""
+    if data.target is None:
+        return None  # one objective: no front, no section
+    front = {t.number for t in data.study.best_trials}
+    figure = vis.plot_pareto_front(data.study)
+    rows = data.settings[data.settings["trial"].isin(front)]
+    costs = data.study.metric_names[1:]
+    values = {t.number: t.values for t in data.trials if t.number in front}
+    table = rows[["trial", "setting", "value", "mlflow_run"]].copy()
+    for i, name in enumerate(costs, start=1):
+        table.insert(3, name, table["trial"].map(lambda n, i=i: values[n][i]))
+    note = (f"{len(front)} trials on the front: none of them is beaten on every objective by"
+            " another trial. Their MLflow runs are linked in the table.")  # fmt: skip
+    return [note, figure, table.sort_values("value", ascending=not data.maximize)]
+
+
+sections = [summary, table, pareto, curves]

@@ -13,23 +13,25 @@ title = "Sweep"
 
 def history(data: StudyData):
     """Optimization history"""
-    return vis.plot_optimization_history(data.study, target_name=data.metric)
+    return vis.plot_optimization_history(data.study, target=data.target, target_name=data.metric)
 
 
 def importances(data: StudyData):
     """Parameter importances"""
     if data.count("COMPLETE") < 2:
         return "Needs two complete trials or more."
-    return vis.plot_param_importances(data.study, target_name=data.metric)
+    return vis.plot_param_importances(data.study, target=data.target, target_name=data.metric)
 
 
 def parallel(data: StudyData):
     """Parallel coordinates of the complete trials"""
-    return vis.plot_parallel_coordinate(data.study, target_name=data.metric)
+    return vis.plot_parallel_coordinate(data.study, target=data.target, target_name=data.metric)
 
 
 def intermediate(data: StudyData):
     """Intermediate values of pruned, finished and running trials"""
+    if data.target is not None:
+        return "A study of several objectives reports no intermediate values (see the curves)."
     return vis.plot_intermediate_values(data.study)
 
 

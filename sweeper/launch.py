@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from sweeper.data import load_images
 from sweeper.errors import first_line
+from sweeper.objectives import best_by_metric, metric_value
 from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.pool import (
     Budget,
@@ -160,10 +161,14 @@ def print_summary(
     show = (lambda v: f"{v:.2%}") if study.metric == "val_acc" else (lambda v: f"{v:.4f}")
     lines = [f"sweeper: {study.name} done in {seconds // 60:.0f} min {seconds % 60:.0f} s"]
     if any(t.state == TrialState.COMPLETE for t in optuna_study.get_trials(deepcopy=False)):
-        best = optuna_study.best_trial
+        best = best_by_metric(optuna_study)
         reference = study.reference and f" ({study.reference[1]}: {show(study.reference[0])})"
-        lines.append(f"  best trial {best.number}: {study.metric} {show(best.value)}"
+        lines.append(f"  best trial {best.number}: {study.metric} {show(metric_value(best))}"
                      f"{reference or ''}")  # fmt: skip
+    if study.costs and (front := optuna_study.best_trials):
+        trials = ", ".join(str(t.number) for t in sorted(front, key=lambda t: t.number))
+        lines.append(f"  Pareto front of {study.metric} against {', '.join(study.costs)}:"
+                     f" trials {trials} (the report draws it)")  # fmt: skip
     if ensemble is not None:
         report_ = ensemble["report"]
         lines.append(f"  ensemble of {ensemble['members']} members: test accuracy"

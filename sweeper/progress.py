@@ -7,6 +7,7 @@ import pandas as pd
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from sweeper.objectives import best_by_metric, maximizing, metric_value
 from sweeper.storage import counted_trials
 
 # trials_dataframe() columns -> the columns of `sweeper status` (params follow as params.NAME)
@@ -28,10 +29,15 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     params = {c: f"params.{c.removeprefix('params_')}" for c in frame if c.startswith("params_")}
-    table = frame.reindex(columns=[*COLUMNS, *params]).rename(columns={**COLUMNS, **params})
+    # several objectives: the metric is the value, each cost a column of its own
+    values = [c for c in frame if c.startswith("values_")]
+    costs = {c: c.removeprefix("values_") for c in values[1:]}
+    frame = frame.rename(columns={values[0]: "value"}) if values else frame
+    table = frame.reindex(columns=[*COLUMNS, *costs, *params])
+    table = table.rename(columns={**COLUMNS, **costs, **params})
     table["seconds"] = table["seconds"].dt.total_seconds()
     table = table.astype({"best_epoch": "Int64", "epochs_run": "Int64", "retry_of": "Int64"})
-    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
+    ascending = not maximizing(study)
     return table.sort_values("value", ascending=ascending, na_position="last", ignore_index=True)
 
 
@@ -54,21 +60,21 @@ class Progress:
             pruned=count[TrialState.PRUNED],
             failed=count[TrialState.FAIL],
             running=" ".join(_epoch_of(t) for t in trials if t.state == TrialState.RUNNING) or 0,
-            best=f"{best.value:.4f} (#{best.number})" if best else "-",
+            best=f"{metric_value(best):.4f} (#{best.number})" if best else "-",
         )
         if self.bar.disable:  # no terminal: one line per trial that ended
             for t in trials:
                 if t.state.is_finished() and t.number not in self.seen:
                     self.seen.add(t.number)
-                    value = f"{t.value:.4f}" if t.value is not None else "-"
+                    value = _values(t, self.study.metric_names)
                     cut = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
                     state = "INTERRUPTED" if cut else t.state.name
                     print(f"trial {t.number} {state} value={value}", flush=True)
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
         try:
-            return self.study.best_trial
-        except ValueError:
+            return best_by_metric(self.study)
+        except ValueError:  # a trial finished between the two reads
             return None
 
     def close(self) -> None:
@@ -84,6 +90,14 @@ class Progress:
         counts = shown.select_dtypes("Int64").columns  # their <NA> is no number: leave it blank
         shown[counts] = shown[counts].astype("string").fillna("")
         print(shown.to_string(index=False, na_rep="", float_format="{:.4g}".format))
+
+
+def _values(trial: optuna.trial.FrozenTrial, names: list[str] | None) -> str:
+    """0.6786, or with costs: 0.6786 params=2.558e+04 (a multi-objective study's names)."""
+    if not trial.values:
+        return "-"
+    costs = zip((names or [])[1:], trial.values[1:], strict=False)
+    return " ".join([f"{trial.values[0]:.4f}", *(f"{name}={v:.4g}" for name, v in costs)])
 
 
 def _epoch_of(trial: optuna.trial.FrozenTrial) -> str:

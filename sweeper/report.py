@@ -2,10 +2,10 @@
 
 A dashboard file (see dashboards/) defines `sections = [...]`, functions of one StudyData (see
 sweeper.studydata) that each return a plotly Figure, a DataFrame (a table), a str (a paragraph)
-or a list of those, headed by their docstring's first line; and optionally `title`. A dashboard
-that declares `studies = "several"` (dashboards/compare.py) compares studies: its sections take a
-list of StudyData instead. The page and its first table (as CSV) are logged to each study's
-latest launch run in MLflow.
+or a list of those, headed by their docstring's first line (None leaves the section out); and
+optionally `title`. A dashboard that declares `studies = "several"` (dashboards/compare.py)
+compares studies: its sections take a list of StudyData instead. The page and its first table
+(as CSV) are logged to each study's latest launch run in MLflow.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ def render(
         except Exception as exc:
             where = f"{dashboard.file}:{line_in(exc, dashboard.file)}"
             raise SweeperError(f"{where}: section {name}(): {one_line(exc)}") from None
+        if blocks is None:  # the section has nothing to show for this study
+            continue
         heading = html.escape((section.__doc__ or name).strip().splitlines()[0])
         body.append(f'<section id="{html.escape(name)}"><h2>{heading}</h2>')
         for index, block in enumerate(blocks if isinstance(blocks, list | tuple) else [blocks]):

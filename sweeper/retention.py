@@ -13,6 +13,7 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import tracking
+from sweeper.objectives import ranked
 from sweeper.paths import SweepPaths
 from sweeper.retrain import member_study_name
 from sweeper.tracking.checkpoints import reference
@@ -52,9 +53,7 @@ def sweep_disk(
 
 def top_trials(study: optuna.Study, keep: int) -> list[FrozenTrial]:
     """The `keep` best complete trials by the objective."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value, reverse=maximize)[:keep]
+    return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)[:keep]
 
 
 def _best_weights(trial: FrozenTrial, tracking_uri: str, dry_run: bool) -> list[Removed]:

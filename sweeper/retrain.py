@@ -21,6 +21,7 @@ from sweeper import tracking
 from sweeper.config import TrainConfig
 from sweeper.data import split_of
 from sweeper.errors import SweeperError
+from sweeper.objectives import metric_value, ranked
 from sweeper.paths import SweepPaths
 from sweeper.study import Study
 
@@ -63,9 +64,8 @@ def make_plan(optuna_study: optuna.Study, k: int, seeds: int) -> EnsemblePlan:
         raise SweeperError(
             f"ensemble: study '{optuna_study.study_name}' has no complete trial; launch it first"
         )
-    reverse = optuna_study.direction == optuna.study.StudyDirection.MAXIMIZE
     top: list[optuna.trial.FrozenTrial] = []
-    for trial in sorted(done, key=lambda t: t.value, reverse=reverse):
+    for trial in ranked(done, optuna_study):
         if trial.params not in [t.params for t in top] and "config" in trial.user_attrs:
             top.append(trial)
         if len(top) == k:
@@ -74,7 +74,7 @@ def make_plan(optuna_study: optuna.Study, k: int, seeds: int) -> EnsemblePlan:
         sources=[t.number for t in top],
         seeds=list(range(seeds)),
         configs={str(t.number): t.user_attrs["config"] for t in top},
-        values={str(t.number): t.value for t in top},
+        values={str(t.number): metric_value(t) for t in top},
         asked_k=k,
     )
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.objectives import maximizing, metric_value
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,12 @@ class StopRule:
             (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
             key=lambda t: t.datetime_complete or datetime.max,
         )
-        sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
+        sign = 1 if maximizing(study) else -1
         best: FrozenTrial | None = None
         since = 0
         for trial in finished:
             if trial.state == TrialState.COMPLETE and (
-                best is None or sign * (trial.value - best.value) > self.min_delta
+                best is None or sign * (metric_value(trial) - metric_value(best)) > self.min_delta
             ):
                 best, since = trial, 0
             else:
@@ -35,5 +36,5 @@ class StopRule:
         if best is None or since < self.after:
             return None
         return (f"stop_after: {since} finished trials in a row did not raise the best value"
-                f" ({best.value:.4f}, trial {best.number}) by more than"
+                f" ({metric_value(best):.4f}, trial {best.number}) by more than"
                 f" {self.min_delta:g}")  # fmt: skip

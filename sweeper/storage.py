@@ -219,16 +219,19 @@ def open_study(study: Study, storage: BaseStorage) -> optuna.Study:
     created = optuna.create_study(
         study_name=study.name,
         storage=storage,
-        direction=study.direction,
+        directions=study.directions,
         sampler=study.make_sampler(),
         pruner=study.make_pruner(),
         load_if_exists=True,
     )
-    if created.direction.name.lower() != study.direction:
+    stored = [direction.name.lower() for direction in created.directions]
+    if stored != study.directions:
         raise SweeperError(
-            f"{study.file}: metric={study.metric!r} needs direction {study.direction}, but the "
-            f"stored study '{study.name}' is {created.direction.name.lower()}; rename the study"
+            f"{study.file}: objectives {study.objective_names} need directions {study.directions},"
+            f" but the stored study '{study.name}' has {stored}; rename the study"
         )
+    if len(stored) > 1:
+        created.set_metric_names(study.objective_names)  # Optuna's tables and plots name them
     return created
 
 

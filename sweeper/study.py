@@ -14,6 +14,7 @@ import optuna
 
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, bad_value
+from sweeper.objectives import COSTS
 from sweeper.stopping import StopRule
 from sweeper.userfile import import_file, line_in, one_line
 
@@ -30,6 +31,9 @@ class Study:
     space: Callable[[optuna.Trial], dict[str, Any]]
     fixed: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys of every trial
     metric: str = "val_acc"  # the objective: val_acc (maximized) or val_loss (minimized)
+    # accuracy against cost: [metric, *costs] (costs from objectives.COSTS, minimized); Optuna's
+    # multi-objective study then keeps the Pareto front. None: the metric alone
+    objectives: list[str] | None = None
     trials: int | None = 20  # finished (complete or pruned) trials, across launches and workers
     timeout: float | None = None  # seconds per launch
     epochs: int = 10  # maximum per trial
@@ -53,9 +57,26 @@ class Study:
     file: str = ""  # set by load_study
     file_hash: str = ""
 
+    def __post_init__(self) -> None:
+        first = self.objectives[0] if isinstance(self.objectives, list | tuple) else None
+        if first in METRICS:  # the first objective is the metric (else validate() says why not)
+            self.metric = first
+
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return list(self.objectives or [self.metric])
+
+    @property
+    def directions(self) -> list[str]:
+        return [self.direction] + ["minimize"] * (len(self.objective_names) - 1)
+
+    @property
+    def costs(self) -> list[str]:
+        return self.objective_names[1:]
 
     @property
     def stop_rule(self) -> StopRule | None:
@@ -168,6 +189,14 @@ FIELD_CHECKS: list[tuple[str, Callable[[Study], bool], str]] = [
     ("trials", lambda s: s.trials is not None or s.timeout is not None,
      "set trials, timeout, or both: the sweep needs a budget"),
     ("epochs", lambda s: s.epochs >= 1, "it must be 1 or more"),
+    ("objectives", lambda s: s.objectives is None or (
+        isinstance(s.objectives, list | tuple) and len(s.objectives) == len(set(s.objectives))
+        and bool(s.objectives) and s.objectives[0] in METRICS
+        and all(cost in COSTS for cost in s.objectives[1:])),
+     f"a metric ({', '.join(METRICS)}) first, then costs from {', '.join(COSTS)}, each once"),
+    ("pruner", lambda s: len(s.objective_names) == 1 or s.pruner in ("median", "none"),
+     "with several objectives: 'median' (on the first objective) or 'none'; Optuna's pruners"
+     " need reports, which multi-objective trials cannot make"),
     ("stop_after", lambda s: s.stop_after is None or _whole(s.stop_after, 1),
      "a whole number of trials, 1 or more (or None)"),
     ("min_delta", lambda s: isinstance(s.min_delta, int | float) and s.min_delta >= 0,

@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from sweeper.objectives import maximizing, metric_value
 from sweeper.paths import SweepPaths
 from sweeper.storage import counted_trials, load_stored_study, make_storage
 
@@ -46,7 +47,13 @@ class StudyData:
 
     @property
     def maximize(self) -> bool:
-        return self.study.direction.name == "MAXIMIZE"
+        return maximizing(self.study)
+
+    @property
+    def target(self) -> Any:
+        """What optuna.visualization plots of a multi-objective study: its metric (None: the
+        single objective)."""
+        return metric_value if len(self.study.directions) > 1 else None
 
     def count(self, state: str) -> int:
         return int((self.settings["state"] == state).sum())
@@ -138,7 +145,7 @@ def _setting(t: FrozenTrial) -> dict[str, Any]:
         "model": _model(config),
         "momentum": config.get("momentum") if momentum else None,
         "lr_decay": _lr_decay(config),
-        "value": t.value,
+        "value": metric_value(t),
         "other": ", ".join(f"{k}={_short(v)}" for k, v in t.params.items() if k not in SHOWN),
         "status": t.user_attrs.get("train_status", ""),
         "fail_reason": _fail_reason(t),

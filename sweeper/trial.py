@@ -20,6 +20,7 @@ from sweeper.config import TrainConfig
 from sweeper.data import SplitData, split_of
 from sweeper.errors import first_line
 from sweeper.gpulock import gpu_slot
+from sweeper.objectives import behind_the_median, measure_costs
 from sweeper.pool import STOPPING
 from sweeper.storage import counted_trials
 from sweeper.study import Study
@@ -141,7 +142,7 @@ class Objective:
     last_failure: str = ""
     taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.taken_over = ""
         self._check_budget(trial)
         try:
@@ -159,7 +160,7 @@ class Objective:
         self.failures_in_a_row = 0
         return value
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         config = resolved(self.study.trial_config(trial, {**self.overrides, "device": self.device}))
         data = split_of(config)
         # Each try checkpoints to its own file: a try called dead that trains on cannot overwrite
@@ -196,10 +197,10 @@ class Objective:
             nonlocal pruned
             self._check_running(trial)
             save_atomic({**state.state_dict(), "config": config.to_dict()}, last)
-            self.tracker.log_epoch(run_id, metrics, int(metrics["epoch"]))
-            trial.report(metrics[self.study.metric], int(metrics["epoch"]))
+            epoch, value = int(metrics["epoch"]), metrics[self.study.metric]
+            self.tracker.log_epoch(run_id, metrics, epoch)
             # after the last epoch there is nothing left to save: the trial completes
-            pruned = metrics["epoch"] < config.epochs and trial.should_prune()
+            pruned = epoch < config.epochs and self._should_prune(trial, epoch, value)
             return pruned
 
         try:
@@ -218,6 +219,18 @@ class Objective:
             self._fail(trial, run_id, reason)
             drop_files([last, *earlier])
             raise
+
+    def _should_prune(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
+        """The study's pruner on the metric; with several objectives, whose trials cannot
+        report(), the median rule on the first one over the curves the trials keep."""
+        if not self.study.costs:
+            trial.report(value, epoch)
+            return trial.should_prune()
+        curve = {**trial.user_attrs.get("curve", {}), str(epoch): value}
+        trial.set_user_attr("curve", curve)
+        if self.study.pruner == "none":
+            return False
+        return behind_the_median(trial.study, trial.number, epoch, value)
 
     def epoch_file(self, number: int) -> Path:
         """The epoch checkpoint of the try numbered `number` of a trial."""
@@ -265,7 +278,7 @@ class Objective:
         result: TrainResult,
         pruned: bool,
         epoch_files: list[Path],
-    ) -> float:
+    ) -> float | list[float]:
         trial.set_user_attr("train_status", result.status)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
@@ -279,6 +292,12 @@ class Objective:
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
         summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
+        costs = {}  # accuracy against cost: measured on the best weights, logged with the summary
+        if self.study.costs and not pruned:
+            costs = measure_costs(result.model, result.device, tuple(data.val_x.shape[1:]),
+                                  result.history, self.study.costs)  # fmt: skip
+            trial.set_user_attr("costs", costs)
+            summary.update(costs)
         logged = self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE",
                                      classes=data.classes, val_labels=data.val_y,
                                      val_predictions=predictions.cpu().numpy().astype(np.int64),
@@ -288,7 +307,8 @@ class Objective:
         drop_files([best, *epoch_files] if logged else epoch_files)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        return float(result.history[result.best_epoch - 1][self.study.metric])
+        value = float(result.history[result.best_epoch - 1][self.study.metric])
+        return [value, *(costs[name] for name in self.study.costs)] if costs else value
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""

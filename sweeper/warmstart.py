@@ -18,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from sweeper.errors import SweeperError
+from sweeper.objectives import ranked
 from sweeper.storage import load_stored_study
 from sweeper.study import Study
 
@@ -66,8 +67,7 @@ def configs_of(
                 for i, row in enumerate(rows)]  # fmt: skip
     earlier = load_stored_study(source, storage, url)
     done = earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = earlier.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = sorted(done, key=lambda t: t.value, reverse=reverse)[: study.warm_top]
+    best = ranked(done, earlier)[: study.warm_top]
     return [(f"{source} trial {t.number}", dict(t.params)) for t in best]
 
 

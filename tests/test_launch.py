@@ -206,7 +206,10 @@ def test_a_launcher_whose_setup_fails_stops_its_early_workers(
         expected = ["MLflow experiment 'quickstart'", "is deleted"]
     else:
         optuna.create_study(study_name="quickstart", direction="minimize", storage=storage.url)
-        expected = ["quickstart.py: metric='val_acc' needs direction maximize", "rename the study"]
+        expected = [
+            "quickstart.py: objectives ['val_acc'] need directions ['maximize'], but",
+            "rename the study",
+        ]
     done = launch(sweep_dir, storage, datasets_dir, "--workers", "2", *SMALL, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr

@@ -437,3 +437,34 @@ def test_studies_without_trials_compare() -> None:
     assert "No complete trial yet in one, two." in page
     assert "two: needs two complete trials or more." in page
     assert list(table["study"]) == ["one", "two"] and table["best_value"].isna().all()
+
+
+def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    """studies/pareto.py at a small scale: every trial scored on val_acc and on its parameter
+    count, the launch naming the front, the report drawing it with a row per trial on it."""
+    done = sweeper(
+        "launch", str(REPO / "studies" / "pareto.py"), "--dir", str(tmp_path), "--workers", "1",
+        "--trials", "4", "--epochs", "1", "--train-size", "500", "--no-progress",
+        "--data-dir", str(datasets_dir), env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.metric_names == ["val_acc", "params"]
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete and all(len(t.values) == 2 for t in complete)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for trial in complete:  # the parameter count is the model's, as its MLflow run records it
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert trial.values[1] == trial.user_attrs["costs"]["params"] == run.data.metrics["params"]
+        assert trial.values[0] == run.data.metrics["best_val_acc"]
+    front = sorted(t.number for t in study.best_trials)
+    names = ", ".join(map(str, front))
+    assert f"  Pareto front of val_acc against params: trials {names} (the report" in done.stdout
+    page = tmp_path / "reports" / "pareto-evaluation.html"
+    source = page.read_text()
+    dom = rendered(page, tmp_path)
+    assert plots_drawn(source, dom) == ["pareto-1", "curves-0", "curves-1"]
+    section = dom[dom.index('<section id="pareto">') : dom.index('<section id="curves">')]
+    assert len(re.findall(r"<tr>", section)) == len(front)  # a row per trial on the front

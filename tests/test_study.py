@@ -5,6 +5,7 @@ import pytest
 from helpers import QUICKSTART, REPO, sweeper
 
 from sweeper.errors import SweeperError
+from sweeper.objectives import behind_the_median
 from sweeper.stopping import StopRule
 from sweeper.study import Study, load_study
 
@@ -14,7 +15,7 @@ GOOD_SPACE = (
 HEADER = "from sweeper.study import Study\n"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "vgg", "resnet", "lenet", "mlp", "cnn"])
+@pytest.mark.parametrize("name", ["quickstart", "vgg", "resnet", "lenet", "mlp", "cnn", "pareto"])
 def test_shipped_studies_load(name: str) -> None:
     study = load_study(REPO / "studies" / f"{name}.py")
     assert study.name == name and len(study.file_hash) == 12
@@ -34,6 +35,13 @@ def test_shipped_studies_load(name: str) -> None:
         ("study = Study(name='x', space=space, fixed={'lrr': 1})", "unknown key 'lrr'"),
         ("study = Study(name='x', space=space, sampler='grid')", "needs sampler_options"),
         ("study = Study(name='x', space=space, stop_after=0)", "stop_after=0 is invalid"),
+        ("study = Study(name='x', space=space, objectives=['params'])", "objectives=['params']"),
+        ("study = Study(name='x', space=space, objectives=['val_acc', 'flops'])", "then costs"),
+        (
+            "study = Study(name='x', space=space, objectives=['val_acc', 'params'],"
+            " pruner='hyperband')",
+            "with several objectives: 'median' (on the first objective) or 'none'",
+        ),
         ("study = Study(name='x', space=space, min_delta=-1)", "min_delta=-1 is invalid"),
     ],
 )
@@ -106,3 +114,16 @@ def test_any_optuna_sampler_or_pruner_and_the_common_ones_by_name() -> None:
     assert study.make_pruner() is study.pruner
     for name, cls in (("gp", optuna.samplers.GPSampler), ("nsga2", optuna.samplers.NSGAIISampler)):
         assert type(Study(name="x", space=space, sampler=name).make_sampler()) is cls
+
+
+def test_several_objectives_prune_by_the_median_of_the_first() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for value in (0.5, 0.6, 0.7):
+        study.add_trial(optuna.trial.create_trial(values=[value, 1.0],
+                                                  user_attrs={"curve": {"2": value}}))  # fmt: skip
+    assert behind_the_median(study, 9, epoch=2, value=0.55)  # below 0.6
+    assert not behind_the_median(study, 9, epoch=2, value=0.65)
+    assert not behind_the_median(study, 9, epoch=1, value=0.0)  # the first epoch: warm-up
+    assert not behind_the_median(study, 9, epoch=3, value=0.0)  # no trial reached epoch 3
+    study.add_trial(optuna.trial.create_trial(values=[0.2, 1.0]))  # no curve: not counted
+    assert not behind_the_median(study, 0, epoch=2, value=0.55)  # trial 0's own value left out

@@ -1,0 +1,92 @@
+"""What a study optimizes: its metric, and for accuracy-against-cost studies the costs beside it.
+
+A study's first objective is always its metric (val_acc or val_loss); costs are minimized:
+`params` (the model's parameter count), `latency_ms` (per image at batch 1 on the trial's
+device, after warm-up) and `train_seconds` (the epochs' training time). With costs the Optuna
+study is multi-objective: the helpers here give every reader one way to the metric's value.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+COSTS = ("params", "latency_ms", "train_seconds")
+STARTUP_TRIALS = 3  # the median rule on the first objective waits for this many finished trials
+
+
+def metric_value(trial: FrozenTrial) -> float | None:
+    """The trial's value of the study's metric (its first objective); None if it has none."""
+    return trial.values[0] if trial.values else None
+
+
+def maximizing(study: optuna.Study) -> bool:
+    return study.directions[0] == StudyDirection.MAXIMIZE
+
+
+def best_by_metric(study: optuna.Study) -> FrozenTrial | None:
+    """The complete trial with the best metric value (in a multi-objective study too)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return None
+    pick = max if maximizing(study) else min
+    return pick(done, key=metric_value)
+
+
+def ranked(trials: list[FrozenTrial], study: optuna.Study) -> list[FrozenTrial]:
+    """Trials from the best metric value to the worst."""
+    return sorted(trials, key=metric_value, reverse=maximizing(study))
+
+
+def behind_the_median(study: optuna.Study, number: int, epoch: int, value: float) -> bool:
+    """Optuna's median rule on the first objective, for multi-objective studies, whose trials
+    cannot report() (Optuna prunes single-objective studies only): prune when `value` at `epoch`
+    is worse than the median of the finished trials' values at that epoch (user attr `curve`)."""
+    seen = [
+        t.user_attrs["curve"][str(epoch)]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if t.number != number and str(epoch) in t.user_attrs.get("curve", {})
+    ]
+    if len(seen) < STARTUP_TRIALS or epoch < 2:
+        return False
+    median = statistics.median(seen)
+    return value < median if maximizing(study) else value > median
+
+
+def measure_costs(model: Any, device: Any, shape: tuple[int, int, int], history: list[dict],
+                  names: list[str]) -> dict[str, float]:  # fmt: skip
+    """The costs a study asks for, of a trained model."""
+    costs = {}
+    if "params" in names:
+        costs["params"] = float(sum(p.numel() for p in model.parameters()))
+    if "train_seconds" in names:
+        costs["train_seconds"] = float(sum(row.get("seconds", 0.0) for row in history))
+    if "latency_ms" in names:
+        costs["latency_ms"] = latency_ms(model, device, shape, batch=1)
+        costs["latency_ms_batch256"] = latency_ms(model, device, shape, batch=256)
+    return costs
+
+
+def latency_ms(model: Any, device: Any, shape: tuple[int, int, int], batch: int) -> float:
+    """Milliseconds per image of the model in eval mode at `batch`, after 3 warm-up calls."""
+    import torch
+
+    x = torch.randn(batch, *shape, device=device)
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        runs, started = 0, time.perf_counter()
+        while runs < 5 or time.perf_counter() - started < 0.2:
+            model(x)
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - started) / runs / batch
