@@ -108,8 +108,13 @@ def add_result_commands(commands: Any) -> None:
     export.add_argument("study", help="the study name (or file)")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "mlflow"])
     export.add_argument("--out", required=True, help="output file (.pt, .onnx) or directory")
-    add_store_flags(export, storage=False)
+    add_store_flags(export)  # the storage is read for --pick
     export.add_argument("--alias", default="champion", help="registered model alias")
+    export.add_argument(
+        "--pick", metavar="RULE", help="export one trial's model instead of the ensemble, of a"
+        " study scored on cost: 'smallest within 1.0' (the fewest parameters within 1 point of"
+        " the best validation accuracy) or 'fastest within 1.0' (the lowest latency_ms)"
+    )  # fmt: skip
     export.set_defaults(func=cmd_export)
 
     predict = commands.add_parser("predict", help="classify image files with an exported model")
@@ -216,10 +221,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export import export
 
     _, name = load_by_name_or_file(args.study)
-    sweep = SweepPaths.resolve(args.dir, None, args.tracking_uri)
+    sweep = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
     out = Path(args.out)
-    # rebuilt from tensors and JSON by sweeper's own code: nothing stored on the server runs
-    model = tracking.load_registered(sweep.tracking_uri, name, args.alias)
+    if args.pick:
+        model, what = picked_model(name, sweep, args.pick)
+    else:  # rebuilt from tensors and JSON by sweeper's own code: nothing stored on the server runs
+        model, what = tracking.load_registered(sweep.tracking_uri, name, args.alias), args.alias
     channels, size = model.input_shape
     example = torch.rand(2, channels, size, size)
     if args.format != "mlflow":
@@ -230,8 +237,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         with replacing(out) as tmp:
             tracking.save_model(model, tmp, example.numpy())
         path = out
-    print(f"exported {name}@{args.alias} to {path}")
+    print(f"exported {name}@{what} to {path}")
     return 0
+
+
+def picked_model(name: str, sweep: SweepPaths, rule: str) -> tuple[Any, str]:
+    """The model of the trial a --pick rule names, and how to call it."""
+    import tempfile
+
+    from sweeper.ensemble import one_model
+    from sweeper.objectives import pick
+    from sweeper.tracking.checkpoints import fetch_checkpoint
+
+    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
+    trial = pick(study, rule)
+    scores = ", ".join(
+        f"{k}={v:.4g}" for k, v in zip(study.metric_names, trial.values, strict=True)
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = fetch_checkpoint(
+            sweep.tracking_uri, trial.user_attrs["checkpoint"], Path(folder)
+        )
+        return one_model(checkpoint), f"trial {trial.number} ({rule}: {scores})"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -100,6 +100,15 @@ def load_member(checkpoint: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), saved
 
 
+def one_model(checkpoint: Path | str) -> Ensemble:
+    """A trial's own model (its best checkpoint) as an ensemble of one: the same normalization
+    inside, the same exports."""
+    model, saved = load_member(checkpoint)
+    return Ensemble([model], [saved["mean"]], [saved["std"]], list(saved["classes"]),
+                    image_size=int(saved["image_size"]),
+                    options=[member_options(saved, str(checkpoint))])  # fmt: skip
+
+
 def member_options(saved: dict[str, Any], source: str) -> dict[str, Any]:
     """The build_model options of a best checkpoint's model."""
     options = TrainConfig.from_dict(saved["config"], source=source).model_options()

@@ -208,7 +208,7 @@ def build_ensemble(
     from sweeper import retrain  # torch and MLflow: the launcher needs them only from here on
 
     options = retrain.EnsembleSettings(**settings)
-    plan = retrain.make_plan(optuna_study, options.k, options.seeds)
+    plan = retrain.make_plan(optuna_study, options.k, options.seeds, options.pick)
     epochs = options.epochs or max(config["epochs"] for config in plan.configs.values())
     spec = retrain.member_study(study, plan, epochs)  # by default the sources' epoch budget
     member_overrides = {key: v for key, v in overrides.items() if key != "epochs"}

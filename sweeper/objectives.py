@@ -8,6 +8,7 @@ study is multi-objective: the helpers here give every reader one way to the metr
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.errors import SweeperError
 
 COSTS = ("params", "latency_ms", "train_seconds")
 STARTUP_TRIALS = 3  # the median rule on the first objective waits for this many finished trials
@@ -90,3 +93,46 @@ def latency_ms(model: Any, device: Any, shape: tuple[int, int, int], batch: int)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return 1000 * (time.perf_counter() - started) / runs / batch
+
+
+PICKS = {"smallest": "params", "fastest": "latency_ms"}
+
+
+def pick_rule(rule: str, names: list[str]) -> tuple[str, float]:
+    """("params" or "latency_ms", points) of a rule such as "smallest within 1.0"; one line that
+    says what is accepted if the rule or the study does not allow it."""
+    match = re.fullmatch(r"\s*(smallest|fastest)\s+within\s+([0-9]*\.?[0-9]+)\s*", rule)
+    if match is None:
+        raise SweeperError(
+            f"--pick {rule!r}: say 'smallest within POINTS' or 'fastest within POINTS' (POINTS of"
+            " validation accuracy below the best, e.g. 'smallest within 1.0')"
+        )
+    cost = PICKS[match.group(1)]
+    if cost not in names[1:]:
+        raise SweeperError(
+            f"--pick {rule!r} needs a study scored on {cost}; its objectives are {names}"
+            f" (add {cost!r} to the study's objectives)"
+        )
+    return cost, float(match.group(2))
+
+
+def within(study: optuna.Study, points: float) -> list[FrozenTrial]:
+    """The complete trials whose metric is within `points` of the best (accuracy in percentage
+    points; a loss in its own units), best first."""
+    done = ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)
+    if not done:
+        return []
+    margin = points / 100 if maximizing(study) else points
+    best = metric_value(done[0])
+    return [t for t in done if abs(metric_value(t) - best) <= margin + 1e-12]
+
+
+def pick(study: optuna.Study, rule: str) -> FrozenTrial:
+    """The trial a pick rule names: the cheapest of those within the points of the best."""
+    names = study.metric_names or []
+    cost, points = pick_rule(rule, names)
+    candidates = within(study, points)
+    if not candidates:
+        raise SweeperError(f"--pick: study '{study.study_name}' has no complete trial yet")
+    index = names.index(cost)
+    return min(candidates, key=lambda t: t.values[index])  # ties: the better metric (first)

@@ -21,7 +21,7 @@ from sweeper import tracking
 from sweeper.config import TrainConfig
 from sweeper.data import split_of
 from sweeper.errors import SweeperError
-from sweeper.objectives import metric_value, ranked
+from sweeper.objectives import metric_value, pick_rule, ranked, within
 from sweeper.paths import SweepPaths
 from sweeper.study import Study
 
@@ -36,6 +36,8 @@ class EnsembleSettings:
     seeds: int = 3
     epochs: int | None = None  # members' epochs; None: the study's
     greedy: bool = False
+    # a study scored on cost: members from the Pareto front within the rule's points of the best
+    pick: str | None = None
 
 
 @dataclass
@@ -57,9 +59,16 @@ def member_study_name(name: str) -> str:
     return f"{name}.ensemble"
 
 
-def make_plan(optuna_study: optuna.Study, k: int, seeds: int) -> EnsemblePlan:
-    """The top-k distinct configs by the objective, each to be retrained with `seeds` seeds."""
+def make_plan(
+    optuna_study: optuna.Study, k: int, seeds: int, pick: str | None = None
+) -> EnsemblePlan:
+    """The top-k distinct configs by the metric, each to be retrained with `seeds` seeds; with a
+    pick rule ("smallest within 1.0"), only from the Pareto front's trials within its points."""
     done = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if pick:
+        _, points = pick_rule(pick, optuna_study.metric_names or [])
+        front = {t.number for t in optuna_study.best_trials}
+        done = [t for t in within(optuna_study, points) if t.number in front]
     if not done:
         raise SweeperError(
             f"ensemble: study '{optuna_study.study_name}' has no complete trial; launch it first"

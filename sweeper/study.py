@@ -14,7 +14,7 @@ import optuna
 
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, bad_value
-from sweeper.objectives import COSTS
+from sweeper.objectives import COSTS, pick_rule
 from sweeper.stopping import StopRule
 from sweeper.userfile import import_file, line_in, one_line
 
@@ -219,11 +219,17 @@ def validate(study: Study, draws: int = 32) -> None:
     for key, fits, accepted in FIELD_CHECKS:
         if not fits(study):
             raise bad(key, accepted)
-    unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy"}
+    unknown = set(study.ensemble) - {"k", "seeds", "epochs", "greedy", "pick"}
     if unknown:
         raise bad(
-            "ensemble", f"unknown key(s) {sorted(unknown)}; accepted: k, seeds, epochs, greedy"
+            "ensemble",
+            f"unknown key(s) {sorted(unknown)}; accepted: k, seeds, epochs, greedy, pick",
         )
+    if study.ensemble.get("pick"):
+        try:
+            pick_rule(study.ensemble["pick"], study.objective_names)
+        except SweeperError as error:
+            raise SweeperError(f"{where}: ensemble: {error}") from None
     reference = study.reference
     if reference is not None and not (
         isinstance(reference, tuple | list) and len(reference) == 2

@@ -15,6 +15,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -26,6 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from sweeper import tracking
 from sweeper.cli import main
+from sweeper.export import load_exported
 from sweeper.paths import default_tracking_uri
 from sweeper.report import load_dashboard, render
 from sweeper.studydata import StudyData, _curves, _settings
@@ -468,3 +470,21 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
     assert plots_drawn(source, dom) == ["pareto-1", "curves-0", "curves-1"]
     section = dom[dom.index('<section id="pareto">') : dom.index('<section id="curves">')]
     assert len(re.findall(r"<tr>", section)) == len(front)  # a row per trial on the front
+
+    # The smallest model within 100 points is the smallest of all; within 0, the best one's.
+    smallest = min(complete, key=lambda t: t.values[1])
+    best = max(complete, key=lambda t: t.values[0])
+    for rule, chosen in (("smallest within 100", smallest), ("smallest within 0", best)):
+        out = tmp_path / f"{rule.replace(' ', '-')}.onnx"
+        exported = sweeper("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
+                           "--format", "onnx", "--out", str(out))  # fmt: skip
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert f"exported pareto@trial {chosen.number} ({rule}: val_acc=" in exported.stdout
+        model, classes = load_exported(out)
+        assert model(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, len(classes)) == (2, 10)
+    for rule, said in (("biggest within 1", "say 'smallest within POINTS'"),
+                       ("fastest within 1", "needs a study scored on latency_ms")):  # fmt: skip
+        refused = sweeper("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
+                          "--format", "onnx", "--out", str(tmp_path / "no.onnx"))  # fmt: skip
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert said in refused.stderr

@@ -10,8 +10,10 @@ from mlflow import MlflowClient
 
 from sweeper import tracking
 from sweeper.data import load_images
+from sweeper.errors import SweeperError
 from sweeper.export import load_exported
 from sweeper.paths import default_tracking_uri
+from sweeper.retrain import make_plan
 from sweeper.storage import make_storage
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -121,3 +123,22 @@ def test_missing_study_is_one_line(tmp_path: Path) -> None:
     done = sweeper("ensemble", "nosuchstudy", "--dir", str(tmp_path))
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "no study 'nosuchstudy'" in done.stderr
+
+
+def test_the_ensemble_of_a_study_scored_on_cost_comes_from_its_front_within_the_pick() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "params"])
+    scores = [(0.70, 900_000), (0.695, 60_000), (0.69, 30_000), (0.64, 10_000), (0.68, 500_000)]
+    for number, (acc, params) in enumerate(scores):
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, params], params={"n": number},
+            distributions={"n": optuna.distributions.IntDistribution(0, 10)},
+            user_attrs={"config": {"model": "cnn2", "n": number}},
+        ))  # fmt: skip
+    # within 1 point of 70%: trials 0, 1, 2, 4; of those on the front: 0, 1, 2 (4 is dominated)
+    plan = make_plan(study, k=2, seeds=2, pick="smallest within 1.0")
+    assert plan.sources == [0, 1]  # the best two of them by accuracy
+    assert make_plan(study, k=5, seeds=1, pick="smallest within 0.6").sources == [0, 1]
+    assert make_plan(study, k=5, seeds=1).sources == [0, 1, 2, 4, 3]  # no rule: all, by accuracy
+    with pytest.raises(SweeperError, match="needs a study scored on latency_ms"):
+        make_plan(study, k=2, seeds=2, pick="fastest within 1.0")
