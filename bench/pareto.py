@@ -1,0 +1,108 @@
+"""Accuracy against size (issue 18): studies/pareto.py's smallest model within 1 point of the best
+validation accuracy, against the best model, side by side in one run.
+
+    .venv/bin/python bench/pareto.py [--trials 12] [--epochs 4] [--train-size N] [--points 1.0]
+
+Launches studies/pareto.py (val_acc against params) in a fresh temporary --dir, then takes the
+best trial by validation accuracy and the one `sweeper export --pick "smallest within 1.0"`
+picks, and measures both here, one after the other: parameters, validation and test accuracy
+(the test split is used only here), and milliseconds per image at batch 1 and 256 on the CPU
+(eval mode, after warm-up; the same code that scores latency_ms objectives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from sweeper.config import TrainConfig
+from sweeper.data import split_of
+from sweeper.ensemble import one_model
+from sweeper.objectives import best_by_metric, latency_ms, pick
+from sweeper.storage import make_storage
+from sweeper.tracking.checkpoints import fetch_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = os.environ.get("SWEEPER_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
+
+
+def measure(trial: optuna.trial.FrozenTrial, tracking_uri: str, folder: Path) -> dict:
+    """Parameters, accuracies and CPU latency of a trial's best weights."""
+    model = one_model(fetch_checkpoint(tracking_uri, trial.user_attrs["checkpoint"], folder))
+    config = TrainConfig.from_dict(trial.user_attrs["config"])
+    data = split_of(config)  # the trial's own split
+    accuracy = {
+        "val": accuracy_of(model, data.val_x, data.val_y),
+        "test": accuracy_of(model, data.test_x, data.test_y),
+    }
+    shape = tuple(data.val_x.shape[1:])
+    return {
+        "trial": trial.number,
+        "model": config.model,
+        "params": sum(p.numel() for p in model.members[0].parameters()),
+        "val_acc": accuracy["val"],
+        "test_acc": accuracy["test"],
+        "ms_b1": latency_ms(model, torch.device("cpu"), shape, batch=1),
+        "ms_b256": latency_ms(model, torch.device("cpu"), shape, batch=256),
+    }
+
+
+@torch.inference_mode()
+def accuracy_of(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    right = 0
+    for start in range(0, len(x), batch):
+        images = torch.from_numpy(np.asarray(x[start : start + batch])).float() / 255
+        right += int((model(images).argmax(1).numpy() == y[start : start + batch]).sum())
+    return right / len(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-size", type=int)
+    parser.add_argument("--points", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="sweeper-pareto-"))
+    launch = [sys.executable, "-m", "sweeper.cli", "launch", str(ROOT / "studies" / "pareto.py"),
+              "--dir", str(folder), "--workers", str(args.workers), "--trials", str(args.trials),
+              "--epochs", str(args.epochs), "--no-progress", "--data-dir", DATA_DIR]  # fmt: skip
+    if args.train_size:
+        launch += ["--train-size", str(args.train_size)]
+    started = time.time()
+    subprocess.run(launch, check=True)
+    print(f"launch: {time.time() - started:.0f} s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(f"sqlite:///{folder}/optuna.db")
+    study = optuna.load_study(study_name="pareto", storage=storage)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    smallest = pick(study, f"smallest within {args.points}")
+    rows = [
+        ("best val_acc", measure(best_by_metric(study), uri, folder)),
+        (f"smallest within {args.points:g}", measure(smallest, uri, folder)),
+    ]
+    best = rows[0][1]
+    print("| model | trial | params | val acc | test acc | ms/image batch 1 | batch 256 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in rows:
+        print(f"| {name}: {row['model']} | {row['trial']} | {row['params']:,} "
+              f"({row['params'] / best['params']:.2f}x) | {row['val_acc']:.2%} | "
+              f"{row['test_acc']:.2%} | {row['ms_b1']:.3f} ({row['ms_b1'] / best['ms_b1']:.2f}x) | "
+              f"{row['ms_b256']:.4f} ({row['ms_b256'] / best['ms_b256']:.2f}x) |")  # fmt: skip
+    front = sorted((t.values[1], t.values[0], t.number) for t in study.best_trials)
+    print("front (params, val_acc, trial):", [(int(p), round(a, 4), n) for p, a, n in front])
+    print(f"study files: {folder}")
+
+
+if __name__ == "__main__":
+    main()
