@@ -22,6 +22,7 @@ from sweeper.launch import ensemble_again, join, launch
 from sweeper.paths import SweepPaths, add_storage_flag, add_store_flags, add_tracking_flag
 from sweeper.pool import default_devices
 from sweeper.progress import trials_table
+from sweeper.ray_pool import ray_pool
 from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import load_by_name_or_file, load_study
 
@@ -77,6 +78,11 @@ def add_training_commands(commands: Any) -> None:
     add_sweep_flags(launch)
     add_pool_flags(launch, "trial")
     launch.add_argument("--no-ensemble", action="store_true", help="skip the seed ensemble")
+    launch.add_argument(
+        "--ray", nargs="?", const="auto", metavar="ADDRESS",
+        help="workers on a Ray cluster: auto, ray://host:10001 or host:6379 (with a PostgreSQL"
+        " --storage and an http --tracking-uri)",
+    )  # fmt: skip
     launch.set_defaults(func=cmd_launch)
 
     ensemble = commands.add_parser("ensemble", help="retrain the top configs with seeds, average")
@@ -170,10 +176,17 @@ def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_launch(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
+    paths = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
+    remote = None
+    if args.ray is not None:
+        devices, remote = ray_pool(paths, args.ray, args.workers, args.trials_per_gpu)
+    else:
+        devices = default_devices(args.workers, args.trials_per_gpu)
     return launch(
         study,
-        SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
-        devices=default_devices(args.workers, args.trials_per_gpu),
+        paths,
+        devices=devices,
+        remote=remote,
         budget=args.trials if args.trials is not None else study.trials,
         timeout=args.timeout if args.timeout is not None else study.timeout,
         overrides=sweep_overrides(args),
