@@ -103,6 +103,15 @@ def mark_shared(directory: Path) -> tuple[str, str]:
     return str(path), token
 
 
+def readable(marker: tuple[str, str]) -> bool:
+    """Whether this node reads the launcher's marker file: the sweep directory is shared."""
+    path, token = marker
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
 class Slot:
     """A Ray actor: one worker slot on one node, running `sweeper worker` as its child."""
 
@@ -115,12 +124,8 @@ class Slot:
         import ray
 
         node = ray.get_runtime_context().get_node_id()
-        path, token = marker
-        try:
-            shared = Path(path).read_text() == token
-        except OSError:
-            shared = False
-        if not shared:
+        path, _ = marker
+        if not readable(marker):
             return (
                 f"--ray: the worker on node {node[:8]} cannot read {path}: give a --dir on"
                 " storage that every node mounts at the same path (NFS, a shared volume)"

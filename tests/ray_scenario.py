@@ -5,7 +5,7 @@ everything it starts dies with it.
 It starts a throwaway PostgreSQL cluster, a real `mlflow server` on it, a Ray head and a second
 Ray node (one CPU each), then:
 1. `sweeper launch --ray` of six 2-epoch quickstart trials; one worker is killed with SIGKILL
-   after the first epoch of its trial;
+   after the first epoch of its trial; then the launch's ensemble (2 configs x 2 seeds);
 2. a second launch of the same study (12 trials) that gets SIGINT while its workers train.
 It prints one JSON object of what it saw; the test asserts on it.
 
@@ -32,10 +32,11 @@ from test_faults import ROOT, Cluster, as_postgres, pg_binary
 from test_server import MlflowServer
 
 from sweeper import tracking
+from sweeper.retrain import member_study_name
 from sweeper.storage import make_storage
 
 BIN = Path(sys.executable).parent
-TINY = ["--epochs", "2", "--train-size", "500", "--no-progress", "--no-ensemble"]
+TINY = ["--epochs", "2", "--train-size", "500", "--no-progress"]
 FAST_RETRY = {"SWEEPER_HEARTBEAT_S": "2", "SWEEPER_GRACE_S": "6"}
 STUDY = "quickstart"
 
@@ -173,14 +174,22 @@ def scenario(out: Path, root: Path) -> dict:
     sweep = root / "sweep"
     stores = ["--storage", url, "--tracking-uri", server.url, "--dir", str(sweep)]
     started = time.monotonic()
-    first = launch(out, "first", "--ray", address, *stores, "--trials", "6", *TINY)
+    first = launch(out, "first", "--ray", address, *stores, "--trials", "6", *TINY)  # +ensemble
     killed = kill_a_worker_mid_trial(url, sweep / "checkpoints" / STUDY, first)
     note(f"killed the worker of trial {killed}")
     code = first.wait(timeout=300)
     note("first launch done")
     facts = {"first_code": code, "killed_trial": killed, "sweep_s": time.monotonic() - started,
              **sweep_facts(url, server.url)}  # fmt: skip
-    second = launch(out, "second", "--ray", address, *stores, "--trials", "12", *TINY)
+    facts["ensemble_line"] = [ln for ln in (out / "first.out").read_text().splitlines()
+                              if "ensemble of" in ln]  # fmt: skip
+    members = optuna.load_study(study_name=member_study_name(STUDY), storage=make_storage(url))
+    done = [t for t in members.get_trials() if t.state.name == "COMPLETE"]
+    facts["members"] = len(done)
+    trained = [t.user_attrs["node"] for t in done if "node" in t.user_attrs]  # not kept ones
+    facts["member_nodes"] = {node: trained.count(node) for node in trained}
+    more = [*stores, "--trials", "12", *TINY, "--no-ensemble"]
+    second = launch(out, "second", "--ray", address, *more)
     wait_until("a trial running", lambda: [t for t in trials(url) if t.state.name == "RUNNING"
                                            and t.number >= 6], second)  # fmt: skip
     time.sleep(3)  # into its first epoch
@@ -203,6 +212,7 @@ def bench(out: Path, root: Path) -> dict:
     server.start()
     address = ray_cluster(root / "ray")
     times = {}
+    tiny = [*TINY, "--no-ensemble"]
     for name, pool in (("ray", ["--ray", address]), ("local", ["--workers", "2"])):
         engine = sa.create_engine(cluster.url, isolation_level="AUTOCOMMIT")
         with engine.connect() as connection:
@@ -211,7 +221,7 @@ def bench(out: Path, root: Path) -> dict:
         stores = ["--storage", database(cluster, name),
                   "--tracking-uri", server.url, "--dir", str(root / name)]  # fmt: skip
         started = time.monotonic()
-        process = launch(out, name, *pool, *stores, "--trials", "6", *TINY)
+        process = launch(out, name, *pool, *stores, "--trials", "6", *tiny)
         code = process.wait(timeout=600)
         assert code == 0, (out / f"{name}.err").read_text()[-3000:]
         times[f"{name}_s"] = round(time.monotonic() - started, 1)

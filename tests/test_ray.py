@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import QUICKSTART, REPO, sweeper
 
+from sweeper.ray_pool import mark_shared, readable
+
 
 @pytest.mark.parametrize(
     ("stores", "says"),
@@ -44,6 +46,14 @@ def test_ray_address_where_no_cluster_listens_is_one_line(tmp_path: Path) -> Non
     assert done.stderr.strip() == (
         "sweeper: error: --ray 127.0.0.1:9: no Ray cluster there ([Errno 111] Connection refused)"
     )
+
+
+def test_a_sweep_dir_a_node_cannot_read_is_found(tmp_path: Path) -> None:
+    marker = mark_shared(tmp_path)
+    assert readable(marker)
+    assert not readable((marker[0], "another launch's token"))
+    Path(marker[0]).unlink()  # as on a node where --dir is a local folder
+    assert not readable(marker)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +91,12 @@ def test_sigint_at_the_launcher_leaves_no_actor_or_worker(scenario: dict) -> Non
     assert scenario["second_code"] == 130
     assert scenario["left_behind"] == {"actors": [], "workers": []}
     assert scenario["running_after_sigint"] == []  # the interrupted trial went back to the queue
+
+
+def test_the_ensemble_trains_on_the_cluster_too(scenario: dict) -> None:
+    assert scenario["members"] == 4  # the quickstart's top 2 configs x 2 seeds
+    # those not kept from the sweep as trained (a source trial with its seed) trained on the nodes
+    assert sum(scenario["member_nodes"].values()) >= 1, scenario
+    assert set(scenario["member_nodes"]) <= set(scenario["nodes"])  # Ray nodes, not this host
+    (line,) = scenario["ensemble_line"]
+    assert "ensemble of 4 members" in line
