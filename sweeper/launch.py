@@ -194,7 +194,7 @@ def build_ensemble(
 
 def ensemble_again(
     target: str, paths: SweepPaths, *, devices: list[str], settings: dict[str, Any],
-    overrides: dict[str, Any], progress: bool,
+    overrides: dict[str, Any], progress: bool, remote: Remote | None = None,
 ) -> int:  # fmt: skip
     """`sweeper ensemble`: the ensemble of a launched study, outside a launch run."""
     from sweeper import tracking  # loaded on demand: the CLI stays quick
@@ -207,7 +207,7 @@ def ensemble_again(
     context = LaunchContext(experiment_id, None, paths.storage_url, paths.tracking_uri)
     done = build_ensemble(study, paths, optuna_study, context,
                           devices=devices, overrides=overrides, progress=progress,
-                          settings={**study.ensemble, **settings})  # fmt: skip
+                          settings={**study.ensemble, **settings}, remote=remote)  # fmt: skip
     return 0 if done is not None else 130
 
 

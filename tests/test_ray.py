@@ -29,10 +29,11 @@ from sweeper.ray_pool import mark_shared, readable
          "--tracking-uri http://"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("command", ["launch", "ensemble"])
 def test_ray_with_stores_on_this_machine_is_one_line(
-    tmp_path: Path, stores: tuple[str, ...], says: str
+    tmp_path: Path, command: str, stores: tuple[str, ...], says: str
 ) -> None:
-    done = sweeper("launch", QUICKSTART, "--dir", str(tmp_path), "--ray", *stores, timeout=60)
+    done = sweeper(command, QUICKSTART, "--dir", str(tmp_path), "--ray", *stores, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], done.stderr
