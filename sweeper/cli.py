@@ -20,8 +20,9 @@ from sweeper.data import split_of
 from sweeper.errors import SweeperError, bad_value
 from sweeper.launch import ensemble_again, join, launch
 from sweeper.paths import SweepPaths, add_storage_flag, add_store_flags, add_tracking_flag
-from sweeper.pool import default_devices
+from sweeper.pool import Remote, default_devices
 from sweeper.progress import trials_table
+from sweeper.ray_pool import ray_pool
 from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import load_by_name_or_file, load_study
 
@@ -77,6 +78,7 @@ def add_training_commands(commands: Any) -> None:
     add_sweep_flags(launch)
     add_pool_flags(launch, "trial")
     launch.add_argument("--no-ensemble", action="store_true", help="skip the seed ensemble")
+    add_ray_flag(launch)
     launch.set_defaults(func=cmd_launch)
 
     ensemble = commands.add_parser("ensemble", help="retrain the top configs with seeds, average")
@@ -86,6 +88,7 @@ def add_training_commands(commands: Any) -> None:
     ensemble.add_argument("--seeds", type=int, help="seeds per config (study default: 3)")
     ensemble.add_argument("--greedy", action="store_true", help="also greedy selection on val")
     add_pool_flags(ensemble, "member")
+    add_ray_flag(ensemble)
     ensemble.set_defaults(func=cmd_ensemble)
 
     worker = commands.add_parser("worker", help="join a running study (same storage)")
@@ -156,6 +159,21 @@ def add_pool_flags(parser: argparse.ArgumentParser, unit: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help=f"a line per {unit}, no bar")
 
 
+def add_ray_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray", nargs="?", const="auto", metavar="ADDRESS",
+        help="workers on a Ray cluster: auto, ray://host:10001 or host:6379 (with a PostgreSQL"
+        " --storage and an http --tracking-uri)",
+    )  # fmt: skip
+
+
+def pool_of(args: argparse.Namespace, paths: SweepPaths) -> tuple[list[str], Remote | None]:
+    """The devices of the workers, local or on the Ray cluster of --ray (then how to start them)."""
+    if args.ray is not None:
+        return ray_pool(paths, args.ray, args.workers, args.trials_per_gpu)
+    return default_devices(args.workers, args.trials_per_gpu), None
+
+
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """Where the sweep lives, and how to scale a study down without editing it."""
     add_store_flags(parser)
@@ -183,10 +201,13 @@ def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_launch(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
+    paths = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
+    devices, remote = pool_of(args, paths)
     return launch(
         study,
-        SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
-        devices=default_devices(args.workers, args.trials_per_gpu),
+        paths,
+        devices=devices,
+        remote=remote,
         budget=args.trials if args.trials is not None else study.trials,
         timeout=args.timeout if args.timeout is not None else study.timeout,
         overrides=sweep_overrides(args),
@@ -203,10 +224,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
 
     settings = {k: getattr(args, k) for k in ("k", "seeds", "epochs") if getattr(args, k)}
+    paths = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
+    devices, remote = pool_of(args, paths)
     return ensemble_again(
         args.study,
-        SweepPaths.resolve(args.dir, args.storage, args.tracking_uri),
-        devices=default_devices(args.workers, args.trials_per_gpu),
+        paths,
+        devices=devices,
+        remote=remote,
         settings={**settings, "greedy": True} if args.greedy else settings,
         overrides={k: v for k, v in sweep_overrides(args).items() if k != "epochs"},
         progress=not args.no_progress and sys.stderr.isatty(),

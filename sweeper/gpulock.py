@@ -8,6 +8,8 @@ keeps new trials from slipping in while that trial waits for the GPU to empty.
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,10 @@ def gpu_slot(lock_dir: Path, device: str, exclusive: bool = False) -> Iterator[N
         yield
         return
     lock_dir.mkdir(parents=True, exist_ok=True)
-    name = device.replace(":", "-")
+    # The lock dir may be shared by hosts (--ray): a lock is one host's GPU as this process sees
+    # it (Ray gives each worker its GPU in CUDA_VISIBLE_DEVICES, and each is its cuda:0).
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_")
+    name = f"{socket.gethostname()}-{visible}-{device.replace(':', '-')}"
     with open(lock_dir / f"{name}.gate", "a") as gate, open(lock_dir / f"{name}.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
         try:

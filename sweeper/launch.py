@@ -28,6 +28,7 @@ from sweeper.paths import SweepPaths, default_tracking_uri
 from sweeper.pool import (
     Budget,
     LaunchContext,
+    Remote,
     budget_state,
     run_pool,
     stop_on_signals,
@@ -55,8 +56,10 @@ def launch(
     overrides: dict[str, Any],
     progress: bool = True,
     ensemble: dict[str, Any] | None = None,
+    remote: Remote | None = None,
 ) -> int:
-    """Sweep the study on a pool of workers, then build its ensemble; return an exit code."""
+    """Sweep the study on a pool of workers (local processes, or `remote` ones on a cluster),
+    then build its ensemble; return an exit code."""
     stop_on_signals()
     note_limits(paths.storage_url)
     started = time.time()
@@ -72,9 +75,10 @@ def launch(
     status = "FAILED"
     ended: dict[str, str] = {}  # tags of the launch run that say how it ended
     try:
-        flags = worker_flags(devices, budget, deadline, overrides)
+        flags = worker_flags(devices, budget, deadline, overrides, remote)
         if not run_pool(worker_commands(study.file, paths, devices, flags), setup, budget=budget,
-                        deadline=deadline, progress=progress, stop=study.stop_rule):  # fmt: skip
+                        deadline=deadline, progress=progress, stop=study.stop_rule,
+                        remote=remote):  # fmt: skip
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return 130
@@ -86,7 +90,7 @@ def launch(
         if ensemble and ensemble.get("k") and done:
             built = build_ensemble(
                 study, paths, opened.study, opened.context, devices=devices,
-                overrides=overrides, progress=progress, settings=ensemble,
+                overrides=overrides, progress=progress, settings=ensemble, remote=remote,
             )  # fmt: skip
             if built is None:
                 status = "KILLED"
@@ -202,6 +206,7 @@ def build_ensemble(
     overrides: dict[str, Any],
     progress: bool,
     settings: dict[str, Any],
+    remote: Remote | None = None,
 ) -> dict[str, Any] | None:
     """Plan the ensemble, retrain its members on the pool, evaluate, log, register and export it;
     None if interrupted."""
@@ -222,22 +227,23 @@ def build_ensemble(
         + (f" (only {len(plan.sources)} distinct complete configs)" if short else "")
         + (f"; {kept} of the members are their source trials as trained" if kept else "")
     )
-    flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides)]
+    flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides, remote)]
     commands = worker_commands(spec.file, paths, devices, flags)
     if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,
-                    progress=progress, table=False):  # fmt: skip
+                    progress=progress, table=False, remote=remote):  # fmt: skip
         print(stopped(members, spec.trials, "ensemble members"), file=sys.stderr)
         return None
     if budget_state(members, spec.trials) != Budget.DONE:
         print("ensemble: some members did not finish; building from those that did")
-    device = devices[0] if devices[0].startswith("cuda") else "cpu"
+    local = remote is None and devices[0].startswith("cuda")  # a cluster's GPUs are not here
+    device = devices[0] if local else "cpu"
     return retrain.finish_ensemble(study, paths, members, plan, context.experiment_id,
                                    context.parent_run_id, options.greedy, device)  # fmt: skip
 
 
 def ensemble_again(
     target: str, paths: SweepPaths, *, devices: list[str], settings: dict[str, Any],
-    overrides: dict[str, Any], progress: bool,
+    overrides: dict[str, Any], progress: bool, remote: Remote | None = None,
 ) -> int:  # fmt: skip
     """`sweeper ensemble`: the ensemble of a launched study, outside a launch run."""
     from sweeper import tracking  # loaded on demand: the CLI stays quick
@@ -250,7 +256,7 @@ def ensemble_again(
     context = LaunchContext(experiment_id, None, paths.storage_url, paths.tracking_uri)
     done = build_ensemble(study, paths, optuna_study, context,
                           devices=devices, overrides=overrides, progress=progress,
-                          settings={**study.ensemble, **settings})  # fmt: skip
+                          settings={**study.ensemble, **settings}, remote=remote)  # fmt: skip
     return 0 if done is not None else 130
 
 

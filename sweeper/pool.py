@@ -114,13 +114,28 @@ def default_devices(workers: int | None, trials_per_gpu: int) -> list[str]:
     return ["cpu"] * (workers or 1)
 
 
+@dataclass(frozen=True)
+class Remote:
+    """Workers that a cluster engine places (sweeper/ray_pool.py): how to start a pool of them,
+    and what each slot holds."""
+
+    start: Callable[[list[list[str]]], Workers]
+    packed: bool  # several workers share each GPU
+    threads: int = 1  # CPU threads of each worker
+
+
 def worker_flags(
-    devices: list[str], budget: int | None, deadline: float | None, overrides: dict[str, Any]
+    devices: list[str],
+    budget: int | None,
+    deadline: float | None,
+    overrides: dict[str, Any],
+    remote: Remote | None = None,
 ) -> list[str]:
     """The `sweeper worker` flags every worker of one pool shares."""
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = remote.threads if remote else max(1, (os.cpu_count() or 1) // len(devices))
     flags = ["--from-launcher", "--threads", str(threads)]
-    if len(set(devices)) < len(devices) and devices[0].startswith("cuda"):
+    shared = len(set(devices)) < len(devices) and devices[0].startswith("cuda")
+    if remote.packed if remote else shared:
         flags.append("--packed")
     if budget is not None:
         flags += ["--trials", str(budget)]
@@ -152,15 +167,17 @@ def run_pool(
     progress: bool,
     table: bool = True,
     stop: StopRule | None = None,
+    remote: Remote | None = None,
 ) -> bool:
     """Run worker processes until the work is done (then print the trials table unless not
     `table`); False if interrupted (Ctrl-C, SIGTERM).
 
     The workers start first: while they import torch and MLflow (seconds), setup() opens the
     Optuna study they work on and makes the MLflow runs; it returns that study and the launch
-    context that every worker reads on its stdin.
+    context that every worker reads on its stdin. The workers are local processes, or `remote`
+    ones (Ray actors) that run the same commands on a cluster's nodes.
     """
-    workers = Workers(commands)
+    workers = remote.start(commands) if remote else Workers(commands)
     view = None
     try:
         study, context = setup()
@@ -176,6 +193,7 @@ def run_pool(
         if isinstance(error, KeyboardInterrupt):
             return False
         raise
+    workers.stop()  # all ended: only remote workers (Ray actors) have something to let go
     view.close()
     if table:
         view.summary()
@@ -190,19 +208,29 @@ class Workers:
     def __init__(self, commands: list[list[str]]) -> None:
         self.commands = commands
         self.handed = ""  # the context line, once setup() made it
-        self.processes = [self.start(command) for command in commands]
+        self.processes = [self.start(i) for i in range(len(commands))]
         self.restarts = [0] * len(commands)
 
-    def start(self, command: list[str]) -> subprocess.Popen:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+    def start(self, slot: int) -> Any:
+        """Start the worker of a slot; a subprocess.Popen here, as much of one elsewhere."""
+        process = subprocess.Popen(self.commands[slot], stdin=subprocess.PIPE, text=True)
         if self.handed:
-            _hand(process, self.handed)
+            self.give(process, self.handed)
         return process
 
     def hand(self, line: str) -> None:
         self.handed = line
         for process in self.processes:
-            _hand(process, line)
+            self.give(process, line)
+
+    @staticmethod
+    def give(worker: subprocess.Popen, line: str) -> None:
+        """Give a worker its launch context; one that already died is replaced by supervise()."""
+        try:
+            worker.stdin.write(line)
+            worker.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
 
     def supervise(self, work_remains: Callable[[], bool]) -> bool:
         """Replace the workers that died (killed, out of memory) while work remains; False once
@@ -217,7 +245,7 @@ class Workers:
                     f"worker w{i} keeps failing (exit code {code}, {self.restarts[i]} starts);"
                     " its error is printed above"
                 )
-            self.processes[i] = self.start(self.commands[i])
+            self.processes[i] = self.start(i)
         return self.running() > 0
 
     def wait(self, seconds: float) -> None:
@@ -238,15 +266,6 @@ class Workers:
                 process.send_signal(signal.SIGTERM)
         for process in self.processes:
             process.wait()
-
-
-def _hand(worker: subprocess.Popen, line: str) -> None:
-    """Give a worker its launch context; one that already died is replaced by supervise()."""
-    try:
-        worker.stdin.write(line)
-        worker.stdin.close()
-    except (BrokenPipeError, OSError):
-        pass
 
 
 def _work_remains(

@@ -27,6 +27,10 @@ from sweeper.study import Study
 from sweeper.tracking import TrialTracker
 from sweeper.train import EpochCallback, TrainResult, TrainState, predict_arrays, resolved, train
 
+# The machine a trial ran on: the Ray node id a Ray worker is given (sweeper/ray_pool.py), else
+# the host name.
+NODE = os.environ.get("SWEEPER_NODE") or socket.gethostname()
+
 
 class TrialDiverged(Exception):
     """The loss became NaN or inf: the trial fails with this reason and the sweep goes on."""
@@ -177,6 +181,7 @@ class Objective:
                 "sweeper.worker": self.worker,
                 "sweeper.device": self.device,
                 "sweeper.host": socket.gethostname(),
+                "sweeper.node": NODE,
                 "sweeper.seed": str(config.seed),
                 "sweeper.split_hash": data.split_hash,
                 "sweeper.study_file_hash": self.study.file_hash,
@@ -187,6 +192,7 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("sampler", type(trial.study.sampler).__name__)
+        trial.set_user_attr("node", NODE)
         trial.set_user_attr("config", config.to_dict())
         if resume is not None:
             trial.set_user_attr("resumed_from_epoch", resume["epoch"])
