@@ -242,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from sweeper import tracking
     from sweeper.atomic import replacing
-    from sweeper.export import export
+    from sweeper.export import export, picked_model
 
     _, name = load_by_name_or_file(args.study)
     sweep = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
@@ -263,26 +263,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = out
     print(f"exported {name}@{what} to {path}")
     return 0
-
-
-def picked_model(name: str, sweep: SweepPaths, rule: str) -> tuple[Any, str]:
-    """The model of the trial a --pick rule names, and how to call it."""
-    import tempfile
-
-    from sweeper.ensemble import one_model
-    from sweeper.objectives import pick
-    from sweeper.tracking.checkpoints import fetch_checkpoint
-
-    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
-    trial = pick(study, rule)
-    scores = ", ".join(
-        f"{k}={v:.4g}" for k, v in zip(study.metric_names, trial.values, strict=True)
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = fetch_checkpoint(
-            sweep.tracking_uri, trial.user_attrs["checkpoint"], Path(folder)
-        )
-        return one_model(checkpoint), f"trial {trial.number} ({rule}: {scores})"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

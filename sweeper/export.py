@@ -9,6 +9,7 @@ and JSON only, rebuilt by sweeper's own code: nothing stored in them runs).
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ from torch import Tensor, nn
 
 from sweeper.atomic import replacing
 from sweeper.data import nchw
-from sweeper.ensemble import Ensemble
+from sweeper.ensemble import Ensemble, one_model
 from sweeper.errors import SweeperError, first_line
+from sweeper.paths import SweepPaths
 
 FORMATS = ("torchscript", "onnx", "mlflow")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -220,3 +222,21 @@ def predict(
         (name, [(labels[j], float(p[j])) for j in row])
         for name, p, row in zip(names, probs, order, strict=True)
     ]
+
+
+def picked_model(name: str, sweep: SweepPaths, rule: str) -> tuple[Any, str]:
+    """The model of the trial a --pick rule names, and how to call it."""
+    from sweeper.objectives import pick
+    from sweeper.storage import load_stored_study, make_storage
+    from sweeper.tracking.checkpoints import fetch_checkpoint  # MLflow: only for a pick
+
+    study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
+    trial = pick(study, rule)
+    scores = ", ".join(
+        f"{k}={v:.4g}" for k, v in zip(study.metric_names, trial.values, strict=True)
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = fetch_checkpoint(
+            sweep.tracking_uri, trial.user_attrs["checkpoint"], Path(folder)
+        )
+        return one_model(checkpoint), f"trial {trial.number} ({rule}: {scores})"

@@ -62,9 +62,8 @@ def launch(
     then build its ensemble; return an exit code."""
     stop_on_signals()
     note_limits(paths.storage_url)
-    started = time.time()
     prefetch_data(study, overrides)  # milliseconds once cached; a missing dataset fails here
-    deadline = time.time() + timeout if timeout else None
+    started, deadline = time.time(), time.time() + timeout if timeout else None
     opened: Opened | None = None
 
     def setup() -> tuple[optuna.Study, LaunchContext]:

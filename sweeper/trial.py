@@ -172,28 +172,12 @@ class Objective:
         last = self.epoch_file(trial.number)
         earlier = [self.epoch_file(number) for number in earlier_tries(trial)]
         resume = load_newest(earlier[::-1])
-        run_id = self.tracker.start(
-            self.study.name,
-            trial.number,
-            config.to_dict(),
-            {
-                **self.tags,
-                "sweeper.worker": self.worker,
-                "sweeper.device": self.device,
-                "sweeper.host": socket.gethostname(),
-                "sweeper.node": NODE,
-                "sweeper.seed": str(config.seed),
-                "sweeper.split_hash": data.split_hash,
-                "sweeper.study_file_hash": self.study.file_hash,
-            },
-            run_id=trial.user_attrs.get("mlflow_run_id"),
-            run_name=trial.user_attrs.get("run_name"),  # an ensemble member's, see retrain.py
-        )
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("worker", self.worker)
-        trial.set_user_attr("sampler", type(trial.study.sampler).__name__)
-        trial.set_user_attr("node", NODE)
-        trial.set_user_attr("config", config.to_dict())
+        run_id = self._start_run(trial, config, data)
+        sampler = type(trial.study.sampler).__name__
+        attrs = {"mlflow_run_id": run_id, "worker": self.worker, "node": NODE, "sampler": sampler,
+                 "config": config.to_dict()}  # fmt: skip
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
         if resume is not None:
             trial.set_user_attr("resumed_from_epoch", resume["epoch"])
             self._replay(trial, run_id, resume["history"])
@@ -237,6 +221,24 @@ class Objective:
         if self.study.pruner == "none":
             return False
         return behind_the_median(trial.study, trial.number, epoch, value)
+
+    def _start_run(self, trial: optuna.Trial, config: TrainConfig, data: SplitData) -> str:
+        """The trial's MLflow run: new, or the run of the try it retries (see TrialTracker)."""
+        tags = {
+            **self.tags,
+            "sweeper.worker": self.worker,
+            "sweeper.device": self.device,
+            "sweeper.host": socket.gethostname(),
+            "sweeper.node": NODE,
+            "sweeper.seed": str(config.seed),
+            "sweeper.split_hash": data.split_hash,
+            "sweeper.study_file_hash": self.study.file_hash,
+        }
+        return self.tracker.start(
+            self.study.name, trial.number, config.to_dict(), tags,
+            run_id=trial.user_attrs.get("mlflow_run_id"),
+            run_name=trial.user_attrs.get("run_name"),  # an ensemble member's, see retrain.py
+        )  # fmt: skip
 
     def epoch_file(self, number: int) -> Path:
         """The epoch checkpoint of the try numbered `number` of a trial."""
