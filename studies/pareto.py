@@ -1,4 +1,4 @@
-"""Accuracy against size: the documents' small models (MLP, LeNet-5, CNN1, CNN2, ResNet-20), each
+"""Accuracy against size: the documents' small models (MLP, LeNet-5, CNN2, ResNet-20), each
 trial scored on validation accuracy and on its parameter count; Optuna keeps the Pareto front.
 
 sweeper launch studies/pareto.py
@@ -13,7 +13,7 @@ def space(trial: optuna.Trial) -> dict:
     optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
     low, high = (0.01, 0.2) if optimizer == "sgd" else (3e-4, 3e-3)
     return {
-        "model": trial.suggest_categorical("model", ["mlp", "lenet5", "cnn1", "cnn2", "resnet20"]),
+        "model": trial.suggest_categorical("model", ["mlp", "lenet5", "cnn2", "resnet20"]),
         "batch_norm": trial.suggest_categorical("batch_norm", [True, False]),
         "optimizer": optimizer,
         "lr": trial.suggest_float("lr", low, high, log=True),
