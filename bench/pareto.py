@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,16 +45,26 @@ def measure(trial: optuna.trial.FrozenTrial, tracking_uri: str, folder: Path) ->
         "val": accuracy_of(model, data.val_x, data.val_y),
         "test": accuracy_of(model, data.test_x, data.test_y),
     }
-    shape = tuple(data.val_x.shape[1:])
     return {
         "trial": trial.number,
         "model": config.model,
         "params": sum(p.numel() for p in model.members[0].parameters()),
         "val_acc": accuracy["val"],
         "test_acc": accuracy["test"],
-        "ms_b1": latency_ms(model, torch.device("cpu"), shape, batch=1),
-        "ms_b256": latency_ms(model, torch.device("cpu"), shape, batch=256),
+        "net": model,
+        "shape": tuple(data.val_x.shape[1:]),
     }
+
+
+def latencies(rows: list[dict], repeats: int = 5) -> None:
+    """ms per image at batch 1 and 256, the models measured in turn, the median of `repeats`."""
+    for batch in (1, 256):
+        times: list[list[float]] = [[] for _ in rows]
+        for _ in range(repeats):
+            for row, kept in zip(rows, times, strict=True):
+                kept.append(latency_ms(row["net"], torch.device("cpu"), row["shape"], batch))
+        for row, kept in zip(rows, times, strict=True):
+            row[f"ms_b{batch}"] = statistics.median(kept)
 
 
 @torch.inference_mode()
@@ -72,16 +83,18 @@ def main() -> None:
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--points", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--study-dir", help="measure a study launched before instead")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="sweeper-pareto-"))
+    folder = Path(args.study_dir or tempfile.mkdtemp(prefix="sweeper-pareto-"))
     launch = [sys.executable, "-m", "sweeper.cli", "launch", str(ROOT / "studies" / "pareto.py"),
               "--dir", str(folder), "--workers", str(args.workers), "--trials", str(args.trials),
               "--epochs", str(args.epochs), "--no-progress", "--data-dir", DATA_DIR]  # fmt: skip
     if args.train_size:
         launch += ["--train-size", str(args.train_size)]
-    started = time.time()
-    subprocess.run(launch, check=True)
-    print(f"launch: {time.time() - started:.0f} s")
+    if not args.study_dir:
+        started = time.time()
+        subprocess.run(launch, check=True)
+        print(f"launch: {time.time() - started:.0f} s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(f"sqlite:///{folder}/optuna.db")
     study = optuna.load_study(study_name="pareto", storage=storage)
@@ -91,6 +104,9 @@ def main() -> None:
         ("best val_acc", measure(best_by_metric(study), uri, folder)),
         (f"smallest within {args.points:g}", measure(smallest, uri, folder)),
     ]
+    front = sorted(study.best_trials, key=lambda t: t.values[1])  # the whole trade-off
+    rows += [("on the front", measure(t, uri, folder)) for t in front]
+    latencies([row for _, row in rows])
     best = rows[0][1]
     print("| model | trial | params | val acc | test acc | ms/image batch 1 | batch 256 |")
     print("|---|---|---|---|---|---|---|")
@@ -99,8 +115,6 @@ def main() -> None:
               f"({row['params'] / best['params']:.2f}x) | {row['val_acc']:.2%} | "
               f"{row['test_acc']:.2%} | {row['ms_b1']:.3f} ({row['ms_b1'] / best['ms_b1']:.2f}x) | "
               f"{row['ms_b256']:.4f} ({row['ms_b256'] / best['ms_b256']:.2f}x) |")  # fmt: skip
-    front = sorted((t.values[1], t.values[0], t.number) for t in study.best_trials)
-    print("front (params, val_acc, trial):", [(int(p), round(a, 4), n) for p, a, n in front])
     print(f"study files: {folder}")
 
 
