@@ -37,6 +37,8 @@ def sweep_disk(
     study = optuna.load_study(study_name=name, storage=storage)
     studies = {name: study.get_trials(deepcopy=False)}
     kept = {trial.number for trial in top_trials(study, keep)}
+    if len(study.directions) > 1:  # a study scored on cost: its front, for export --pick
+        kept |= {trial.number for trial in study.best_trials}
     members = member_study_name(name)
     if members in [s.study_name for s in storage.get_all_studies()]:
         ensemble = optuna.load_study(study_name=members, storage=storage)

@@ -471,6 +471,10 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
     section = dom[dom.index('<section id="pareto">') : dom.index('<section id="curves">')]
     assert len(re.findall(r"<tr>", section)) == len(front)  # a row per trial on the front
 
+    for trial in study.best_trials:  # the retention rule keeps the front's weights for --pick
+        assert tracking.checkpoint_size(
+            default_tracking_uri(tmp_path), trial.user_attrs["checkpoint"]
+        )
     # The smallest model within 100 points is the smallest of all; within 0, the best one's.
     smallest = min(complete, key=lambda t: t.values[1])
     best = max(complete, key=lambda t: t.values[0])
