@@ -245,7 +245,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export import export, picked_model
 
     _, name = load_by_name_or_file(args.study)
-    sweep = SweepPaths.resolve(args.dir, args.storage, args.tracking_uri)
+    stores = SweepPaths.existing if args.pick else SweepPaths.resolve  # a pick reads the trials
+    sweep = stores(args.dir, args.storage, args.tracking_uri)
     out = Path(args.out)
     if args.pick:
         model, what = picked_model(name, sweep, args.pick)

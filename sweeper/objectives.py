@@ -34,11 +34,8 @@ def maximizing(study: optuna.Study) -> bool:
 
 def best_by_metric(study: optuna.Study) -> FrozenTrial | None:
     """The complete trial with the best metric value (in a multi-objective study too)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
-        return None
-    pick = max if maximizing(study) else min
-    return pick(done, key=metric_value)
+    done = ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)
+    return done[0] if done else None
 
 
 def ranked(trials: list[FrozenTrial], study: optuna.Study) -> list[FrozenTrial]:
