@@ -10,7 +10,8 @@ trial: params, the objective, per-epoch metrics, the best epoch's state_dict as 
 SQLite store like sweeper's, and the course documents' data pipeline: a CIFAR-10 Dataset that
 returns PIL images (torchvision.datasets.CIFAR10's __getitem__), transforms.ToTensor + Normalize
 (quickstart trains without augmentation), DataLoader(num_workers=2) for training and for
-validation (batch 1024, as sweeper evaluates), torch.set_num_threads(cores): sweeper's threads.
+validation (batch 256, as sweeper evaluates on a CPU), torch.set_num_threads(cores) (sweeper's
+threads).
 It trains cnn2 (sweeper.models.build_model, the document 003 CNN) on the same 2,000 training
 images and validates on the same 5,000 (split_seed 0), fp32, with OneCycleLR.
 (sweeper) `sweeper launch studies/quickstart.py --trials 6 --epochs 2 --train-size 2000
@@ -53,7 +54,7 @@ ROOT = HERE.parent
 STUDY = ROOT / "studies" / "quickstart.py"
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 DATA_DIR = os.environ.get("SWEEPER_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
-VAL_SIZE, SPLIT_SEED, EVAL_BATCH = 5000, 0, 1024  # quickstart's val_size; sweeper's defaults
+VAL_SIZE, SPLIT_SEED, EVAL_BATCH = 5000, 0, 256  # quickstart's val_size; sweeper's CPU defaults
 # The documents' normalization (SEEDS.md); sweeper computes the train slice's own.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # sweeper.worker seeds a worker's sampler with study.seed + 1000 * crc32("<name>/<trials drawn>"):

@@ -61,7 +61,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm
     patience: int | None = None  # early stopping: epochs without improvement; None: off
     monitor: str = "val_acc"  # early stopping and best-epoch metric
-    eval_batch_size: int = 1024
+    eval_batch_size: int | None = None  # None: by device (train.eval_batch_size)
 
     # execution
     seed: int = 0  # weights, batch order and augmentation
@@ -105,14 +105,15 @@ class TrainConfig:
             raise bad("schedule", f"accepted: {', '.join(SCHEDULES)}")
         if self.monitor not in MONITORS:
             raise bad("monitor", f"accepted: {', '.join(MONITORS)}")
-        positive = ("lr", "batch_size", "epochs", "eval_batch_size", "gamma")
+        positive = ("lr", "batch_size", "epochs", "gamma")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise bad(key, "it must be greater than 0")
         for key in ("weight_decay", "momentum", "warmup_epochs", "val_size"):
             if getattr(self, key) < 0:
                 raise bad(key, "it must be 0 or more")
-        for key in ("train_size", "patience", "grad_clip", "image_size", "threads"):
+        optional = ("train_size", "patience", "grad_clip", "image_size", "threads")
+        for key in (*optional, "eval_batch_size"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise bad(key, "it must be greater than 0, or left out")

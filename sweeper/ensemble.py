@@ -19,7 +19,7 @@ from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError, first_line
 from sweeper.models import build_model
-from sweeper.train import predict
+from sweeper.train import eval_batch_size, predict
 
 CHECKPOINT_KEYS = ("model", "config", "classes", "in_channels", "image_size", "mean", "std")
 
@@ -123,13 +123,14 @@ def probabilities(
     std: Tensor,
     x: np.ndarray,
     device: torch.device | str = "cpu",
-    batch_size: int = 1000,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Softmax probabilities [N, classes] (float32) for uint8 images [N, C, H, W], normalized
     and batched as in training. Moves the model to `device`."""
     device = torch.device(device)
     labels = np.zeros(len(x), dtype=np.int64)
     split = DeviceSplit(x, labels, np.asarray(mean), np.asarray(std), device)
+    batch_size = batch_size or eval_batch_size(device)
     return torch.softmax(predict(model.to(device), split, batch_size), dim=1).cpu().numpy()
 
 

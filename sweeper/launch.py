@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -44,6 +44,9 @@ from sweeper.storage import (
 )
 from sweeper.study import Study, load_by_name_or_file, load_study
 from sweeper.warmstart import enqueue_warm_start
+
+if TYPE_CHECKING:
+    from sweeper.tracking.figures import FigureDrawer
 
 
 def launch(
@@ -77,7 +80,7 @@ def launch(
         flags = worker_flags(devices, budget, deadline, overrides, remote)
         if not run_pool(worker_commands(study.file, paths, devices, flags), setup, budget=budget,
                         deadline=deadline, progress=progress, stop=study.stop_rule,
-                        remote=remote):  # fmt: skip
+                        remote=remote, each_poll=lambda found: opened.figures(found)):  # fmt: skip
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return 130
@@ -88,7 +91,7 @@ def launch(
         done = budget_state(opened.study, budget, study.stop_rule) == Budget.DONE
         if ensemble and ensemble.get("k") and done:
             built = build_ensemble(
-                study, paths, opened.study, opened.context, devices=devices,
+                study, paths, opened, devices=devices,
                 overrides=overrides, progress=progress, settings=ensemble, remote=remote,
             )  # fmt: skip
             if built is None:
@@ -122,8 +125,21 @@ def open_launch(study: Study, paths: SweepPaths, workers: int) -> Opened:
     experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
     tags = {"sweeper.study_file_hash": study.file_hash, "sweeper.workers": str(workers)}
     run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, study.name, tags)
-    return Opened(optuna_study, LaunchContext(experiment_id, run_id, paths.storage_url,
-                                              paths.tracking_uri))  # fmt: skip
+    context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
+    from sweeper.tracking.figures import FigureDrawer
+
+    preload_the_end()
+    return Opened(optuna_study, context, FigureDrawer(paths.tracking_uri))
+
+
+def preload_the_end() -> None:
+    """Load what the launcher needs later (matplotlib for the trials' figures, pandas and plotly
+    for the report) now: its workers still import torch, and a core would sit idle."""
+    import matplotlib.figure  # noqa: F401
+    import optuna.visualization  # noqa: F401
+    import plotly.express  # noqa: F401
+
+    import sweeper.report  # noqa: F401
 
 
 def stopped_early(study: Study, optuna_study: optuna.Study) -> str | None:
@@ -193,13 +209,13 @@ class Opened:
 
     study: optuna.Study
     context: LaunchContext
+    figures: FigureDrawer  # draws finished trials' figures while the launcher waits
 
 
 def build_ensemble(
     study: Study,
     paths: SweepPaths,
-    optuna_study: optuna.Study,
-    context: LaunchContext,
+    opened: Opened,
     *,
     devices: list[str],
     overrides: dict[str, Any],
@@ -210,6 +226,8 @@ def build_ensemble(
     """Plan the ensemble, retrain its members on the pool, evaluate, log, register and export it;
     None if interrupted."""
     from sweeper import retrain  # torch and MLflow: the launcher needs them only from here on
+
+    optuna_study, context = opened.study, opened.context
 
     options = retrain.EnsembleSettings(**settings)
     plan = retrain.make_plan(optuna_study, options.k, options.seeds, options.pick)
@@ -229,7 +247,8 @@ def build_ensemble(
     flags = ["--ensemble", *worker_flags(devices, spec.trials, None, member_overrides, remote)]
     commands = worker_commands(spec.file, paths, devices, flags)
     if not run_pool(commands, lambda: (members, context), budget=spec.trials, deadline=None,
-                    progress=progress, table=False, remote=remote):  # fmt: skip
+                    progress=progress, table=False, remote=remote,
+                    each_poll=opened.figures):  # fmt: skip
         print(stopped(members, spec.trials, "ensemble members"), file=sys.stderr)
         return None
     if budget_state(members, spec.trials) != Budget.DONE:
@@ -253,9 +272,12 @@ def ensemble_again(
     optuna_study = open_study(study, make_storage(paths.storage_url))
     experiment_id = tracking.experiment_for(paths.tracking_uri, study.name, paths.artifact_root)
     context = LaunchContext(experiment_id, None, paths.storage_url, paths.tracking_uri)
-    done = build_ensemble(study, paths, optuna_study, context,
-                          devices=devices, overrides=overrides, progress=progress,
-                          settings={**study.ensemble, **settings}, remote=remote)  # fmt: skip
+    from sweeper.tracking.figures import FigureDrawer
+
+    opened = Opened(optuna_study, context, FigureDrawer(paths.tracking_uri))
+    done = build_ensemble(study, paths, opened, devices=devices, overrides=overrides,
+                          progress=progress, settings={**study.ensemble, **settings},
+                          remote=remote)  # fmt: skip
     return 0 if done is not None else 130
 
 

@@ -168,9 +168,11 @@ def run_pool(
     table: bool = True,
     stop: StopRule | None = None,
     remote: Remote | None = None,
+    each_poll: Callable[[optuna.Study], None] | None = None,
 ) -> bool:
     """Run worker processes until the work is done (then print the trials table unless not
-    `table`); False if interrupted (Ctrl-C, SIGTERM).
+    `table`); False if interrupted (Ctrl-C, SIGTERM). `each_poll(study)` runs at every poll of
+    the workers and once after they ended (the launcher draws finished trials' figures).
 
     The workers start first: while they import torch and MLflow (seconds), setup() opens the
     Optuna study they work on and makes the MLflow runs; it returns that study and the launch
@@ -185,7 +187,11 @@ def run_pool(
         view = Progress(study, budget, enabled=progress)
         while workers.supervise(lambda: _work_remains(study, budget, deadline, stop)):
             view.update()
+            if each_poll is not None:
+                each_poll(study)
             workers.wait(POLL_S)
+        if each_poll is not None:
+            each_poll(study)
     except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
         workers.stop()
         if view is not None:

@@ -77,7 +77,7 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
         for key in ("train_loss", "train_acc", "val_loss", "lr", "seconds", "images_per_s"):
             assert len(client.get_metric_history(run_id, key)) == epochs
         paths = {a.path for a in client.list_artifacts(run_id, "plots")}
-        assert paths == {"plots/confusion_matrix.png"}
+        assert paths == {"plots/confusion_matrix.json", "plots/confusion_matrix.png"}
         assert bool(client.list_artifacts(run_id, "checkpoints")) == (trial.number in top)
     assert set(runs["tags.sweeper.worker"]) == {"w0", "w1"}
 

@@ -168,7 +168,7 @@ def test_every_trial_is_one_complete_run_on_the_server(
         steps = [m.step for m in client.get_metric_history(run["run_id"], "val_acc")]
         assert sorted(steps) == list(range(1, trial.user_attrs["epochs_run"] + 1))
         paths = {a.path for a in client.list_artifacts(run["run_id"], "plots")}
-        assert paths == {"plots/confusion_matrix.png"}
+        assert paths == {"plots/confusion_matrix.json", "plots/confusion_matrix.png"}
         kept = [a.path for a in client.list_artifacts(run["run_id"], "checkpoints")]
         assert kept == ([f"checkpoints/trial-{trial.number}-best.pt"] if trial.number in top
                         else []), trial.number  # fmt: skip

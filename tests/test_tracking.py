@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -24,7 +26,9 @@ from sweeper.tracking import (
     run_config,
     start_launch_run,
 )
+from sweeper.tracking.figures import FigureDrawer
 from sweeper.tracking.queries import latest_run, metric_histories, runs_of_study
+from sweeper.tracking.runs import CONFUSION_FILE
 
 CLASSES = ["cat", "dog", "ship"]
 CONFIG: dict[str, Any] = {
@@ -47,6 +51,19 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def uri(sweep_dir: Path) -> str:
     return default_tracking_uri(sweep_dir)
+
+
+def study_of_runs(runs: dict[int, str]) -> optuna.Study:
+    """An Optuna study whose finished trials point at these MLflow runs, as a sweep's do."""
+    study = optuna.create_study(direction="maximize")
+    for number, run_id in runs.items():
+        complete = number == 0
+        state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED
+        attrs = {"mlflow_run_id": run_id}
+        trial = optuna.trial.create_trial(state=state, value=0.5 if complete else None,
+                                          user_attrs=attrs)  # fmt: skip
+        study.add_trial(trial)
+    return study
 
 
 def history(epochs: int) -> list[dict[str, float]]:
@@ -144,7 +161,17 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     val_acc = client.get_metric_history(first, "val_acc")
     assert [(m.step, m.value) for m in val_acc] == [(e, 0.25 + 0.1 * e) for e in (1, 2, 3)]
     assert len(client.get_metric_history(first, "images_per_s")) == 3
-    assert [f.path for f in client.list_artifacts(first, "plots")] == ["plots/confusion_matrix.png"]
+    # the worker logs the counts; the launcher's FigureDrawer draws them, once per run
+    counted = client.download_artifacts(first, "plots/confusion_matrix.json", str(tmp_path / "c"))
+    confusion = json.loads(Path(counted).read_text())
+    assert confusion == {"classes": CLASSES, "counts": [[1, 0, 1], [0, 2, 0], [0, 1, 1]]}
+    assert [f.path for f in client.list_artifacts(first, "plots")] == [CONFUSION_FILE]
+    draw = FigureDrawer(uri)
+    draw(study_of_runs({0: first, 1: second}))
+    draw(study_of_runs({0: first, 1: second}))
+    assert sorted(draw.drawn) == sorted([first, second])
+    plots = [f.path for f in client.list_artifacts(first, "plots")]
+    assert plots == [CONFUSION_FILE, "plots/confusion_matrix.png"]
     assert [f.path for f in client.list_artifacts(first, "checkpoints")] == ["checkpoints/best.pt"]
     downloaded = client.download_artifacts(first, "checkpoints/best.pt", str(tmp_path / "dl"))
     assert Path(downloaded).read_bytes() == b"weights"

@@ -7,6 +7,7 @@ import torch
 from sweeper.batches import DeviceSplit
 from sweeper.config import TrainConfig
 from sweeper.data import SplitData
+from sweeper.errors import SweeperError
 from sweeper.train import (
     TrainState,
     cpu_has_native_bf16,
@@ -81,6 +82,13 @@ def test_auto_takes_bf16_where_the_cpu_has_it_and_channels_last_everywhere() -> 
     assert (forced.bf16, forced.channels_last) == (not auto.bf16, False)
 
 
+def test_the_eval_batch_is_cache_sized_on_the_cpu_unless_given() -> None:
+    assert resolved(TrainConfig(**FAST)).eval_batch_size == 256
+    assert resolved(TrainConfig(**FAST, eval_batch_size=1000)).eval_batch_size == 1000
+    with pytest.raises(SweeperError, match="eval_batch_size"):
+        TrainConfig.from_dict({**FAST, "eval_batch_size": 0})
+
+
 def test_bf16_on_the_cpu_learns_as_well_as_fp32(small_cifar: SplitData) -> None:
     """bf16 autocast on the CPU (native or emulated) reaches the accuracy of fp32."""
     accuracy = {}
@@ -124,8 +132,9 @@ def test_early_stopping_restores_the_best_epoch(small_cifar: SplitData) -> None:
     losses = [row["val_loss"] for row in result.history]
     assert result.best_epoch == losses.index(min(losses)) + 1 == len(losses) - 2
     val = DeviceSplit(overfit.val_x, overfit.val_y, result.mean, result.std, result.device)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved(config).bf16)
-    loss, accuracy = scores(predict(result.model, val, config.eval_batch_size, autocast), val.y)
+    ran = resolved(config)  # bf16 and the eval batch as training used them
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=ran.bf16)
+    loss, accuracy = scores(predict(result.model, val, ran.eval_batch_size, autocast), val.y)
     assert accuracy == result.best_val_acc
     assert math.isclose(loss, min(losses), rel_tol=1e-5)
 

@@ -21,11 +21,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sweeper.errors import SweeperError, first_line
 from sweeper.tracking.checkpoints import FOLDER, reference
 from sweeper.tracking.client import PatientClient, is_transient, new_sqlite_store
-from sweeper.tracking.plots import confusion_matrix
+from sweeper.tracking.plots import confusion_counts
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+CONFUSION_FILE = "plots/confusion_matrix.json"  # counts; the launcher draws them as a PNG beside
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
@@ -243,11 +244,14 @@ class TrialTracker:
             metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             if val_labels is not None and val_predictions is not None:
-                with _warn_on_error("confusion matrix", run_id):
-                    figure = confusion_matrix(val_labels, val_predictions, classes)
-                    self.client.log_figure(run_id, figure, "plots/confusion_matrix.png")
+                with warn_on_error("confusion matrix", run_id):
+                    n = int(max(np.max(val_labels), np.max(val_predictions))) + 1
+                    names = classes or [str(i) for i in range(n)]
+                    counts = confusion_counts(val_labels, val_predictions, len(names))
+                    confusion = {"classes": names, "counts": counts.tolist()}
+                    self.client.log_dict(run_id, confusion, CONFUSION_FILE)
             if checkpoint is not None:
-                with _warn_on_error("checkpoint", run_id):
+                with warn_on_error("checkpoint", run_id):
                     self.client.log_artifact(run_id, str(checkpoint), FOLDER)
                     logged = reference(run_id, checkpoint)
         finally:
@@ -256,7 +260,7 @@ class TrialTracker:
 
 
 @contextmanager
-def _warn_on_error(what: str, run_id: str) -> Iterator[None]:
+def warn_on_error(what: str, run_id: str) -> Iterator[None]:
     """Log a failing artifact step as a warning and go on."""
     try:
         yield
