@@ -229,7 +229,7 @@ def stored_summary(sweep_dir: str) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{sweep_dir}/optuna.db")
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
-    return summary(trials, sum(len(t.intermediate_values) for t in trials))
+    return summary(trials, sum(t.user_attrs.get("epochs_run", 0) for t in trials))
 
 
 def common(args: argparse.Namespace) -> list[str]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 from tqdm import tqdm
 
 from sweeper.objectives import best_by_metric, maximizing, metric_value
 from sweeper.storage import counted_trials
+
+if TYPE_CHECKING:  # pandas loads with the first table: the launcher starts its workers sooner
+    import pandas as pd
 
 # trials_dataframe() columns -> the columns of `sweeper status` (params follow as params.NAME)
 COLUMNS = {
@@ -27,7 +31,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     if "user_attrs_surplus" in frame:
         frame = frame[frame["user_attrs_surplus"] != True]  # noqa: E712 (NaN for the others)
     if frame.empty:
-        return pd.DataFrame()
+        return frame
     params = {c: f"params.{c.removeprefix('params_')}" for c in frame if c.startswith("params_")}
     # several objectives: the metric is the value, each cost a column of its own
     values = [c for c in frame if c.startswith("values_")]

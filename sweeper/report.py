@@ -15,16 +15,28 @@ import html
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sweeper.errors import SweeperError
 from sweeper.paths import SweepPaths, add_store_flags
 from sweeper.storage import load_stored_study, make_storage
 from sweeper.study import load_by_name_or_file
-from sweeper.studydata import StudyData, collect, run_url  # dashboards may import StudyData here
 from sweeper.userfile import import_file, line_in, one_line
+
+if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start, stay quick
+    import pandas as pd
+
+    from sweeper.studydata import StudyData
+
+
+def __getattr__(name: str) -> Any:
+    """Dashboards may import StudyData from here."""
+    if name == "StudyData":
+        from sweeper.studydata import StudyData
+
+        return StudyData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
@@ -84,6 +96,7 @@ def render(
 ) -> tuple[str, pd.DataFrame | None]:
     """The report page (one self-contained HTML string) and its first table, of one study or
     (for a dashboard of several) of a list of them."""
+    import pandas as pd
     import plotly.graph_objects as go  # plotly loads only for a report
     from plotly.offline import get_plotlyjs
 
@@ -251,6 +264,8 @@ def write_report(
     """The dashboard of one study or several as an HTML page (and its table as CSV), logged to
     each study's launch run; return the files and, per study, the URL of the launch run it was
     logged to (None: the study has no launch run)."""
+    from sweeper.studydata import collect, run_url
+
     names = [names] if isinstance(names, str) else names
     board = load_dashboard(dashboard or default_dashboard(len(names)))
     check_fits(board, names)
