@@ -78,9 +78,10 @@ def main() -> None:
     threaded = rate(1, cores, args)
     processes = rate(cores, 1, args)
     print(f"{cores} cores, {args.model}, {args.epochs} epochs of {IMAGES} images per process")
-    print(f"1 process, 1 thread:           {single:.3f} epochs/s  1.00x")
-    print(f"1 process, {cores} threads:          {threaded:.3f} epochs/s  {threaded / single:.2f}x")
-    print(f"{cores} processes, 1 thread each:    {processes:.3f} epochs/s  {processes / single:.2f}x")
+    rows = [("1 process, 1 thread", single), (f"1 process, {cores} threads", threaded),
+            (f"{cores} processes, 1 thread each", processes)]  # fmt: skip
+    for name, value in rows:
+        print(f"{name:<32} {value:.3f} epochs/s  {value / single:.2f}x")
     print(f"{cores} workers over 1 at best: {processes / threaded:.2f}x")
 
 
