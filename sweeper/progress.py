@@ -31,7 +31,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     if "user_attrs_surplus" in frame:
         frame = frame[frame["user_attrs_surplus"] != True]  # noqa: E712 (NaN for the others)
     if frame.empty:
-        return frame
+        import pandas as pd
+
+        return pd.DataFrame()
     params = {c: f"params.{c.removeprefix('params_')}" for c in frame if c.startswith("params_")}
     # several objectives: the metric is the value, each cost a column of its own
     values = [c for c in frame if c.startswith("values_")]

@@ -29,15 +29,6 @@ if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start
     from sweeper.studydata import StudyData
 
 
-def __getattr__(name: str) -> Any:
-    """Dashboards may import StudyData from here."""
-    if name == "StudyData":
-        from sweeper.studydata import StudyData
-
-        return StudyData
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
 
