@@ -25,7 +25,7 @@ def one_process(threads: int, epochs: int, model_name: str) -> None:
     """Train and predict; print seconds per epoch."""
     import torch
 
-    from sweeper.models import build_model
+    from sweeper.training.models import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

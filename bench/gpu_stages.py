@@ -80,7 +80,7 @@ def stage_preflight(args: argparse.Namespace, emit: Emit) -> None:
             "preflight: cannot import " + "; ".join(missing) + ". On a bare GPU machine, carry"
             " the missing packages as wheels: see bench/gpu_prepare.sh"
         )
-    from sweeper.data import load_images
+    from sweeper.training.data import load_images
 
     started = time.perf_counter()
     images = load_images("cifar10", args.data_dir)
@@ -91,9 +91,9 @@ def stage_throughput(args: argparse.Namespace, emit: Emit) -> None:
     """sweeper's train() fp32 vs bf16 + channels_last; DeviceSplit vs a DataLoader."""
     import torch
 
-    from sweeper.config import TrainConfig
-    from sweeper.data import load_images, split
-    from sweeper.train import train
+    from sweeper.training.config import TrainConfig
+    from sweeper.training.data import load_images, split
+    from sweeper.training.loop import train
 
     images = load_images("cifar10", args.data_dir)
     data = split(images, VAL_SIZE, BATCH * STEPS_PER_EPOCH, seed=0)
@@ -135,7 +135,7 @@ def loader_images_per_s(model_name: str, data: Any) -> float:
     from torch import nn
     from torchvision import transforms
 
-    from sweeper.models import build_model
+    from sweeper.training.models import build_model
 
     mean, std = data.mean_std
     transform = transforms.Compose([
@@ -201,7 +201,7 @@ def trial_counts(sweep_dir: Path, name: str) -> dict[str, Any]:
     """How many trials of a study finished, and the span from the first start to the last end."""
     import optuna
 
-    from sweeper.storage import make_storage
+    from sweeper.stores.storage import make_storage
 
     try:
         storage = make_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
@@ -220,7 +220,7 @@ def trial_counts(sweep_dir: Path, name: str) -> dict[str, Any]:
 
 def stage_sweep(args: argparse.Namespace, emit: Emit) -> None:
     """A short sweep of studies/resnet9_fast.py, its best trial on the test split, its ensemble."""
-    from sweeper.study import load_study
+    from sweeper.spec.study import load_study
 
     name = load_study(ROOT / SWEEP_STUDY).name
     sweep_dir = Path(args.workdir) / "sweep"
@@ -246,12 +246,12 @@ def best_trial_on_test(sweep_dir: Path, name: str) -> dict[str, Any]:
     """The test accuracy of the best trial by the study's metric, from its best checkpoint."""
     import optuna
 
-    from sweeper.config import TrainConfig
-    from sweeper.data import split_of
-    from sweeper.ensemble import accuracy, load_member, probabilities
-    from sweeper.paths import default_tracking_uri
-    from sweeper.storage import make_storage
-    from sweeper.tracking import fetch_checkpoint
+    from sweeper.ensemble.evaluate import accuracy, load_member, probabilities
+    from sweeper.stores.paths import default_tracking_uri
+    from sweeper.stores.storage import make_storage
+    from sweeper.stores.tracking import fetch_checkpoint
+    from sweeper.training.config import TrainConfig
+    from sweeper.training.data import split_of
 
     storage = make_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
     best = optuna.load_study(study_name=name, storage=storage).best_trial
@@ -265,8 +265,8 @@ def best_trial_on_test(sweep_dir: Path, name: str) -> dict[str, Any]:
 
 def ensemble_figures(sweep_dir: Path, name: str) -> dict[str, Any]:
     """The latest ensemble run's test figures, from the sweep's MLflow store."""
-    from sweeper.paths import default_tracking_uri
-    from sweeper.tracking.queries import latest_run
+    from sweeper.stores.paths import default_tracking_uri
+    from sweeper.stores.tracking.queries import latest_run
 
     run = latest_run(default_tracking_uri(sweep_dir), name, "ensemble")
     if run is None:

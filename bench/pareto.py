@@ -25,12 +25,12 @@ import numpy as np
 import optuna
 import torch
 
-from sweeper.config import TrainConfig
-from sweeper.data import split_of
-from sweeper.ensemble import one_model
-from sweeper.objectives import best_by_metric, latency_ms, pick
-from sweeper.storage import make_storage
-from sweeper.tracking.checkpoints import fetch_checkpoint
+from sweeper.ensemble.evaluate import one_model
+from sweeper.spec.objectives import best_by_metric, latency_ms, pick
+from sweeper.stores.storage import make_storage
+from sweeper.stores.tracking.checkpoints import fetch_checkpoint
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import split_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("SWEEPER_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")

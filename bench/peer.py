@@ -75,8 +75,8 @@ def peer(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader, Dataset, Subset
     from torchvision import transforms
 
-    from sweeper.data import load_images
-    from sweeper.models import build_model
+    from sweeper.training.data import load_images
+    from sweeper.training.models import build_model
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # MLflowCallback: deprecated in 4.9
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -254,7 +254,7 @@ def main() -> None:
     if args.peer:
         peer(args)
         return
-    from sweeper.data import load_images
+    from sweeper.training.data import load_images
 
     load_images("cifar10", args.data_dir)  # decode into the cache before any timing
     variants = [v for v in VARIANTS if not (args.skip_2 and v == "sweeper-2")]

@@ -40,10 +40,10 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from sweeper.config import TrainConfig
-from sweeper.data import SplitData, load_images, split
-from sweeper.models import build_model
-from sweeper.train import resolved, train
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import SplitData, load_images, split
+from sweeper.training.loop import resolved, train
+from sweeper.training.models import build_model
 
 BATCH, LR, MOMENTUM, SEED, VAL_SIZE, WARMUP = 128, 0.05, 0.9, 0, 500, 3
 DEFAULT_STEPS = {"cnn2": 200, "resnet20": 60}

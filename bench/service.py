@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from sweeper.data import load_images, split
-from sweeper.paths import default_tracking_uri
-from sweeper.study import load_study
-from sweeper.train import train
+from sweeper.spec.study import load_study
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.training.data import load_images, split
+from sweeper.training.loop import train
 
 HERE = Path(__file__).resolve().parent
 STUDY = HERE / "service_study.py"

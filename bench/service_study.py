@@ -2,7 +2,7 @@
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 LRS = [5e-4, 1e-3, 2e-3, 4e-3]
 

@@ -43,7 +43,7 @@ NAN = float("nan")
 
 
 def _init() -> None:
-    import sweeper.storage  # noqa: F401  (imported once per pool process, not per timing)
+    import sweeper.stores.storage  # noqa: F401  (imported once per pool process, not per timing)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="Heartbeat of storage")  # ask/tell, not optimize
@@ -63,7 +63,7 @@ def _ratio(a: float, b: float) -> float:
 
 def worker(url: str, study_name: str, seed: int, seconds: float, barrier) -> dict:
     """Run trials for `seconds` after the barrier; return latencies, report() times, errors."""
-    from sweeper.storage import make_storage
+    from sweeper.stores.storage import make_storage
 
     out = {"latency": [], "report": [], "errors": Counter(), "elapsed": 0.0}
     try:
@@ -108,7 +108,7 @@ def worker(url: str, study_name: str, seed: int, seconds: float, barrier) -> dic
 
 def measure(pool, manager, url: str, n: int, seconds: float) -> dict:
     """A new study, n workers started together: throughput, latency percentiles, errors."""
-    from sweeper.storage import make_storage
+    from sweeper.stores.storage import make_storage
 
     storage = make_storage(url)
     optuna.create_study(study_name=f"bench_{n}", storage=storage, direction="maximize")

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-from sweeper.studydata import StudyData
+from sweeper import StudyData
 
 title = "Compare"
 studies = "several"  # the sections take a list of StudyData

@@ -7,7 +7,7 @@ sweeper report quickstart --dashboard evaluation
 import optuna.visualization as vis
 import plotly.express as px
 
-from sweeper.studydata import StudyData
+from sweeper import StudyData
 
 title = "Evaluation"
 

@@ -6,7 +6,7 @@ sweeper report quickstart --dashboard sweep
 import optuna.visualization as vis
 import plotly.express as px
 
-from sweeper.studydata import StudyData
+from sweeper import StudyData
 
 title = "Sweep"
 

@@ -6,7 +6,7 @@ sweeper launch studies/pareto.py
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 
 def space(trial: optuna.Trial) -> dict:

@@ -5,7 +5,7 @@ sweeper launch studies/quickstart.py
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 
 def space(trial: optuna.Trial) -> dict:

@@ -13,7 +13,7 @@ no pruner, every trial runs its 16 epochs.
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 
 def space(trial: optuna.Trial) -> dict:

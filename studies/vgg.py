@@ -5,7 +5,7 @@ sweeper launch studies/vgg.py          # one worker per GPU
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 
 def space(trial: optuna.Trial) -> dict:

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import REPO, Store
 
-from sweeper.data import ImageSet, SplitData, load_images, split
+from sweeper.training.data import ImageSet, SplitData, load_images, split
 
 DATASETS = (REPO.parent / "shared" / "datasets").resolve()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeper.storage import make_storage
+from sweeper.stores.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER = str(Path(sys.executable).parent / "sweeper")

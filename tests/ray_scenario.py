@@ -31,9 +31,9 @@ from helpers import QUICKSTART, SWEEPER, free_port, processes_mentioning, runnin
 from test_faults import ROOT, Cluster, as_postgres, pg_binary
 from test_server import MlflowServer
 
-from sweeper import tracking
-from sweeper.retrain import member_study_name
-from sweeper.storage import make_storage
+from sweeper.records import member_study_name
+from sweeper.stores import tracking
+from sweeper.stores.storage import make_storage
 
 BIN = Path(sys.executable).parent
 TINY = ["--epochs", "2", "--train-size", "500", "--no-progress"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, sweeper
 
-from sweeper import pool
+from sweeper.pool import local as pool
 
 
 def test_train_json_reports_every_key(datasets_dir: Path) -> None:
@@ -101,8 +101,9 @@ def test_wrong_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], exp
 def test_the_cli_checks_a_study_without_importing_torch_or_mlflow() -> None:
     """A launcher starts its workers first and loads MLflow meanwhile; `status` stays instant."""
     code = (
-        "import sys; from sweeper import cli, data, launch, pool, study; cli.build_parser();"
-        " study.load_study('studies/vgg.py');"
+        "import sys; from sweeper import cli; from sweeper.training import data;"
+        " from sweeper.sweep import launch; from sweeper.pool import local, ray;"
+        " from sweeper.spec import study; cli.build_parser(); study.load_study('studies/vgg.py');"
         " print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.config import TrainConfig, load_config_file
 from sweeper.errors import SweeperError
+from sweeper.training.config import TrainConfig, load_config_file
 
 
 def test_defaults_validate() -> None:

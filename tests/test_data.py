@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper.batches import DeviceSplit, crop_flip
-from sweeper.config import TrainConfig
-from sweeper.data import ImageSet, load_images, split
 from sweeper.errors import SweeperError
+from sweeper.training.batches import DeviceSplit, crop_flip
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import ImageSet, load_images, split
 
 
 def test_cifar10_archive_decodes_whole(cifar10: ImageSet) -> None:
@@ -33,7 +33,7 @@ def test_second_load_comes_from_the_cache(cifar10: ImageSet, datasets_dir: Path)
 LOAD = """
 import logging, sys, time
 from pathlib import Path
-from sweeper.data import load_images
+from sweeper.training.data import load_images
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 while not Path(sys.argv[1]).exists():
     time.sleep(0.01)

@@ -12,10 +12,7 @@ import torch
 from helpers import sweeper
 from PIL import Image
 
-from sweeper import tracking
-from sweeper.config import TrainConfig
-from sweeper.data import SplitData
-from sweeper.ensemble import (
+from sweeper.ensemble.evaluate import (
     Ensemble,
     EnsembleReport,
     evaluate,
@@ -23,12 +20,15 @@ from sweeper.ensemble import (
     load_member,
     probabilities,
 )
+from sweeper.ensemble.export import export, load_exported, predict, read_images
 from sweeper.errors import SweeperError
-from sweeper.export import export, load_exported, predict, read_images
-from sweeper.paths import default_tracking_uri
-from sweeper.tracking.model import MODEL_CODE
-from sweeper.train import train
-from sweeper.trial import save_best
+from sweeper.stores import tracking
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.tracking.model import MODEL_CODE
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import SplitData
+from sweeper.training.loop import train
+from sweeper.worker.checkpoints import save_best
 
 MEMBERS = (("cnn2", 0), ("cnn2", 1), ("lenet5", 2))  # (model, seed); the model is the group
 TEST = 2000

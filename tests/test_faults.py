@@ -27,10 +27,10 @@ import torch
 from helpers import QUICKSTART, SWEEPER, children, free_port
 from mlflow import MlflowClient
 
-from sweeper import tracking
 from sweeper.errors import SweeperError
-from sweeper.paths import default_tracking_uri
-from sweeper.storage import make_storage
+from sweeper.stores import tracking
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.storage import make_storage
 
 pytestmark = pytest.mark.fault
 

@@ -2,7 +2,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from sweeper.gpulock import gpu_slot
+from sweeper.worker.gpuslot import gpu_slot
 
 
 def _hold(lock_dir: Path, exclusive: bool, seconds: float, log: Path, name: str) -> None:

@@ -15,14 +15,15 @@ import pytest
 from helpers import QUICKSTART, SWEEPER, Store, children, processes_mentioning, sweeper
 from mlflow import MlflowClient
 
-from sweeper import pool, tracking
-from sweeper import trial as trial_module
-from sweeper.export import load_exported
-from sweeper.paths import SweepPaths, default_tracking_uri
-from sweeper.retention import top_trials
-from sweeper.study import load_study
-from sweeper.train import cpu_has_native_bf16
-from sweeper.worker import run_worker
+from sweeper import interrupt
+from sweeper.ensemble.export import load_exported
+from sweeper.spec.study import load_study
+from sweeper.stores import tracking
+from sweeper.stores.paths import SweepPaths, default_tracking_uri
+from sweeper.sweep.retention import top_trials
+from sweeper.training.loop import cpu_has_native_bf16
+from sweeper.worker import objective as trial_module
+from sweeper.worker.loop import run_worker
 
 SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble"]
 TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
@@ -252,7 +253,7 @@ def test_an_interrupt_a_library_turned_into_another_error_still_resumes(
     def save_then_interrupted(obj: dict, path: Path) -> None:
         saved(obj, path)
         if obj["epoch"] == 2:
-            pool.STOPPING.set()  # what the signal handler does before it raises
+            interrupt.STOPPING.set()  # what the signal handler does before it raises
             raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos")
 
     monkeypatch.setattr(trial_module, "save_atomic", save_then_interrupted)
@@ -263,7 +264,7 @@ def test_an_interrupt_a_library_turned_into_another_error_still_resumes(
                           experiment_id=None, parent_run_id=None, budget=2, deadline=None,
                           overrides=overrides)  # fmt: skip
     finally:
-        pool.STOPPING.clear()
+        interrupt.STOPPING.clear()
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
     assert code == 130
@@ -307,7 +308,7 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
 
 STALLING = """
 import optuna
-from sweeper.study import Study
+from sweeper.spec.study import Study
 
 
 def space(trial):
@@ -345,7 +346,7 @@ def test_a_study_that_stops_improving_ends_early_and_says_why(
 
 
 WARM = """
-from sweeper.study import Study
+from sweeper.spec.study import Study
 
 
 def space(trial):

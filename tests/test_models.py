@@ -16,8 +16,8 @@ import torchvision
 from torch import nn
 
 from sweeper.errors import SweeperError
-from sweeper.models import MODEL_NAMES, MODEL_OPTIONS, build_model
-from sweeper.models.registry import BUILDERS
+from sweeper.training.models import MODEL_NAMES, MODEL_OPTIONS, build_model
+from sweeper.training.models.registry import BUILDERS
 
 torch.set_num_threads(1)
 

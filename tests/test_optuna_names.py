@@ -9,21 +9,21 @@ import optuna
 import pytest
 from optuna.storages import RDBStorage
 
-from sweeper import storage
-from sweeper.trial import TrialDiverged, still_running
+from sweeper.stores import storage
+from sweeper.worker.objective import TrialDiverged, still_running
 
 
 @pytest.mark.parametrize("name", [n for n in storage.REPEATED_METHODS if n.startswith("_")])
 def test_the_private_storage_methods_sweeper_repeats_exist(name: str) -> None:
     assert callable(getattr(RDBStorage, name, None)), f"RDBStorage.{name} is gone"
-    assert getattr(storage.PatientStorage, name) is not getattr(RDBStorage, name)
+    assert getattr(storage.RetryingStorage, name) is not getattr(RDBStorage, name)
 
 
 def test_stale_trials_are_found_through_get_stale_trial_ids(tmp_path: Path) -> None:
-    """PatientStorage overrides _get_stale_trial_ids; fail_stale_trials must still call it."""
+    """RetryingStorage overrides _get_stale_trial_ids; fail_stale_trials must still call it."""
     calls: list[int] = []
 
-    class Counting(storage.PatientStorage):
+    class Counting(storage.RetryingStorage):
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             calls.append(study_id)
             return super()._get_stale_trial_ids(study_id)

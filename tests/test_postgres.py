@@ -23,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 from helpers import QUICKSTART, SWEEPER, descendants, sweeper
 
-from sweeper import storage as storage_module
-from sweeper.storage import make_storage
+from sweeper.stores import storage as storage_module
+from sweeper.stores.storage import make_storage
 
 SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
 FINISHED = ("COMPLETE", "PRUNED")

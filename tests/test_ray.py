@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import QUICKSTART, REPO, sweeper
 
-from sweeper.ray_pool import mark_shared, readable
+from sweeper.pool.ray import mark_shared, readable
 
 
 @pytest.mark.parametrize(

@@ -25,19 +25,19 @@ from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
-from sweeper import tracking
 from sweeper.cli import main
-from sweeper.export import load_exported
-from sweeper.paths import default_tracking_uri
-from sweeper.report import load_dashboard, render
-from sweeper.studydata import StudyData, _curves, _settings
-from sweeper.tracking import queries
+from sweeper.ensemble.export import load_exported
+from sweeper.report.render import load_dashboard, render
+from sweeper.report.studydata import StudyData, _curves, _settings
+from sweeper.stores import tracking
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.tracking import queries
 
 NAME = "reportcheck"
 # Trial 0 completes; trial 1 diverges (FAIL); trial 2 learns nothing and is pruned after epoch 1
 # by the median of trial 0; trials 3 and 4 go as the pruner sees them. A seed ensemble follows.
 STUDY = f'''
-from sweeper.study import Study
+from sweeper.spec.study import Study
 
 FORCED = {{1: ("sgd", 1e4), 2: ("adam", 1e-7)}}
 
@@ -65,7 +65,7 @@ study = Study(
 # Two small studies in one sweep directory to compare: different optimizers, and metrics.
 COMPARED = {"cmpacc": ("adam", 1e-3, 3e-3, "val_acc"), "cmploss": ("sgd", 0.01, 0.05, "val_loss")}
 COMPARED_STUDY = """
-from sweeper.study import Study
+from sweeper.spec.study import Study
 
 
 def space(trial):

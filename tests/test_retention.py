@@ -11,9 +11,10 @@ from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState, create_trial
 
-from sweeper import tracking
-from sweeper.paths import default_tracking_uri
-from sweeper.retention import top_trials
+from sweeper.records import Attr, best_file_name
+from sweeper.stores import tracking
+from sweeper.stores.paths import SweepPaths, default_tracking_uri
+from sweeper.sweep.retention import describe, sweep_disk, top_trials
 
 TINY = ["--epochs", "1", "--train-size", "300", "--no-progress", "--no-ensemble"]
 
@@ -96,3 +97,36 @@ def test_gc_of_an_unknown_study_or_a_bad_keep_is_one_line(swept: tuple[Path, Sto
         done = sweeper("gc", *args, "--dir", str(sweep_dir))
         assert done.returncode == 2
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and text in done.stderr
+
+
+def test_the_rule_on_local_files_keeps_what_may_resume_and_the_top(tmp_path: Path) -> None:
+    """sweep_disk without a launch: best weights named by local paths (as when logging them
+    failed), epoch checkpoints of finished and resumable tries, files of killed workers."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    paths = SweepPaths(tmp_path, "", default_tracking_uri(tmp_path), None)
+    folder = paths.checkpoints("s")
+    folder.mkdir(parents=True)
+    lr = {"lr": FloatDistribution(0, 1)}
+    for number, value in enumerate([0.5, 0.9, 0.7, 0.6]):
+        best = folder / best_file_name(number)
+        best.write_bytes(b"w" * 100)
+        attrs = {Attr.CHECKPOINT: str(best)}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"lr": value},
+                                     distributions=lr, user_attrs=attrs))  # fmt: skip
+    study.add_trial(create_trial(state=TrialState.FAIL))  # 4: its worker died; retried by 5
+    retry = create_trial(state=TrialState.RUNNING, system_attrs={"failed_trial": 4,
+                         "retry_history": [4]})  # fmt: skip
+    study.add_trial(retry)
+    for name in ("trial-4-last.pt", "trial-5-last.pt", "trial-1-last.pt", "trial-9-best.pt",
+                 "notes.txt"):  # fmt: skip
+        (folder / name).write_bytes(b"x" * 10)
+    dry = sweep_disk(storage, "s", paths, keep=2, dry_run=True)
+    assert all((folder / p).exists() for p in ("trial-0-best.pt", "trial-9-best.pt"))
+    removed = sweep_disk(storage, "s", paths, keep=2)
+    assert [r.what for r in removed] == [r.what for r in dry]
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["notes.txt", "trial-1-best.pt", "trial-2-best.pt", "trial-4-last.pt",
+                    "trial-5-last.pt"]  # fmt: skip
+    assert sum(r.size for r in removed) == 100 + 100 + 10 + 10  # 0 and 3, 1-last, 9-best
+    assert describe(removed) == "freed 0.0 MB in 4 file(s)"

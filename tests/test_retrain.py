@@ -8,13 +8,13 @@ import pytest
 from helpers import QUICKSTART, sweeper
 from mlflow import MlflowClient
 
-from sweeper import tracking
-from sweeper.data import load_images
+from sweeper.ensemble.export import load_exported
+from sweeper.ensemble.plan import make_plan
 from sweeper.errors import SweeperError
-from sweeper.export import load_exported
-from sweeper.paths import default_tracking_uri
-from sweeper.retrain import make_plan
-from sweeper.storage import make_storage
+from sweeper.stores import tracking
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.storage import make_storage
+from sweeper.training.data import load_images
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -26,9 +26,9 @@ import pytest
 from helpers import QUICKSTART, REPO, free_port
 from mlflow import MlflowClient
 
-from sweeper import tracking
-from sweeper.retention import top_trials
-from sweeper.storage import make_storage
+from sweeper.stores import tracking
+from sweeper.stores.storage import make_storage
+from sweeper.sweep.retention import top_trials
 
 BIN = Path(sys.executable).parent
 SECRET = "pg-Secret-0815"  # trust auth ignores it; it must show up nowhere
@@ -235,7 +235,7 @@ def test_a_worker_for_a_study_the_storage_lacks_is_one_line(topology: dict, tmp_
 
 
 OUTAGE_STUDY = """
-from sweeper.study import Study
+from sweeper.spec.study import Study
 
 study = Study(
     name="outage",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import optuna
 
-from sweeper.storage import make_storage
+from sweeper.stores.storage import make_storage
 
 # Each process asks for queued trials until the queue is empty, as ensemble workers do.
 ASK_ALL = """
 import json, sys, time
 import optuna
-from sweeper.storage import make_storage
+from sweeper.stores.storage import make_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="queue", storage=make_storage(sys.argv[1]))
 while time.time() < float(sys.argv[2]):

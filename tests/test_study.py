@@ -5,9 +5,9 @@ import pytest
 from helpers import QUICKSTART, REPO, sweeper
 
 from sweeper.errors import SweeperError
-from sweeper.objectives import behind_the_median
-from sweeper.stopping import StopRule
-from sweeper.study import Study, load_study
+from sweeper.spec.objectives import behind_the_median
+from sweeper.spec.stopping import StopRule
+from sweeper.spec.study import Study, load_study
 
 GOOD_SPACE = (
     'def space(trial):\n    return {"model": "cnn2", "lr": trial.suggest_float("lr", 1e-3, 1e-1)}\n'

@@ -15,8 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeper.errors import SweeperError
-from sweeper.paths import SweepPaths, default_tracking_uri
-from sweeper.tracking import (
+from sweeper.records import Artifact
+from sweeper.stores.paths import SweepPaths, default_tracking_uri
+from sweeper.stores.tracking import (
     TrialTracker,
     checkpoint_size,
     delete_checkpoint,
@@ -26,9 +27,8 @@ from sweeper.tracking import (
     run_config,
     start_launch_run,
 )
-from sweeper.tracking.figures import FigureDrawer
-from sweeper.tracking.queries import latest_run, metric_histories, runs_of_study
-from sweeper.tracking.runs import CONFUSION_FILE
+from sweeper.stores.tracking.figures import FigureDrawer
+from sweeper.stores.tracking.queries import latest_run, metric_histories, runs_of_study
 
 CLASSES = ["cat", "dog", "ship"]
 CONFIG: dict[str, Any] = {
@@ -165,13 +165,13 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     counted = client.download_artifacts(first, "plots/confusion_matrix.json", str(tmp_path / "c"))
     confusion = json.loads(Path(counted).read_text())
     assert confusion == {"classes": CLASSES, "counts": [[1, 0, 1], [0, 2, 0], [0, 1, 1]]}
-    assert [f.path for f in client.list_artifacts(first, "plots")] == [CONFUSION_FILE]
+    assert [f.path for f in client.list_artifacts(first, "plots")] == [Artifact.CONFUSION_COUNTS]
     draw = FigureDrawer(uri)
     draw(study_of_runs({0: first, 1: second}))
     draw(study_of_runs({0: first, 1: second}))
     assert sorted(draw.drawn) == sorted([first, second])
     plots = [f.path for f in client.list_artifacts(first, "plots")]
-    assert plots == [CONFUSION_FILE, "plots/confusion_matrix.png"]
+    assert plots == [Artifact.CONFUSION_COUNTS, "plots/confusion_matrix.png"]
     assert [f.path for f in client.list_artifacts(first, "checkpoints")] == ["checkpoints/best.pt"]
     downloaded = client.download_artifacts(first, "checkpoints/best.pt", str(tmp_path / "dl"))
     assert Path(downloaded).read_bytes() == b"weights"

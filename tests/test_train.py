@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from sweeper.batches import DeviceSplit
-from sweeper.config import TrainConfig
-from sweeper.data import SplitData
 from sweeper.errors import SweeperError
-from sweeper.train import (
+from sweeper.training.batches import DeviceSplit
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import SplitData
+from sweeper.training.loop import (
     TrainState,
     cpu_has_native_bf16,
     evaluate_test,

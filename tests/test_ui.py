@@ -22,7 +22,7 @@ from helpers import (
 )
 from mlflow import MlflowClient
 
-from sweeper.paths import default_tracking_uri
+from sweeper.stores.paths import default_tracking_uri
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
 CELLS = {"cell", "gridcell", "columnheader"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.data import ImageSet, SplitData, load_images, split
+from sweeper.training.data import ImageSet, SplitData, load_images, split
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = "tests_gpu: no CUDA device here; run them on a GPU machine (make test-gpu, bench/gpu.sh)"

@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from sweeper import tracking
-from sweeper.paths import default_tracking_uri
-from sweeper.storage import make_storage
+from sweeper.stores import tracking
+from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "studies" / "quickstart.py")

@@ -5,7 +5,7 @@ leaves free while it plays the other packed trial."""
 
 import optuna
 
-from sweeper.study import Study
+from sweeper import Study
 
 
 def space(trial: optuna.Trial) -> dict:

@@ -23,9 +23,10 @@ from gpu_helpers import (
 )
 
 from sweeper.errors import SweeperError
-from sweeper.gpulock import gpu_slot
-from sweeper.paths import SweepPaths
-from sweeper.pool import default_devices, worker_flags
+from sweeper.pool.local import LocalPool, default_devices
+from sweeper.stores.paths import SweepPaths
+from sweeper.sweep.phase import worker_flags
+from sweeper.worker.gpuslot import gpu_slot
 
 QUIET = ["--no-progress", "--no-ensemble"]
 LEAVE_FREE = 4 * 2**30  # bytes the OOM test leaves: a worker's CUDA context fits, its trial not
@@ -38,7 +39,7 @@ def launch_args(sweep_dir: Path, datasets_dir: Path, study: str = QUICKSTART) ->
 def test_default_devices_are_the_visible_gpus() -> None:
     gpus = torch.cuda.device_count()
     assert default_devices(None, 1) == [f"cuda:{i}" for i in range(gpus)], (
-        "sweeper.pool finds GPUs through the driver files in GPU_DRIVER_FILES; none is here"
+        "sweeper.pool.local finds GPUs through the driver files in GPU_DRIVER_FILES; none is here"
     )
 
 
@@ -74,7 +75,7 @@ def test_four_trials_share_one_gpu(tmp_path: Path, datasets_dir: Path) -> None:
     devices = default_devices(4, 4)
     assert devices == ["cuda:0"] * 4
     overrides = {"epochs": 1, "train_size": 2000, "data_dir": str(datasets_dir)}
-    expected = flag_values(worker_flags(devices, 8, None, overrides))
+    expected = flag_values(worker_flags(LocalPool(devices), 8, None, overrides))
     assert expected["--packed"] is True
     launcher = start(*launch_args(tmp_path, datasets_dir), "--trials-per-gpu", "4", "--workers",
                      "4", "--trials", "8", "--epochs", "1", "--train-size", "2000")  # fmt: skip

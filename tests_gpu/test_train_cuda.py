@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from sweeper.config import TrainConfig
-from sweeper.data import SplitData
-from sweeper.train import TrainState, prepare, resolved, train
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import SplitData
+from sweeper.training.loop import TrainState, prepare, resolved, train
 
 # bf16 rounding, and cuDNN's autotuned kernels that sum in no fixed order, let a resumed epoch
 # drift a little from the unbroken one: losses by under 2%, accuracies by under 15 of 1,000.

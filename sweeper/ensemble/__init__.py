@@ -1,0 +1,1 @@
+"""Best-of seed ensembles: the plan, the averaged model, its files, its exports."""

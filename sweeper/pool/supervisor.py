@@ -1,0 +1,45 @@
+"""Supervising one phase of a launch on a pool: start the workers, hand them their context once
+it is made, start again those that die while work remains, stop them all at the end or on
+Ctrl-C. It knows processes and callbacks, not trials: the launcher says whether work remains
+and what to do at each poll (the progress bar, the figure drawer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sweeper.errors import SweeperError
+from sweeper.pool.interface import LaunchContext, Pool
+
+POLL_S = 1.0
+
+
+def supervise(
+    pool: Pool,
+    commands: list[list[str]],
+    setup: Callable[[], LaunchContext],
+    work_remains: Callable[[], bool],
+    each_poll: Sequence[Callable[[], None]] = (),
+) -> bool:
+    """Run the workers until every one has ended; False if interrupted (Ctrl-C, SIGTERM).
+
+    The workers start first: while they import torch and MLflow (seconds), setup() opens what
+    they work on and returns the launch context each reads on its stdin. Each callback of
+    `each_poll` runs at every poll and once after the workers ended."""
+    pool.start(commands)
+    try:
+        pool.slots.hand(setup().line())
+        while pool.slots.supervise(work_remains):
+            for callback in each_poll:
+                callback()
+            pool.wait(POLL_S)
+        for callback in each_poll:
+            callback()
+    except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
+        pool.stop()
+        if isinstance(error, KeyboardInterrupt):
+            return False
+        raise
+    pool.stop()  # all ended: only Ray actors have something to let go
+    if pool.slots.all_gave_up():
+        raise SweeperError("every worker gave up after failed trials; their errors are above")
+    return True

@@ -1,0 +1,205 @@
+"""What a dashboard reads: a study's trials and its MLflow runs, collected once as DataFrames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial
+
+from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr, Kind, Tag
+from sweeper.spec.budget import counted_trials
+from sweeper.spec.objectives import maximizing, metric_value
+from sweeper.stores.paths import SweepPaths
+from sweeper.stores.storage import load_stored_study, make_storage
+
+CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others ignore the momentum setting
+CONFIG_COLUMNS = ("device", "batch_size", "activation", "init", "optimizer", "lr", "weight_decay")
+SETTINGS = ("trial", "state", "setting", "model", "gpu", "device", "batch_size", "activation",
+            "init", "optimizer", "lr", "momentum", "weight_decay", "lr_decay", "train_minutes",
+            "best_epoch", "epochs_run", "val_acc", "value", "other", "status", "fail_reason",
+            "retry_of", "worker", "start", "end", "mlflow_run", "run_id")  # fmt: skip
+SHOWN = {*CONFIG_COLUMNS, "model", "momentum", "schedule", "milestones", "gamma"}  # own columns
+RUN_TRIAL, RUN_DEVICE = f"tags.{Tag.TRIAL}", f"tags.{Tag.DEVICE}"
+RUN_KEYS = ["run_id", "experiment_id", RUN_TRIAL, RUN_DEVICE, "metrics.best_epoch",
+            "metrics.best_val_acc"]  # fmt: skip
+
+
+@dataclass
+class StudyData:
+    """Everything a dashboard may show, read once from the Optuna storage and MLflow. Runs are
+    rows as sweeper.tracking returns them (run_id, status, metrics.<key>, tags.<key>, ...)."""
+
+    name: str
+    study: optuna.Study  # for optuna.visualization
+    trials: list[FrozenTrial]  # by number; surplus claims left out
+    settings: pd.DataFrame  # one row per trial, the columns of SETTINGS
+    curves: pd.DataFrame  # one row per trial and epoch: the MLflow runs' per-epoch metrics
+    launch: pd.Series | None  # the latest launch run (the report is logged there)
+    ensemble: pd.Series | None  # the latest ensemble run
+    members: pd.DataFrame | None  # that run's ensemble_members.json table
+    collected: datetime
+
+    @property
+    def metric(self) -> str:
+        return "val_acc" if self.maximize else "val_loss"
+
+    @property
+    def maximize(self) -> bool:
+        return maximizing(self.study)
+
+    @property
+    def target(self) -> Any:
+        """What optuna.visualization plots of a multi-objective study: its metric (None: the
+        single objective)."""
+        return metric_value if len(self.study.directions) > 1 else None
+
+    def count(self, state: str) -> int:
+        return int((self.settings["state"] == state).sum())
+
+    @property
+    def running(self) -> bool:
+        """Trials still run, or the launch has not ended (as the stores say now)."""
+        launch_running = self.launch is not None and self.launch["status"] == "RUNNING"
+        return launch_running or self.count("RUNNING") > 0
+
+    def best(self) -> pd.Series | None:
+        """The settings row of the best complete trial."""
+        done = self.settings[self.settings["state"] == "COMPLETE"]
+        if done.empty:
+            return None
+        return done.loc[done["value"].idxmax() if self.maximize else done["value"].idxmin()]
+
+
+def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
+    """Read the study, its trial runs and their metric histories, and the ensemble run."""
+    from sweeper.stores.tracking import queries  # loaded on demand: the CLI stays quick
+
+    study = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
+    trials = counted_trials(study)
+    uri = paths.tracking_uri
+    runs = queries.runs_of_study(uri, name)
+    curves = _curves(trials, runs, queries.metric_histories(uri, runs["run_id"], CURVE_METRICS))
+    ensemble = queries.latest_run(uri, name, Kind.ENSEMBLE)
+    return StudyData(
+        name=name,
+        study=study,
+        trials=trials,
+        settings=_settings(trials, runs, curves, mlflow_url.rstrip("/")),
+        curves=curves,
+        launch=queries.latest_run(uri, name, Kind.LAUNCH),
+        ensemble=ensemble,
+        members=None if ensemble is None else queries.ensemble_table(uri, ensemble["run_id"]),
+        collected=datetime.now(),
+    )
+
+
+def _curves(trials: list[FrozenTrial], runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial and epoch: the per-epoch metrics of each trial's own run. A run that a
+    retry continued is the retry's: its tag sweeper.trial names the trial it counts for."""
+    labels = {t.number: _label(t) for t in trials}
+    owners = runs.reindex(columns=RUN_KEYS).set_index("run_id")[RUN_TRIAL].astype(int)
+    owners = owners[owners.isin(labels)]
+    points = histories[histories["run_id"].isin(owners.index)]
+    frame = points.pivot(index=["run_id", "step"], columns="key", values="value").reset_index()
+    frame = frame.rename_axis(columns=None).reindex(columns=["run_id", "step", *CURVE_METRICS])
+    frame.insert(0, "trial", frame.pop("run_id").map(owners))
+    frame.insert(1, "setting", frame["trial"].map(labels))
+    return frame.sort_values(["trial", "step"], ignore_index=True).rename(columns={"step": "epoch"})
+
+
+def _settings(
+    trials: list[FrozenTrial], runs: pd.DataFrame, curves: pd.DataFrame, mlflow_url: str
+) -> pd.DataFrame:
+    """One row per trial: its setting, state and times from Optuna, its device and link from the
+    run it names (user attr mlflow_run_id), its metrics only from its own run (see _curves)."""
+    frame = pd.DataFrame([_setting(t) for t in trials], columns=list(SETTINGS))
+    run = runs.set_index("run_id", drop=False).reindex(index=frame["run_id"], columns=RUN_KEYS)
+    run = run.set_axis(frame.index)  # the run each trial names; NaN where there is none
+    linked = run["run_id"].notna()
+    own = run[RUN_TRIAL] == frame["trial"].astype(str)
+    frame["device"] = run[RUN_DEVICE].fillna("").where(linked, frame["device"])
+    frame["gpu"] = frame["device"].astype(str).str.startswith("cuda").map({True: "O", False: "X"})
+    frame["best_epoch"] = run["metrics.best_epoch"].where(own & (run["metrics.best_epoch"] > 0))
+    frame["val_acc"] = run["metrics.best_val_acc"].where(own)
+    frame["mlflow_run"] = run_url(mlflow_url, run).fillna("")
+    frame["run_id"] = run["run_id"].fillna("")
+    seconds = curves.groupby("trial")["seconds"].sum(min_count=1)
+    frame["train_minutes"] = frame["trial"].map(seconds) / 60
+    epochs = curves.dropna(subset=["val_acc"]).groupby("trial")["epoch"].max()
+    frame["epochs_run"] = frame["trial"].map(epochs)
+    counts = ["batch_size", "best_epoch", "epochs_run", "retry_of"]
+    return frame.astype(dict.fromkeys(counts, "Int64"))
+
+
+def _setting(t: FrozenTrial) -> dict[str, Any]:
+    """What Optuna holds of a trial's row (the rest comes from MLflow)."""
+    config = t.user_attrs.get(Attr.CONFIG, {})
+    momentum = config.get("optimizer") in MOMENTUM_OPTIMIZERS
+    return {
+        **{key: config.get(key) for key in CONFIG_COLUMNS},
+        "trial": t.number,
+        "state": t.state.name,
+        "setting": _label(t),
+        "model": _model(config),
+        "momentum": config.get("momentum") if momentum else None,
+        "lr_decay": _lr_decay(config),
+        "value": metric_value(t),
+        "other": ", ".join(f"{k}={_short(v)}" for k, v in t.params.items() if k not in SHOWN),
+        "status": t.user_attrs.get(Attr.TRAIN_STATUS, ""),
+        "fail_reason": _fail_reason(t),
+        "retry_of": t.system_attrs.get(RETRY_OF_SYSTEM_ATTR),
+        "worker": t.user_attrs.get(Attr.WORKER, ""),
+        "start": t.datetime_start,
+        "end": t.datetime_complete,
+        "run_id": t.user_attrs.get(Attr.MLFLOW_RUN_ID, ""),
+    }
+
+
+def _label(t: FrozenTrial) -> str:
+    """A setting's short name: trial number, model, optimizer and the suggested values."""
+    config = t.user_attrs.get(Attr.CONFIG, {})
+    parts = [f"#{t.number}", str(config.get("model", "")), str(config.get("optimizer", ""))]
+    parts += [f"{k}={_short(v)}" for k, v in t.params.items() if k not in ("model", "optimizer")]
+    return " ".join(p for p in parts if p)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _fail_reason(trial: FrozenTrial) -> str:
+    if trial.state.name != "FAIL":
+        return ""
+    if Attr.INTERRUPTED in trial.user_attrs:
+        return "interrupted by Ctrl-C or SIGTERM"
+    return trial.user_attrs.get(Attr.FAIL_REASON, "no heartbeat: its worker died")
+
+
+def _model(config: dict[str, Any]) -> str:
+    model = str(config.get("model", ""))
+    extras = ["bn"] if config.get("batch_norm") else []
+    if config.get("dropout"):
+        extras.append(f"dropout {config['dropout']:g}")
+    if config.get("pretrained"):
+        extras.append("pretrained")
+    return f"{model} ({', '.join(extras)})" if extras else model
+
+
+def _lr_decay(config: dict[str, Any]) -> str:
+    schedule = config.get("schedule", "")
+    if schedule == "step":
+        at = ", ".join(f"{m:g}" for m in config.get("milestones", []))
+        schedule = f"step x{config.get('gamma', 0.1):g} at {at} of the epochs"
+    if config.get("warmup_epochs"):
+        schedule += f", warmup {config['warmup_epochs']:g} epochs"
+    return schedule
+
+
+def run_url(mlflow_url: str, run: Any) -> Any:
+    """The MLflow UI page of a run: a row with experiment_id and run_id (or a frame of them)."""
+    return mlflow_url + "/#/experiments/" + run["experiment_id"] + "/runs/" + run["run_id"]

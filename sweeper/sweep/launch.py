@@ -1,0 +1,176 @@
+"""`sweeper launch` end to end.
+
+Check the study and its data, start the workers, open the Optuna study and the MLflow launch
+run while they load, sweep, build the seed ensemble, end the run. Data flows one way: study
+file -> launch -> pool -> worker -> objective -> training loop; tracking records; the ensemble
+reads what the sweep stored. `spec` is the study file's Study; `study` the Optuna study.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper.errors import first_line
+from sweeper.interrupt import EXIT_INTERRUPTED, stop_on_signals
+from sweeper.pool.interface import LaunchContext, Pool
+from sweeper.records import StudyAttr, Tag
+from sweeper.spec.budget import Budget, budget_state, counted_trials
+from sweeper.spec.objectives import best_by_metric, metric_value
+from sweeper.spec.study import Study, open_study
+from sweeper.spec.warmstart import enqueue_warm_start
+from sweeper.stores.paths import SweepPaths, default_tracking_uri
+from sweeper.stores.storage import make_storage, note_limits
+from sweeper.sweep.ensemble import build_ensemble
+from sweeper.sweep.phase import Opened, Work, run_phase, stopped, worker_commands, worker_flags
+from sweeper.training.data import load_images
+
+
+def launch(
+    spec: Study,
+    paths: SweepPaths,
+    pool: Pool,
+    *,
+    budget: int | None,
+    timeout: float | None,
+    overrides: dict[str, Any],
+    progress: bool = True,
+    ensemble: dict[str, Any] | None = None,
+) -> int:
+    """Sweep the study on the pool's workers, then build its ensemble; return an exit code."""
+    stop_on_signals()
+    note_limits(paths.storage_url)
+    prefetch_data(spec, overrides)  # milliseconds once cached; a missing dataset fails here
+    started, deadline = time.time(), time.time() + timeout if timeout else None
+    opened: Opened | None = None
+
+    def setup() -> tuple[optuna.Study, LaunchContext]:
+        nonlocal opened
+        opened = open_launch(spec, paths, len(pool.devices))
+        return opened.study, opened.context
+
+    status = "FAILED"
+    ended: dict[str, str] = {}  # tags of the launch run that say how it ended
+    try:
+        flags = worker_flags(pool, budget, deadline, overrides)
+        commands = worker_commands(spec.file, paths, pool.devices, flags)
+        work = Work(budget, deadline, spec.stop_rule)
+        if not run_phase(pool, commands, setup, work, progress=progress,
+                         figures=lambda study: opened.figures(study)):  # fmt: skip
+            status = "KILLED"
+            print(stopped(opened.study, budget, "trials"), file=sys.stderr)
+            return EXIT_INTERRUPTED
+        built = None  # an ensemble.finish.EnsembleResult, once built
+        if why := stopped_early(spec, opened.study):
+            ended[Tag.STOPPED_BECAUSE] = why
+            print(f"sweeper: the sweep stops early: {why}")
+        done = budget_state(opened.study, budget, spec.stop_rule) == Budget.DONE
+        if ensemble and ensemble.get("k") and done:
+            built = build_ensemble(spec, paths, opened, pool, overrides=overrides,
+                                   progress=progress, settings=ensemble)  # fmt: skip
+            if built is None:
+                status = "KILLED"
+                return EXIT_INTERRUPTED
+        from sweeper.report.render import write_report  # pandas and plotly: only now
+
+        files, _ = write_report(spec.name, paths)
+        status = "FINISHED"
+        freed = free_disk(spec, paths, ensemble)
+        print_summary(spec, opened.study, paths, built, files[0], time.time() - started, freed)
+        return 0
+    finally:
+        if opened is not None:
+            from sweeper.stores import tracking  # already loaded by setup()
+
+            tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, ended)
+
+
+def open_launch(spec: Study, paths: SweepPaths, workers: int) -> Opened:
+    """The Optuna study (its warm start queued) and the MLflow launch run, made while the
+    workers load torch."""
+    from sweeper.stores import tracking  # MLflow loads here, while the workers start
+    from sweeper.stores.tracking.figures import FigureDrawer
+
+    storage = make_storage(paths.storage_url)
+    study = open_study(spec, storage)
+    for line in enqueue_warm_start(spec, study, storage, paths.storage_url):
+        print(line)
+    study.set_user_attr(StudyAttr.STUDY_FILE, spec.file)
+    study.set_user_attr(StudyAttr.STUDY_FILE_HASH, spec.file_hash)
+    experiment_id = tracking.experiment_for(paths.tracking_uri, spec.name, paths.artifact_root)
+    tags = {Tag.STUDY_FILE_HASH: spec.file_hash, Tag.WORKERS: str(workers)}
+    run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, spec.name, tags)
+    context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
+    preload_the_end()
+    return Opened(study, context, FigureDrawer(paths.tracking_uri))
+
+
+def preload_the_end() -> None:
+    """Load what the launcher needs later (matplotlib for the trials' figures, pandas and plotly
+    for the report) now: its workers still import torch, and a core would sit idle."""
+    import matplotlib.figure  # noqa: F401
+    import optuna.visualization  # noqa: F401
+    import plotly.express  # noqa: F401
+
+    import sweeper.report.render  # noqa: F401
+
+
+def stopped_early(spec: Study, study: optuna.Study) -> str | None:
+    """Why the study's stop rule ended the sweep, or None."""
+    rule = spec.stop_rule
+    return rule.reason(study, counted_trials(study)) if rule else None
+
+
+def free_disk(spec: Study, paths: SweepPaths, ensemble: dict[str, Any] | None) -> str:
+    """Delete the checkpoints that the top trials and the ensemble do not need (`sweeper gc`);
+    say how much that freed. A sweep that ended well still ends well if this fails."""
+    from sweeper.sweep import retention  # MLflow: already loaded by setup()
+
+    keep = max(retention.KEEP, (ensemble or {}).get("k") or 0)
+    try:
+        removed = retention.sweep_disk(make_storage(paths.storage_url), spec.name, paths, keep)
+    except Exception as error:
+        return f"nothing freed ({first_line(error)}); try `sweeper gc {spec.name}`"
+    return f"{retention.describe(removed)}; the best weights of the top {keep} trials stay"
+
+
+def print_summary(
+    spec: Study, study: optuna.Study, paths: SweepPaths, ensemble: Any, report: Path,
+    seconds: float, freed: str = "",
+) -> None:  # fmt: skip
+    """What the launch found, where its files are, and how to look at the runs."""
+    show = (lambda v: f"{v:.2%}") if spec.metric == "val_acc" else (lambda v: f"{v:.4f}")
+    lines = [f"sweeper: {spec.name} done in {seconds // 60:.0f} min {seconds % 60:.0f} s"]
+    if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        best = best_by_metric(study)
+        reference = spec.reference and f" ({spec.reference[1]}: {show(spec.reference[0])})"
+        lines.append(f"  best trial {best.number}: {spec.metric} {show(metric_value(best))}"
+                     f"{reference or ''}")  # fmt: skip
+    if spec.costs and (front := study.best_trials):
+        trials = ", ".join(str(t.number) for t in sorted(front, key=lambda t: t.number))
+        lines.append(f"  Pareto front of {spec.metric} against {', '.join(spec.costs)}:"
+                     f" trials {trials} (the report draws it)")  # fmt: skip
+    if ensemble is not None:
+        lines.append(f"  ensemble of {ensemble.members} members: test accuracy"
+                     f" {ensemble.report.ensemble_test_acc:.2%},"
+                     f" {100 * ensemble.report.gain:+.2f} points over its best member")  # fmt: skip
+        lines.append(f"  exported: {' and '.join(str(p) for p in ensemble.exports)}")
+    lines.append(f"  report: {report}")
+    local = paths.tracking_uri == default_tracking_uri(paths.dir)
+    lines.append(f"  MLflow UI: sweeper ui --dir {shlex.quote(str(paths.dir))}" if local
+                 else f"  MLflow: {paths.tracking_uri}")  # fmt: skip
+    if freed:
+        lines.append(f"  disk: {freed}")
+    print("\n".join(lines))
+
+
+def prefetch_data(spec: Study, overrides: dict[str, Any]) -> None:
+    """Decode the dataset once here, so the workers all start from the cache."""
+    values = {**spec.fixed, **overrides}
+    load_images(values.get("dataset", "cifar10"), values.get("data_dir"), values.get("image_size"))

@@ -1,0 +1,113 @@
+"""What a sweep keeps on disk: the best weights of the top trials, of the ensemble's sources and
+of its members, and the epoch checkpoints of trials that may yet resume. The rest goes, at the
+end of each launch and on `sweeper gc`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.records import CHECKPOINT_FILE, Attr, StudyAttr, best_file_name, member_study_name
+from sweeper.spec.objectives import ranked
+from sweeper.stores import tracking
+from sweeper.stores.paths import SweepPaths
+from sweeper.stores.tracking.checkpoints import reference
+
+KEEP = 3  # best weights of this many top trials stay (with the ensemble's sources and members)
+
+
+@dataclass
+class Removed:
+    """A file or artifact that was deleted (or would be, on a dry run)."""
+
+    what: str
+    size: int
+
+
+def sweep_disk(
+    storage: BaseStorage, name: str, paths: SweepPaths, keep: int = KEEP, dry_run: bool = False
+) -> list[Removed]:
+    """Delete what the study `name` and its ensemble no longer need; return what went."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    studies = {name: study.get_trials(deepcopy=False)}
+    kept = {trial.number for trial in top_trials(study, keep)}
+    if len(study.directions) > 1:  # a study scored on cost: its front, for export --pick
+        kept |= {trial.number for trial in study.best_trials}
+    members = member_study_name(name)
+    if members in [s.study_name for s in storage.get_all_studies()]:
+        ensemble = optuna.load_study(study_name=members, storage=storage)
+        kept |= set(ensemble.user_attrs.get(StudyAttr.PLAN, {}).get("sources", []))
+        studies[members] = ensemble.get_trials(deepcopy=False)  # all of them kept
+    removed = []
+    for trial in studies[name]:
+        if trial.number not in kept and trial.state.is_finished():
+            removed += _best_weights(trial, paths.tracking_uri, dry_run)
+    for study_name, trials in studies.items():
+        removed += _stale_files(paths.checkpoints(study_name), trials, dry_run)
+    return removed
+
+
+def top_trials(study: optuna.Study, keep: int) -> list[FrozenTrial]:
+    """The `keep` best complete trials by the objective."""
+    return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)[:keep]
+
+
+def _best_weights(trial: FrozenTrial, tracking_uri: str, dry_run: bool) -> list[Removed]:
+    """The trial's best weights: what its `checkpoint` names, and the artifact that sweepers
+    before one-copy logged beside a local file."""
+    refs = {trial.user_attrs.get(Attr.CHECKPOINT)}
+    if Attr.MLFLOW_RUN_ID in trial.user_attrs:
+        file = Path(best_file_name(trial.number))
+        refs.add(reference(trial.user_attrs[Attr.MLFLOW_RUN_ID], file))
+    removed = []
+    for ref in sorted(r for r in refs if r):
+        size = tracking.checkpoint_size(tracking_uri, ref)
+        if size is not None:
+            if not dry_run:
+                tracking.delete_checkpoint(tracking_uri, ref)
+            removed.append(Removed(f"best weights of trial {trial.number}: {ref}", size))
+    return removed
+
+
+def _stale_files(folder: Path, trials: list[FrozenTrial], dry_run: bool) -> list[Removed]:
+    """Epoch checkpoints of trials that ended for good (no retry of theirs is queued or running),
+    and best-weights files left by a trial that logged them or died before it could."""
+    by_number = {t.number: t for t in trials}
+    resumable = set()
+    for trial in trials:
+        if not trial.state.is_finished():
+            resumable.add(trial.number)
+            resumable.update(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+    removed = []
+    for file in sorted(folder.glob("trial-*-*.pt")):
+        match = CHECKPOINT_FILE.fullmatch(file.name)
+        if match is None or int(match[1]) in resumable:
+            continue
+        trial = by_number.get(int(match[1]))
+        if trial is not None and trial.user_attrs.get(Attr.CHECKPOINT) == str(file):
+            continue  # the one copy of a trial's best weights (logging them failed)
+        removed.append(Removed(str(file), file.stat().st_size))
+        if not dry_run:
+            file.unlink(missing_ok=True)
+    return removed
+
+
+def describe(removed: list[Removed], dry_run: bool = False) -> str:
+    """One line: how much was freed, in how many files."""
+    total = sum(r.size for r in removed)
+    verb = "would free" if dry_run else "freed"
+    return f"{verb} {total / 1e6:.1f} MB in {len(removed)} file(s)"
+
+
+def collect_garbage(storage: BaseStorage, name: str, paths: SweepPaths, keep: int,
+                    dry_run: bool) -> None:  # fmt: skip
+    """`sweeper gc`: delete (or with dry_run, list) what the study no longer needs, one line a
+    file, then the total."""
+    removed = sweep_disk(storage, name, paths, keep, dry_run)
+    for item in removed:
+        print(f"{'would delete' if dry_run else 'deleted'} {item.what} ({item.size / 1e6:.1f} MB)")
+    print(f"sweeper gc {name}: {describe(removed, dry_run)}")

@@ -1,0 +1,313 @@
+"""One Optuna trial: config from the study, training with pruning, checkpoints and tracking."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from sweeper.interrupt import STOPPING
+from sweeper.records import Attr, Tag, best_file_name, epoch_file_name
+from sweeper.spec.budget import counted_trials
+from sweeper.spec.objectives import behind_the_median, measure_costs
+from sweeper.spec.study import Study
+from sweeper.stores.tracking import TrialTracker
+from sweeper.training.config import TrainConfig
+from sweeper.training.data import SplitData, split_of
+from sweeper.training.loop import (
+    EpochCallback,
+    TrainResult,
+    TrainState,
+    predict_arrays,
+    resolved,
+    train,
+)
+from sweeper.worker.checkpoints import (
+    CheckpointError,
+    drop_files,
+    load_newest,
+    save_atomic,
+    save_best,
+)
+from sweeper.worker.gpuslot import gpu_slot
+
+# The machine a trial ran on: the Ray node id a Ray worker is given (sweeper/ray_pool.py), else
+# the host name.
+NODE = os.environ.get("SWEEPER_NODE") or socket.gethostname()
+
+
+class TrialDiverged(Exception):
+    """The loss became NaN or inf: the trial fails with this reason and the sweep goes on."""
+
+
+class SurplusTrial(Exception):
+    """Another worker claimed the last trial of the budget at the same moment."""
+
+
+class TrialTakenOver(Exception):
+    """The trial is no longer RUNNING in the storage: the other workers called this one dead
+    (a network partition) and its retry trains on in the same MLflow run. This worker stops the
+    trial and touches neither its checkpoints nor its run."""
+
+
+class _OneLineFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for these known causes the line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if STOPPING.is_set():  # an interrupted trial: the launcher says in one line what was kept
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], TrialTakenOver):
+            return False  # the worker says it in its own line
+        if record.exc_info and isinstance(
+            record.exc_info[1], TrialDiverged | SurplusTrial | CheckpointError
+        ):
+            record.exc_info = None
+        return True
+
+
+# A logger's filters see only the records logged on that very logger, not those of its children:
+# the filter goes on the logger that logs failed trials.
+logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
+
+
+def earlier_tries(trial: optuna.Trial) -> list[int]:
+    """The numbers of a retried trial's earlier tries, the first first (none for a first try)."""
+    (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+    return RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+
+
+def still_running(trial: optuna.Trial) -> bool:
+    """Whether the storage still holds the trial as RUNNING (one read of one trial)."""
+    return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
+
+
+@dataclass
+class Objective:
+    """Callable by study.optimize in a worker process."""
+
+    spec: Study  # the study file's (or the ensemble's member study)
+    checkpoint_dir: Path
+    tracker: TrialTracker
+    worker: str
+    device: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    budget: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    lock_dir: Path = Path("locks")
+    packed: bool = False  # several trials share this GPU
+    failures_in_a_row: int = 0
+    last_failure: str = ""
+    taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.taken_over = ""
+        self._check_budget(trial)
+        try:
+            value = self._run(trial)
+        except optuna.TrialPruned:
+            self.failures_in_a_row = 0
+            raise
+        except TrialTakenOver as error:
+            self.taken_over = str(error)
+            raise
+        except Exception as error:
+            self.failures_in_a_row += 1
+            self.last_failure = str(error) or repr(error)
+            raise
+        self.failures_in_a_row = 0
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
+        config = resolved(self.spec.trial_config(trial, {**self.overrides, "device": self.device}))
+        data = split_of(config)
+        # Each try checkpoints to its own file: a try called dead that trains on cannot overwrite
+        # what its retry resumed from. A retry resumes from the newest earlier try that saved one.
+        last = self.epoch_file(trial.number)
+        earlier = [self.epoch_file(number) for number in earlier_tries(trial)]
+        resume = load_newest(earlier[::-1])
+        run_id = self._start_run(trial, config, data)
+        sampler = type(trial.study.sampler).__name__
+        attrs = {Attr.MLFLOW_RUN_ID: run_id, Attr.WORKER: self.worker, Attr.NODE: NODE,
+                 Attr.SAMPLER: sampler, Attr.CONFIG: config.to_dict()}  # fmt: skip
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if resume is not None:
+            trial.set_user_attr(Attr.RESUMED_FROM_EPOCH, resume["epoch"])
+            self._replay(trial, run_id, resume["history"])
+        pruned = False
+
+        def on_epoch(metrics: dict[str, float], state: TrainState) -> bool:
+            nonlocal pruned
+            self._check_running(trial)
+            save_atomic({**state.state_dict(), "config": config.to_dict()}, last)
+            epoch, value = int(metrics["epoch"]), metrics[self.spec.metric]
+            self.tracker.log_epoch(run_id, metrics, epoch)
+            # after the last epoch there is nothing left to save: the trial completes
+            pruned = epoch < config.epochs and self._should_prune(trial, epoch, value)
+            return pruned
+
+        try:
+            result = self._train(trial, config, data, on_epoch, resume, last)
+            self._check_running(trial)
+            return self._finish(trial, run_id, config, data, result, pruned, [last, *earlier])
+        except (optuna.TrialPruned, TrialTakenOver):
+            raise
+        except BaseException as exc:
+            # A library may turn the interrupt into another error (torch.save into RuntimeError):
+            # whatever was raised, a trial cut by Ctrl-C or SIGTERM resumes on the next launch.
+            if STOPPING.is_set():
+                self._interrupted(trial, run_id)
+                raise KeyboardInterrupt from None
+            reason = str(exc) if isinstance(exc, TrialDiverged | CheckpointError) else repr(exc)
+            self._fail(trial, run_id, reason)
+            drop_files([last, *earlier])
+            raise
+
+    def _should_prune(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
+        """The study's pruner on the metric; with several objectives, whose trials cannot
+        report(), the median rule on the first one over the curves the trials keep."""
+        if not self.spec.costs:
+            trial.report(value, epoch)
+            return trial.should_prune()
+        curve = {**trial.user_attrs.get(Attr.CURVE, {}), str(epoch): value}
+        trial.set_user_attr(Attr.CURVE, curve)
+        if self.spec.pruner == "none":
+            return False
+        return behind_the_median(trial.study, trial.number, epoch, value)
+
+    def _start_run(self, trial: optuna.Trial, config: TrainConfig, data: SplitData) -> str:
+        """The trial's MLflow run: new, or the run of the try it retries (see TrialTracker)."""
+        tags = {
+            **self.tags,
+            Tag.WORKER: self.worker,
+            Tag.DEVICE: self.device,
+            Tag.HOST: socket.gethostname(),
+            Tag.NODE: NODE,
+            Tag.SEED: str(config.seed),
+            Tag.SPLIT_HASH: data.split_hash,
+            Tag.STUDY_FILE_HASH: self.spec.file_hash,
+        }
+        return self.tracker.start(
+            self.spec.name, trial.number, config.to_dict(), tags,
+            run_id=trial.user_attrs.get(Attr.MLFLOW_RUN_ID),
+            run_name=trial.user_attrs.get(Attr.RUN_NAME),  # an ensemble member's, see ensemble.plan
+        )  # fmt: skip
+
+    def epoch_file(self, number: int) -> Path:
+        """The epoch checkpoint of the try numbered `number` of a trial."""
+        return self.checkpoint_dir / epoch_file_name(number)
+
+    @staticmethod
+    def _check_running(trial: optuna.Trial) -> None:
+        if not still_running(trial):
+            raise TrialTakenOver(
+                f"trial {trial.number} is no longer RUNNING in the storage (this worker was"
+                " called dead and the trial retried): stopped; its checkpoints and MLflow run are"
+                " left to the retry"
+            )
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        config: TrainConfig,
+        data: SplitData,
+        on_epoch: EpochCallback,
+        resume: dict[str, Any] | None,
+        last: Path,
+    ) -> TrainResult:
+        """Train on a share of the GPU; out of memory while packed: again, alone, from `last`."""
+        try:
+            with gpu_slot(self.lock_dir, self.device):
+                return train(config, data, callback=on_epoch, resume=resume)
+        except torch.cuda.OutOfMemoryError:
+            if not self.packed:
+                raise
+        finally:  # a packed worker's cached memory must not stay in the way of the next trial
+            if self.packed:
+                torch.cuda.empty_cache()
+        trial.set_user_attr(Attr.OOM_RETRIED_ALONE, True)
+        resume = load_newest([last]) or resume
+        with gpu_slot(self.lock_dir, self.device, exclusive=True):
+            return train(config, data, callback=on_epoch, resume=resume)
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        run_id: str,
+        config: TrainConfig,
+        data: SplitData,
+        result: TrainResult,
+        pruned: bool,
+        epoch_files: list[Path],
+    ) -> float | list[float]:
+        trial.set_user_attr(Attr.TRAIN_STATUS, result.status)
+        trial.set_user_attr(Attr.BEST_EPOCH, result.best_epoch)
+        trial.set_user_attr(Attr.EPOCHS_RUN, len(result.history))
+        if result.status == "diverged":
+            raise TrialDiverged(
+                f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
+            )
+        best = self.checkpoint_dir / best_file_name(trial.number)
+        save_best(best, result, config, data)
+        predictions = result.val_predictions  # None when the best epoch came before a resume
+        if predictions is None:
+            predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
+        summary = {"best_val_acc": result.best_val_acc or 0.0, "best_epoch": result.best_epoch or 0}
+        costs = {}  # accuracy against cost: measured on the best weights, logged with the summary
+        if self.spec.costs and not pruned:
+            costs = measure_costs(result.model, result.device, tuple(data.val_x.shape[1:]),
+                                  result.history, self.spec.costs)  # fmt: skip
+            trial.set_user_attr(Attr.COSTS, costs)
+            summary.update(costs)
+        logged = self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE",
+                                     classes=data.classes, val_labels=data.val_y,
+                                     val_predictions=predictions.cpu().numpy().astype(np.int64),
+                                     checkpoint=best, summary=summary)  # fmt: skip
+        # One copy of the best weights: the run's artifact; the local file only if logging failed.
+        trial.set_user_attr(Attr.CHECKPOINT, logged or str(best))
+        drop_files([best, *epoch_files] if logged else epoch_files)
+        if pruned:
+            raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
+        value = float(result.history[result.best_epoch - 1][self.spec.metric])
+        return [value, *(costs[name] for name in self.spec.costs)] if costs else value
+
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
+        """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
+        trial.set_user_attr(Attr.FAIL_REASON, reason[:500])
+        self.tracker.finish(run_id, "FAIL", reason=reason)
+
+    def _interrupted(self, trial: optuna.Trial, run_id: str) -> None:
+        """Mark the trial for its retry, which resumes from its last checkpoint and run."""
+        trial.set_user_attr(Attr.INTERRUPTED, True)
+        with contextlib.suppress(Exception):  # the retry reopens the run anyway
+            self.tracker.finish(run_id, "FAIL", reason="interrupted; resumes on next launch")
+
+    def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
+        """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""
+        logged = self.tracker.logged_epochs(run_id)
+        for metrics in history:
+            epoch = int(metrics["epoch"])
+            trial.report(metrics[self.spec.metric], epoch)
+            if epoch not in logged:
+                self.tracker.log_epoch(run_id, metrics, epoch)
+
+    def _check_budget(self, trial: optuna.Trial) -> None:
+        if self.budget is None:
+            return
+        earlier = [
+            t
+            for t in counted_trials(trial.study)
+            if t.number < trial.number and t.state != optuna.trial.TrialState.FAIL
+        ]
+        if len(earlier) >= self.budget:
+            trial.set_user_attr(Attr.SURPLUS, True)
+            raise SurplusTrial("the trial budget was already claimed by other trials")
