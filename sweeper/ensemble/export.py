@@ -2,8 +2,8 @@
 
 Every export takes float32 images scaled 0..1 [N, C, H, W] and returns probabilities, and
 carries its class names: TorchScript in the extra file `classes.json`, ONNX in the metadata
-property `classes`. MLflow model directories are written and read by `sweeper.tracking` (tensors
-and JSON only, rebuilt by sweeper's own code: nothing stored in them runs).
+property `classes`. MLflow model directories are written and read by `sweeper.stores.tracking`
+(tensors and JSON only, rebuilt by sweeper's own code: nothing stored in them runs).
 """
 
 from __future__ import annotations

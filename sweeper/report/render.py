@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start
     from sweeper.report.studydata import StudyData
 
 
-DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
 
 

@@ -18,6 +18,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SweeperError
+from sweeper.records import Attr
 
 COSTS = ("params", "latency_ms", "train_seconds")
 STARTUP_TRIALS = 3  # the median rule on the first objective waits for this many finished trials
@@ -48,9 +49,9 @@ def behind_the_median(study: optuna.Study, number: int, epoch: int, value: float
     cannot report() (Optuna prunes single-objective studies only): prune when `value` at `epoch`
     is worse than the median of the finished trials' values at that epoch (user attr `curve`)."""
     seen = [
-        t.user_attrs["curve"][str(epoch)]
+        t.user_attrs[Attr.CURVE][str(epoch)]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.number != number and str(epoch) in t.user_attrs.get("curve", {})
+        if t.number != number and str(epoch) in t.user_attrs.get(Attr.CURVE, {})
     ]
     if len(seen) < STARTUP_TRIALS or epoch < 2:
         return False

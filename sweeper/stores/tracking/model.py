@@ -19,7 +19,7 @@ from sweeper.errors import SweeperError, first_line
 
 ARTIFACT = "ensemble"  # the artifacts entry (and folder) that holds the ensemble's files
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-CODE = Path(__file__).resolve().parents[1]  # the sweeper package: MLflow's loader imports it
+CODE = Path(__file__).resolve().parents[2]  # the sweeper package: MLflow's loader imports it
 REQUIREMENTS = ("numpy", "pandas", "pyyaml", "tqdm", "safetensors")  # torch: pinned below
 
 

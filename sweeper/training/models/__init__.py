@@ -13,4 +13,4 @@ def __getattr__(name: str) -> Any:
         from sweeper.training.models.registry import build_model
 
         return build_model
-    raise AttributeError(f"module 'sweeper.models' has no attribute {name!r}")
+    raise AttributeError(f"module 'sweeper.training.models' has no attribute {name!r}")
