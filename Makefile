@@ -13,14 +13,22 @@ $(INSTALLED): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(VENV)/bin/sweeper launch studies/quickstart.py --workers 2
 
+# The whole suite: the fast tier and the end-to-end sweeps on 3 pytest workers (they wait on
+# servers and worker processes as much as they compute), then the fault suite and the Ray cluster
+# alone, whose timings (heartbeat grace periods, killed workers) must not share the CPU.
 test: $(INSTALLED)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 3 --dist loadfile -m "not fault and not cluster"
+	$(VENV)/bin/pytest -q -m "fault or cluster"
+
+# The fast tier: every unit of the orchestration, no real sweep (well under 2 minutes).
+test-fast: $(INSTALLED)
+	$(VENV)/bin/pytest -q -m "not e2e and not fault and not cluster"
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,21 @@ os.environ.setdefault("SWEEPER_CACHE_DIR", str(REPO / ".pytest_cache" / "sweeper
 os.environ.setdefault("SWEEPER_DATA_DIR", str(DATASETS))  # as `make test` sets it
 
 
+# The tiers (pytest -m): e2e launches real sweeps, fault breaks processes and servers on purpose,
+# cluster starts a Ray cluster; the fast tier is the rest (`make test-fast`, seconds to a minute).
+E2E_MODULES = {"test_launch", "test_server", "test_report", "test_retrain", "test_postgres",
+               "test_proxy", "test_ui", "test_ensemble"}  # fmt: skip
+CLUSTER_MODULES = {"test_ray"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.cluster)
+        elif item.module.__name__ in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     assert (DATASETS / "cifar10-jpeg.tar.gz").exists(), f"CIFAR-10 archive missing in {DATASETS}"

@@ -3,7 +3,10 @@ Chromium."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweeper import cli, interrupt
 from sweeper.stores.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +45,26 @@ def sweeper(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     return subprocess.run(
         [SWEEPER, *args], capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+def sweeper_here(*args: str) -> subprocess.CompletedProcess:
+    """`sweeper ARGS` run in this process (no interpreter to start, torch already loaded), as
+    `sweeper` would: its exit code and what it printed. For commands that end in a line or
+    two; whatever a command changes of the process (signal handlers, the interrupt flag) is put
+    back."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit:  # argparse's usage errors
+                code = exit.code
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        interrupt.STOPPING.clear()
+    return subprocess.CompletedProcess(["sweeper", *args], code, out.getvalue(), err.getvalue())
 
 
 def free_port() -> int:

@@ -4,11 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, sweeper
+from helpers import REPO, sweeper, sweeper_here
 
 from sweeper.pool import local as pool
 
 
+@pytest.mark.e2e
 def test_train_json_reports_every_key(datasets_dir: Path) -> None:
     done = sweeper(
         "train",
@@ -64,6 +65,7 @@ def test_train_json_reports_every_key(datasets_dir: Path) -> None:
     assert 0 < report["test_acc"] < 1 and 0 < report["best_val_acc"] < 1
 
 
+@pytest.mark.e2e
 def test_train_from_a_config_file_prints_accuracies(datasets_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -82,7 +84,7 @@ def test_train_from_a_config_file_prints_accuracies(datasets_dir: Path, tmp_path
         (["--activation", "relux"], "activation"),
         (["--lr", "-1"], "lr=-1.0 is invalid; it must be greater than 0"),
         (["--batch-size", "0"], "batch_size=0 is invalid"),
-        (["--data-dir", "/nonexistent", "--dataset", "mnist"], "put the MNIST"),
+        (["--data-dir", "NOWHERE", "--dataset", "mnist"], "put the MNIST"),
         (["--config", "CONFIG"], "unknown key 'learning_rate'"),
         (["--device", "cuda:7"], "device"),
     ],
@@ -90,8 +92,10 @@ def test_train_from_a_config_file_prints_accuracies(datasets_dir: Path, tmp_path
 def test_wrong_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("learning_rate: 0.1\n")
-    args = [str(config) if a == "CONFIG" else a for a in args]
-    done = sweeper("train", "--epochs", "1", "--train-size", "100", *args)
+    nowhere = tmp_path / "no" / "data"
+    args = [{"CONFIG": str(config), "NOWHERE": str(nowhere)}.get(a, a) for a in args]
+    done = sweeper_here("train", "--epochs", "1", "--train-size", "100", *args)
+    assert not (tmp_path / "no").exists()  # a failed download leaves no folder behind
     assert done.returncode == 2
     assert expected in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

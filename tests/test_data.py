@@ -41,6 +41,7 @@ print(int(load_images("cifar10", sys.argv[2]).train_x[:500].sum()))
 """
 
 
+@pytest.mark.e2e
 def test_two_fresh_processes_decode_the_data_once(tmp_path: Path, datasets_dir: Path) -> None:
     """Workers that start on an empty cache at the same moment: one decodes, the other waits on
     the lock and maps what the first wrote."""
@@ -161,6 +162,7 @@ def test_image_folder_directory_and_archive(tmp_path: Path) -> None:
     assert packed.train_x.shape == (6, 3, 8, 8) and packed.test_x.shape == (4, 3, 8, 8)
 
 
+@pytest.mark.e2e
 def test_image_size_resizes_once_at_load(datasets_dir: Path) -> None:
     images = load_images("cifar10", str(datasets_dir), image_size=8)
     assert images.train_x.shape == (50000, 3, 8, 8)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import sweeper
+from helpers import sweeper_here
 from PIL import Image
 
 from sweeper.ensemble.evaluate import (
@@ -310,7 +310,7 @@ def test_tampered_weights_are_refused_without_running_code(
     _one_line_error(excinfo, "weights.safetensors", "cannot read")
     assert not marker.exists()
     torch.save({"model": _RunsCode(marker)}, weights)  # a torch.save zip with the pickle inside
-    done = sweeper("predict", str(directory), str(image))
+    done = sweeper_here("predict", str(directory), str(image))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert "weights.safetensors" in done.stderr and not marker.exists()
 
@@ -338,18 +338,18 @@ def test_export_refuses_a_tampered_or_pickled_registered_model(
     client.set_registered_model_alias(name, "old", old.version)
 
     out = tmp_path / "mlflow-export"
-    assert sweeper("export", name, "--dir", str(sweep), "--format", "mlflow",
+    assert sweeper_here("export", name, "--dir", str(sweep), "--format", "mlflow",
                    "--out", str(out)).returncode == 0  # fmt: skip
     assert load_exported(out)[1] == trained.data.classes
-    done = sweeper("export", name, "--dir", str(sweep), "--alias", "old", "--format", "onnx",
+    done = sweeper_here("export", name, "--dir", str(sweep), "--alias", "old", "--format", "onnx",
                    "--out", str(tmp_path / "old.onnx"))  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert f"sweeper ensemble {name}" in done.stderr and "older sweeper" in done.stderr
     stored = list(sweep.rglob("weights.safetensors"))
-    assert len(stored) == 1 and logged["version"] == "1"
+    assert len(stored) == 1 and logged.version == "1"
     torch.save({"model": _RunsCode(marker)}, stored[0])
     for fmt in ("torchscript", "mlflow"):
-        done = sweeper("export", name, "--dir", str(sweep), "--format", fmt,
+        done = sweeper_here("export", name, "--dir", str(sweep), "--format", fmt,
                        "--out", str(tmp_path / f"tampered-{fmt}"))  # fmt: skip
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
         assert "weights.safetensors" in done.stderr

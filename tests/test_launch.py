@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from helpers import QUICKSTART, SWEEPER, Store, children, processes_mentioning, sweeper
+from helpers import (
+    QUICKSTART,
+    SWEEPER,
+    Store,
+    children,
+    processes_mentioning,
+    sweeper,
+    sweeper_here,
+)
 from mlflow import MlflowClient
 
 from sweeper import interrupt
@@ -85,13 +93,13 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
 
 def test_status_lists_trials_best_first(swept: tuple[Path, Store]) -> None:
     sweep_dir, storage = swept
-    done = sweeper("status", "quickstart", "--dir", str(sweep_dir), *storage.flags, "--json")
+    done = sweeper_here("status", "quickstart", "--dir", str(sweep_dir), *storage.flags, "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert len(rows) == 4
     values = [row["value"] for row in rows if row["value"] is not None]
     assert values == sorted(values, reverse=True)
-    by_file = sweeper("status", QUICKSTART, "--dir", str(sweep_dir), *storage.flags, "--csv")
+    by_file = sweeper_here("status", QUICKSTART, "--dir", str(sweep_dir), *storage.flags, "--csv")
     assert by_file.stdout.startswith("trial,state,value")
 
 
@@ -222,8 +230,8 @@ def test_a_launcher_whose_setup_fails_stops_its_early_workers(
 def test_a_launch_without_its_data_fails_before_it_stores_anything(tmp_path: Path) -> None:
     empty = tmp_path / "no-data"
     empty.mkdir()
-    done = sweeper("launch", QUICKSTART, "--dir", str(tmp_path / "sweep"), "--data-dir", str(empty),
-                   *SMALL, timeout=120)  # fmt: skip
+    done = sweeper_here("launch", QUICKSTART, "--dir", str(tmp_path / "sweep"), "--data-dir",
+                        str(empty), *SMALL)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith(f"sweeper: error: dataset: cifar10 is not in {empty}")

@@ -63,8 +63,8 @@ def test_every_name_has_a_builder() -> None:
 
 
 def test_import_stays_torch_free() -> None:
-    """Importing sweeper.models (names, options) does not import torch."""
-    code = "import sys, sweeper.models; assert 'torch' not in sys.modules"
+    """Importing sweeper.training.models (names, options) does not import torch."""
+    code = "import sys, sweeper.training.models; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -126,7 +126,7 @@ def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> Non
     """Processes opening a fresh database at once race to create Optuna's tables."""
     for _ in range(3):
         storage = new_database()
-        code = f"from sweeper.storage import make_storage; make_storage({storage!r})"
+        code = f"from sweeper.stores.storage import make_storage; make_storage({storage!r})"
         opens = [
             subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
             for _ in range(4)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import QUICKSTART, SWEEPER, free_port, sweeper
+from helpers import QUICKSTART, SWEEPER, free_port, sweeper, sweeper_here
 
 TINY = ["--epochs", "1", "--train-size", "500", "--no-progress"]
 
@@ -48,7 +48,7 @@ def test_studies_through_the_proxy_land_in_the_storage(proxy: tuple[int, str]) -
 
 
 def test_a_bad_storage_is_one_line() -> None:
-    done = sweeper("storage-proxy", "--storage", "postgresq://u:s3cretpw@127.0.0.1/x", timeout=60)
+    done = sweeper_here("storage-proxy", "--storage", "postgresq://u:s3cretpw@127.0.0.1/x")
     assert done.returncode == 2
     assert done.stderr.strip().startswith("sweeper: error: --storage:")
     assert len(done.stderr.strip().splitlines()) == 1 and "s3cretpw" not in done.stderr
@@ -77,8 +77,8 @@ def test_a_launch_and_a_worker_through_the_proxy(
 @pytest.mark.parametrize("url", ["grpc://127.0.0.1", "grpc://127.0.0.1:{port}"])
 def test_a_storage_proxy_that_is_not_there_is_one_line(url: str, tmp_path: Path) -> None:
     port = free_port()
-    done = sweeper("status", "quickstart", "--dir", str(tmp_path), "--storage",
-                   url.format(port=port), timeout=60)  # fmt: skip
+    done = sweeper_here("status", "quickstart", "--dir", str(tmp_path), "--storage",
+                   url.format(port=port))  # fmt: skip
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sweeper: error: --storage"), done.stderr

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICKSTART, REPO, sweeper
+from helpers import QUICKSTART, REPO, sweeper_here
 
 from sweeper.pool.ray import mark_shared, readable
 
@@ -33,7 +33,7 @@ from sweeper.pool.ray import mark_shared, readable
 def test_ray_with_stores_on_this_machine_is_one_line(
     tmp_path: Path, command: str, stores: tuple[str, ...], says: str
 ) -> None:
-    done = sweeper(command, QUICKSTART, "--dir", str(tmp_path), "--ray", *stores, timeout=60)
+    done = sweeper_here(command, QUICKSTART, "--dir", str(tmp_path), "--ray", *stores)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], done.stderr
@@ -41,8 +41,8 @@ def test_ray_with_stores_on_this_machine_is_one_line(
 
 def test_ray_address_where_no_cluster_listens_is_one_line(tmp_path: Path) -> None:
     stores = ["--storage", "postgresql://u@127.0.0.1:9/db", "--tracking-uri", "http://127.0.0.1:9"]
-    done = sweeper("launch", QUICKSTART, "--dir", str(tmp_path), "--ray", "127.0.0.1:9", *stores,
-                   timeout=60)  # fmt: skip
+    done = sweeper_here("launch", QUICKSTART, "--dir", str(tmp_path), "--ray", "127.0.0.1:9",
+                        *stores)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "sweeper: error: --ray 127.0.0.1:9: no Ray cluster there ([Errno 111] Connection refused)"

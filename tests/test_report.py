@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from helpers import REPO, SWEEPER, children, chromium, free_port, sweeper
+from helpers import REPO, SWEEPER, children, chromium, free_port, sweeper, sweeper_here
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
@@ -121,7 +121,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
         (worker,) = children(launcher.pid)
         pause(worker)  # hold trial 0 RUNNING while the report reads it
         try:
-            running = sweeper("report", NAME, "--dir", str(directory),
+            running = sweeper_here("report", NAME, "--dir", str(directory),
                               "--out", str(directory / "running.html"))  # fmt: skip
         finally:
             os.kill(worker, signal.SIGCONT)
@@ -132,7 +132,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
             launcher.terminate()
             launcher.wait(timeout=60)
     for dashboard in ("evaluation", "sweep"):
-        done = sweeper("report", NAME, "--dir", str(directory), "--dashboard", dashboard)
+        done = sweeper_here("report", NAME, "--dir", str(directory), "--dashboard", dashboard)
         assert done.returncode == 0, done.stderr[-3000:]
     return directory
 
@@ -152,7 +152,7 @@ def compared(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Pa
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-    done = sweeper("report", *COMPARED, "--dir", str(directory))
+    done = sweeper_here("report", *COMPARED, "--dir", str(directory))
     assert done.returncode == 0, done.stderr[-3000:]
     return directory
 
@@ -480,7 +480,7 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
     best = max(complete, key=lambda t: t.values[0])
     for rule, chosen in (("smallest within 100", smallest), ("smallest within 0", best)):
         out = tmp_path / f"{rule.replace(' ', '-')}.onnx"
-        exported = sweeper("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
+        exported = sweeper_here("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
                            "--format", "onnx", "--out", str(out))  # fmt: skip
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert f"exported pareto@trial {chosen.number} ({rule}: val_acc=" in exported.stdout
@@ -488,7 +488,7 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
         assert model(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, len(classes)) == (2, 10)
     for rule, said in (("biggest within 1", "say 'smallest within POINTS'"),
                        ("fastest within 1", "needs a study scored on latency_ms")):  # fmt: skip
-        refused = sweeper("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
+        refused = sweeper_here("export", "pareto", "--dir", str(tmp_path), "--pick", rule,
                           "--format", "onnx", "--out", str(tmp_path / "no.onnx"))  # fmt: skip
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert said in refused.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from helpers import QUICKSTART, sweeper
+from helpers import QUICKSTART, sweeper, sweeper_here
 from mlflow import MlflowClient
 
 from sweeper.ensemble.export import load_exported
@@ -89,7 +89,8 @@ def test_exports_match_the_registered_ensemble(
     sweep: Path, datasets_dir: Path, tmp_path: Path, fmt: str, name: str
 ) -> None:
     out = tmp_path / name
-    done = sweeper("export", "quickstart", "--dir", str(sweep), "--format", fmt, "--out", str(out))
+    done = sweeper_here("export", "quickstart", "--dir", str(sweep), "--format", fmt, "--out",
+                        str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     model = tracking.load_registered(default_tracking_uri(sweep), "quickstart")
     images = load_images("cifar10", str(datasets_dir)).test_x[:1000].astype(np.float32) / 255
@@ -108,19 +109,19 @@ def test_predict_prints_class_names(sweep: Path, datasets_dir: Path, tmp_path: P
     from PIL import Image
 
     out = tmp_path / "ens.onnx"
-    assert sweeper("export", "quickstart", "--dir", str(sweep), "--format", "onnx", "--out",
+    assert sweeper_here("export", "quickstart", "--dir", str(sweep), "--format", "onnx", "--out",
                    str(out)).returncode == 0  # fmt: skip
     images = load_images("cifar10", str(datasets_dir)).test_x[:2]
     for i, image in enumerate(images):
         Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / f"img{i}.png")
-    done = sweeper("predict", str(out), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"))
+    done = sweeper_here("predict", str(out), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"))
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.split(": ")[1].split()[0] in CIFAR10 for line in lines)
 
 
 def test_missing_study_is_one_line(tmp_path: Path) -> None:
-    done = sweeper("ensemble", "nosuchstudy", "--dir", str(tmp_path))
+    done = sweeper_here("ensemble", "nosuchstudy", "--dir", str(tmp_path))
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "no study 'nosuchstudy'" in done.stderr
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from sweeper.stores.storage import make_storage
 
@@ -31,6 +32,7 @@ print(json.dumps(popped))
 """
 
 
+@pytest.mark.e2e
 def test_two_workers_never_pop_the_same_queued_trial_from_sqlite(tmp_path: Path) -> None:
     """SQLite has no row locks: Optuna's "WAITING -> RUNNING unless another got it first" must
     run in a write transaction, or two workers both train (and both tell) one ensemble member."""

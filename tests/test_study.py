@@ -2,7 +2,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import QUICKSTART, REPO, sweeper
+from helpers import QUICKSTART, REPO, sweeper_here
 
 from sweeper.errors import SweeperError
 from sweeper.spec.objectives import behind_the_median
@@ -62,15 +62,15 @@ def test_launch_of_a_broken_study_exits_2_before_any_worker(tmp_path: Path) -> N
     path = tmp_path / "broken.py"
     path.write_text(HEADER + "def space(trial):\n    return {'model': 'resnet7'}\n"
                     "study = Study(name='x', space=space)\n")  # fmt: skip
-    done = sweeper("launch", str(path), "--dir", str(tmp_path / "sweep"), timeout=120)
+    done = sweeper_here("launch", str(path), "--dir", str(tmp_path / "sweep"))
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "resnet7" in done.stderr
     assert not (tmp_path / "sweep" / "optuna.db").exists()
 
 
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:
-    done = sweeper("launch", QUICKSTART, "--storage",
-                   "postgresql://postgres:secret@127.0.0.1:1/none", timeout=120)  # fmt: skip
+    done = sweeper_here("launch", QUICKSTART, "--storage",
+                   "postgresql://postgres:secret@127.0.0.1:1/none")  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--storage: cannot open" in done.stderr and "secret" not in done.stderr
 

@@ -251,9 +251,11 @@ def _torchvision_ready(dataset: str, data_dir: Path) -> bool:
 
 
 def _download(dataset: str, data_dir: Path) -> None:
+    """torchvision's download into data_dir; a failed one leaves no folder it made behind."""
     import torchvision.datasets as tvd
 
-    class_name, _, files = TORCHVISION_SETS[dataset]
+    class_name, folder, files = TORCHVISION_SETS[dataset]
+    made = _outermost_missing(data_dir / folder)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -261,6 +263,8 @@ def _download(dataset: str, data_dir: Path) -> None:
         for train in (True, False):
             getattr(tvd, class_name)(str(data_dir), train=train, download=True)
     except Exception as exc:  # any network or filesystem failure means the same to the user
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         reason = first_line(exc, 120)
         raise SweeperError(
             f"dataset: {dataset} is not in {data_dir} and could not be downloaded ({reason}); "
@@ -268,6 +272,12 @@ def _download(dataset: str, data_dir: Path) -> None:
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The first folder on the way to `path` that does not exist yet (None: all of them do)."""
+    path = path.absolute()
+    return next((p for p in [*reversed(path.parents), path] if not p.exists()), None)
 
 
 def nchw(x: np.ndarray) -> np.ndarray:
