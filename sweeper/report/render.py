@@ -10,11 +10,12 @@ page and its first table (as CSV) are logged to each study's latest launch run i
 
 from __future__ import annotations
 
-import html
-import re
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from markupsafe import Markup
 
 from sweeper.errors import SweeperError
 from sweeper.spec.userfile import import_file, line_in, one_line
@@ -85,15 +86,34 @@ def render(
 ) -> tuple[str, pd.DataFrame | None]:
     """The report page (one self-contained HTML string) and its first table, of one study or
     (for a dashboard of several) of a list of them."""
-    import pandas as pd
-    import plotly.graph_objects as go  # plotly loads only for a report
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # plotly loads only for a report
 
     studies = data if isinstance(data, list) else [data]
     check_fits(dashboard, [d.name for d in studies])
-    argument = studies if dashboard.several else studies[0]
-    body: list[str] = []
-    first_table = None
+    sections, tables = _sections(dashboard, studies if dashboard.several else studies[0])
+    states = ", ".join(
+        f"{d.name} ({'running' if d.running else 'finished'}; "
+        f"launch run {d.launch['status'] if d.launch is not None else 'none'})"
+        for d in studies
+    )
+    page = _page().render(
+        title=f"{dashboard.title}: {' vs '.join(d.name for d in studies)}",
+        plotly=Markup(get_plotlyjs()),
+        meta=f"{'Study' if len(studies) == 1 else 'Studies'} {states}; read"
+        f" {studies[0].collected:%Y-%m-%d %H:%M:%S} from the Optuna storage and MLflow;"
+        f" dashboard {dashboard.file.name}.",
+        sections=sections,
+    )
+    return page, tables[0] if tables else None
+
+
+def _sections(dashboard: Dashboard, argument: Any) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Each section that has something to show: its id, heading and blocks (figures as HTML,
+    tables as rows, paragraphs); and the tables, in order."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    sections, tables = [], []
     for number, section in enumerate(dashboard.sections):
         name = getattr(section, "__name__", f"section{number}")
         try:
@@ -103,37 +123,23 @@ def render(
             raise SweeperError(f"{where}: section {name}(): {one_line(exc)}") from None
         if blocks is None:  # the section has nothing to show for this study
             continue
-        heading = html.escape((section.__doc__ or name).strip().splitlines()[0])
-        body.append(f'<section id="{html.escape(name)}"><h2>{heading}</h2>')
+        shown = []
         for index, block in enumerate(blocks if isinstance(blocks, list | tuple) else [blocks]):
             if isinstance(block, go.Figure):
-                body.append(_figure(block, f"{name}-{index}"))
+                shown.append({"figure": Markup(_figure(block, f"{name}-{index}"))})
             elif isinstance(block, pd.DataFrame):
-                first_table = block if first_table is None else first_table
-                body.append(_table(block))
+                tables.append(block)
+                shown.append({"table": _rows(block)})
             elif isinstance(block, str):
-                body.append(_paragraphs(block))
+                shown.append({"paragraphs": [p.strip() for p in block.split("\n\n") if p.strip()]})
             else:
                 raise SweeperError(
                     f"{dashboard.file}: section {name}() returned {type(block).__name__}; "
                     "return a plotly Figure, a pandas DataFrame, a str or a list of them"
                 )
-        body.append("</section>")
-    states = ("Study " if len(studies) == 1 else "Studies ") + ", ".join(
-        f"{d.name} ({'running' if d.running else 'finished'}; "
-        f"launch run {d.launch['status'] if d.launch is not None else 'none'})"
-        for d in studies
-    )
-    page = PAGE.format(
-        title=html.escape(f"{dashboard.title}: {' vs '.join(d.name for d in studies)}"),
-        plotly=get_plotlyjs(),
-        meta=html.escape(
-            f"{states}; read {studies[0].collected:%Y-%m-%d %H:%M:%S} from the Optuna storage "
-            f"and MLflow; dashboard {dashboard.file.name}."
-        ),
-        body="\n".join(body),
-    )
-    return page, first_table
+        heading = (section.__doc__ or name).strip().splitlines()[0]
+        sections.append({"id": name, "heading": heading, "blocks": shown})
+    return sections, tables
 
 
 def _figure(figure: Any, div_id: str) -> str:
@@ -146,50 +152,75 @@ def _figure(figure: Any, div_id: str) -> str:
     )
 
 
-def _table(frame: pd.DataFrame) -> str:
-    """DataFrame.to_html, one line a row, each row classed by its trial state if it has one."""
-    shown = frame.astype(object).where(frame.notna(), "").map(_text)
-    shown.columns = [html.escape(str(column)) for column in frame.columns]
-    text = shown.to_html(index=False, escape=False, float_format="{:.4g}".format, border=0)
-    text = re.sub(r">\s+<", "><", text)
-    if "state" in frame.columns:
-        states = iter(html.escape(str(state)) for state in frame["state"])
-        head, tbody, body = text.partition("<tbody>")
-        text = head + tbody + re.sub("<tr>", lambda _: f'<tr class="{next(states)}">', body)
-    return f'<div class="table">{text}</div>'
+def _rows(frame: pd.DataFrame) -> dict[str, Any]:
+    """A table as the page shows it: its columns, and per row its trial state (the row's class)
+    and its cells as text."""
+    states = frame["state"].astype(str) if "state" in frame.columns else [None] * len(frame)
+    cells = frame.astype(object).where(frame.notna(), None).itertuples(index=False)
+    rows = [{"state": state, "cells": [_cell(value) for value in row]}
+            for state, row in zip(states, cells, strict=True)]  # fmt: skip
+    return {"columns": [str(column) for column in frame.columns], "rows": rows}
 
 
-def _text(value: Any) -> Any:
-    """A cell as to_html shows it: datetimes to the second, strings escaped (URLs as links)."""
+def _cell(value: Any) -> Any:
+    """A cell: blank for a missing value, datetimes to the second, floats to 4 significant
+    digits, URLs as links named by their last 8 characters."""
+    if value is None:
+        return ""
     if hasattr(value, "strftime"):
         return f"{value:%Y-%m-%d %H:%M:%S}"
-    if not isinstance(value, str):
-        return value
-    if value.startswith(("http://", "https://")):
-        return f'<a href="{html.escape(value)}">{html.escape(value.rsplit("/", 1)[-1][:8])}</a>'
-    return html.escape(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return Markup('<a href="{}">{}</a>').format(value, value.rsplit("/", 1)[-1][:8])
+    return value
 
 
-def _paragraphs(text: str) -> str:
-    return "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+@functools.cache
+def _page() -> Any:
+    import jinja2  # MLflow's own dependency (Flask): the page is a template
+
+    environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(PAGE)
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }}
-h1 {{ font-size: 22px; }} h2 {{ font-size: 17px; margin-top: 28px; }}
-.meta {{ color: #666; }} .table {{ overflow-x: auto; }}
-table {{ border-collapse: collapse; font-size: 12px; }}
-th, td {{ border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }}
-th {{ background: #f3f3f3; }}
-tr.FAIL td {{ background: #fde8e8; }} tr.PRUNED td {{ color: #777; }}
-tr.RUNNING td, tr.WAITING td {{ background: #fff6d6; font-style: italic; }}
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
+.meta { color: #666; } .table { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 12px; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; }
+tr.FAIL td { background: #fde8e8; } tr.PRUNED td { color: #777; }
+tr.RUNNING td, tr.WAITING td { background: #fff6d6; font-style: italic; }
 </style>
-<script type="text/javascript">{plotly}</script>
+<script type="text/javascript">{{ plotly }}</script>
 </head><body>
-<h1>{title}</h1><p class="meta">{meta}</p>
-{body}
+<h1>{{ title }}</h1><p class="meta">{{ meta }}</p>
+{% for section in sections %}
+<section id="{{ section.id }}"><h2>{{ section.heading }}</h2>
+{% for block in section.blocks %}
+{% if block.figure %}
+{{ block.figure }}
+{% elif block.table %}
+<div class="table"><table><thead><tr>
+{%- for column in block.table.columns %}<th>{{ column }}</th>{% endfor -%}
+</tr></thead><tbody>
+{%- for row in block.table.rows -%}
+<tr{% if row.state %} class="{{ row.state }}"{% endif %}>
+{%- for cell in row.cells %}<td>{{ cell }}</td>{% endfor -%}
+</tr>
+{%- endfor -%}
+</tbody></table></div>
+{% else %}
+{% for paragraph in block.paragraphs %}<p>{{ paragraph }}</p>{% endfor %}
+
+{% endif %}
+{% endfor %}
+</section>
+{% endfor %}
 </body></html>
 """
 
