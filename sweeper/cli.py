@@ -15,10 +15,8 @@ from typing import Any
 from sweeper.errors import SweeperError, bad_value
 from sweeper.interrupt import EXIT_INTERRUPTED
 from sweeper.pool.interface import Pool
-from sweeper.pool.local import LocalPool
-from sweeper.report.render import MLFLOW_URL
 from sweeper.spec.study import load_by_name_or_file, load_study
-from sweeper.stores.paths import SweepPaths
+from sweeper.stores.paths import MLFLOW_URL, SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
 from sweeper.training.config import TrainConfig
 
@@ -264,11 +262,11 @@ def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def pool_of(args: argparse.Namespace, paths: SweepPaths) -> Pool:
     """Where the workers run, chosen once: this machine, or the Ray cluster of --ray."""
-    if args.ray is not None:
-        from sweeper.pool.ray import RayPool
+    from sweeper.pool import local, ray  # the launcher's side: a worker process never loads it
 
-        return RayPool(paths, args.ray, args.workers, args.trials_per_gpu)
-    return LocalPool.of(args.workers, args.trials_per_gpu)
+    if args.ray is not None:
+        return ray.RayPool(paths, args.ray, args.workers, args.trials_per_gpu)
+    return local.LocalPool.of(args.workers, args.trials_per_gpu)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

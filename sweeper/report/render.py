@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from sweeper.errors import SweeperError
 from sweeper.spec.userfile import import_file, line_in, one_line
-from sweeper.stores.paths import SweepPaths
+from sweeper.stores.paths import MLFLOW_URL, SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
 
 if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start, stay quick
@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start
 
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
-MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves by default
 
 
 class Dashboard(NamedTuple):

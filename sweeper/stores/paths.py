@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sweeper.errors import SweeperError
 
+MLFLOW_URL = "http://127.0.0.1:5000"  # where `sweeper ui` serves the MLflow UI by default
+
 
 @dataclass(frozen=True)
 class SweepPaths:
