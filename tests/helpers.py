@@ -28,6 +28,11 @@ CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
             "--hide-scrollbars"]  # fmt: skip
 
 
+SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble"]
+TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
+FINISHED = ("COMPLETE", "PRUNED")
+
+
 @dataclass(frozen=True)
 class Store:
     """An Optuna storage that launch tests run on, and the flags that name it to `sweeper`."""
@@ -45,6 +50,12 @@ def sweeper(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     return subprocess.run(
         [SWEEPER, *args], capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+def launch(sweep_dir: Path, store: Store, data_dir: Path, *args: str, **kwargs):
+    """`sweeper launch studies/quickstart.py` into sweep_dir, on the store, to its end."""
+    return sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), *store.flags,
+                   "--data-dir", str(data_dir), *args, **kwargs)  # fmt: skip
 
 
 def sweeper_here(*args: str) -> subprocess.CompletedProcess:
