@@ -20,11 +20,11 @@ demo: $(INSTALLED)
 	$(VENV)/bin/sweeper launch studies/quickstart.py --workers 2
 
 # The whole suite: the fast tier and the end-to-end sweeps on 3 pytest workers (they wait on
-# servers and worker processes as much as they compute), then the fault suite and the Ray cluster
-# alone, whose timings (heartbeat grace periods, killed workers) must not share the CPU.
+# servers and worker processes as much as they compute), then the fault suite beside the Ray
+# cluster, one file a worker: their timings (grace periods, killed workers) need the CPU.
 test: $(INSTALLED)
 	$(VENV)/bin/pytest -q -n 3 --dist loadfile -m "not fault and not cluster"
-	$(VENV)/bin/pytest -q -m "fault or cluster"
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "fault or cluster"
 
 # The fast tier: every unit of the orchestration, no real sweep (well under 2 minutes).
 test-fast: $(INSTALLED)
