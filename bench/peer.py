@@ -12,7 +12,7 @@ returns PIL images (torchvision.datasets.CIFAR10's __getitem__), transforms.ToTe
 (quickstart trains without augmentation), DataLoader(num_workers=2) for training and for
 validation (batch 256, as sweeper evaluates on a CPU), torch.set_num_threads(cores) (sweeper's
 threads).
-It trains cnn2 (sweeper.models.build_model, the document 003 CNN) on the same 2,000 training
+It trains cnn2 (sweeper's build_model, the document 003 CNN) on the same 2,000 training
 images and validates on the same 5,000 (split_seed 0), fp32, with OneCycleLR.
 (sweeper) `sweeper launch studies/quickstart.py --trials 6 --epochs 2 --train-size 2000
 --no-ensemble --no-progress` in a fresh temporary --dir, with --workers 1 and with --workers 2.
@@ -57,7 +57,7 @@ DATA_DIR = os.environ.get("SWEEPER_DATA_DIR") or str(ROOT.parent / "shared" / "d
 VAL_SIZE, SPLIT_SEED, EVAL_BATCH = 5000, 0, 256  # quickstart's val_size; sweeper's CPU defaults
 # The documents' normalization (SEEDS.md); sweeper computes the train slice's own.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-# sweeper.worker seeds a worker's sampler with study.seed + 1000 * crc32("<name>/<trials drawn>"):
+# sweeper's worker loop seeds its sampler with study.seed + 1000 * crc32("<name>/<trials drawn>"):
 # worker w0's draws in a fresh study.
 W0_SEED = (0 + 1000 * zlib.crc32(b"w0/0")) % 2**32
 VARIANTS = ("peer", "sweeper-1", "sweeper-2")

@@ -6,7 +6,7 @@ momentum 0.9, batch 128) with random crop (padding 4) + horizontal flip:
 
 (a) a torchvision-style Dataset returning PIL images, transforms.Compose([RandomCrop(32, 4),
     RandomHorizontalFlip(), ToTensor(), Normalize]), DataLoader(num_workers=2), a plain loop;
-(b) sweeper.train.train() on the same uint8 images (train_size = steps * 128, one epoch), fp32
+(b) sweeper's train() on the same uint8 images (train_size = steps * 128, one epoch), fp32
     in the contiguous layout (bf16=false, channels_last=false: the loop before the fast path);
 (c) the same with the defaults: bf16 and channels_last on auto (what this machine gets).
 
@@ -106,7 +106,7 @@ def dataloader_images_per_s(name: str, data: SplitData, steps: int) -> float:
 
 
 def sweeper_images_per_s(name: str, data: SplitData, steps: int, threads: int, fast: bool) -> float:
-    """(b) or, when fast, (c): sweeper.train.train() for one epoch of exactly `steps` batches."""
+    """(b) or, when fast, (c): sweeper's train() for one epoch of exactly `steps` batches."""
 
     def config(train_size: int) -> TrainConfig:
         return TrainConfig(

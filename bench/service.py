@@ -4,7 +4,7 @@ speed-up of 2 workers over 1.
     .venv/bin/python bench/service.py [--data-dir ../shared/datasets] [--repeats 3]
 
 Each measurement is the wall time of a whole process, measured in this run: (a) one Python
-process that loads the data and calls sweeper.train.train for every config of
+process that loads the data and calls sweeper.training.loop.train for every config of
 bench/service_study.py; (b) `sweeper launch` of that study with 1 worker (process start-ups,
 SQLite storage, MLflow runs, plots, checkpoints); (c) the same with 2 workers. --train-size and
 --epochs scale every trial (both sides alike) to show fixed against per-trial costs. Besides

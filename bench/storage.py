@@ -3,7 +3,7 @@
     .venv/bin/python bench/storage.py [--seconds 10] [--workers 1 2 4 8]
                                       [--backends sqlite postgresql] [--markdown FILE]
 
-Storages come from sweeper.storage.make_storage, as sweeper's workers use them. SQLite: a file in
+Storages come from sweeper's make_storage, as sweeper's workers use them. SQLite: a file in
 a temporary directory (120 s busy timeout). PostgreSQL: a fresh database sweeper_bench_<random>,
 dropped at the end, on the server of $SWEEPER_BENCH_PG_URL (default
 postgresql+psycopg2://postgres@127.0.0.1:5432/postgres, an admin URL).
