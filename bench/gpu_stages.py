@@ -36,8 +36,12 @@ SWEEP_WORKERS = 4  # trials packed on the one GPU, in the sweep and in its ensem
 
 # what the stages and tests_gpu import (a bare GPU image lacks some: bench/gpu_prepare.sh)
 NEEDED_MODULES = ("optuna", "mlflow", "mlflow.pytorch", "sqlalchemy", "torchvision", "pytest")
-NEEDED_MODULES += ("sweeper.cli", "sweeper.worker.loop", "sweeper.ensemble.finish",
-                   "sweeper.sweep.launch")
+NEEDED_MODULES += (
+    "sweeper.cli",
+    "sweeper.worker.loop",
+    "sweeper.ensemble.finish",
+    "sweeper.sweep.launch",
+)
 
 Emit = Callable[[dict[str, Any]], None]
 
