@@ -66,6 +66,11 @@ class Slots:
         self.processes = [self.spawn(i) for i in range(self.count)]
         self.restarts = [0] * self.count
 
+    @classmethod
+    def none(cls) -> Slots:
+        """Before the first phase: no worker."""
+        return cls(lambda _: None, lambda _, __: None, 0)
+
     def hand(self, line: str) -> None:
         self.handed = line
         for process in self.processes:

@@ -44,7 +44,7 @@ class LocalPool:
         self.devices = devices
         self.threads = max(1, (os.cpu_count() or 1) // len(devices))
         self.packed = len(set(devices)) < len(devices) and devices[0].startswith("cuda")
-        self.slots = Slots(lambda _: None, lambda _, __: None, 0)
+        self.slots = Slots.none()
 
     @classmethod
     def of(cls, workers: int | None, trials_per_gpu: int) -> LocalPool:

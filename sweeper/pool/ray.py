@@ -47,7 +47,7 @@ class RayPool:
         self.marker = mark_shared(paths.dir)
         self.packed = self.devices[0].startswith("cuda") and trials_per_gpu > 1
         self.actors: list[Any] = []
-        self.slots = Slots(lambda _: None, lambda _, __: None, 0)
+        self.slots = Slots.none()
 
     def start(self, commands: list[list[str]]) -> None:
         slot = self.ray.remote(max_restarts=MAX_WORKER_RESTARTS, max_task_retries=-1)(Slot)
