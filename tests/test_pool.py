@@ -8,14 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState, create_trial
 
 from sweeper.errors import SweeperError
 from sweeper.pool import supervisor
 from sweeper.pool.interface import EXIT_GAVE_UP, MAX_WORKER_RESTARTS, LaunchContext
 from sweeper.pool.local import LocalPool
+from sweeper.records import Attr
 from sweeper.stores.paths import SweepPaths
-from sweeper.sweep.phase import worker_commands, worker_flags
+from sweeper.sweep.phase import Work, run_phase, worker_commands, worker_flags
 
 CONTEXT = LaunchContext("7", "run-1", "sqlite:///x.db", "sqlite:///m.db")
 
@@ -81,13 +84,26 @@ def test_a_worker_that_keeps_dying_stops_the_pool(tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == MAX_WORKER_RESTARTS + 1
 
 
-def test_workers_that_all_gave_up_are_one_error(tmp_path: Path) -> None:
+def test_workers_that_gave_up_are_not_started_again(tmp_path: Path) -> None:
+    pool = LocalPool(["cpu"] * 2)
     commands = [stand_in(tmp_path / f"w{i}", [EXIT_GAVE_UP]) for i in range(2)]
-    with pytest.raises(SweeperError, match="every worker gave up"):
-        supervisor.supervise(LocalPool(["cpu"] * 2), commands, lambda: CONTEXT, lambda: True)
+    assert supervisor.supervise(pool, commands, lambda: CONTEXT, lambda: True)
+    assert pool.slots.all_gave_up() and pool.slots.restarts == [0, 0]
     one_gave_up = [stand_in(tmp_path / "a", [EXIT_GAVE_UP]), stand_in(tmp_path / "b", [0])]
-    assert supervisor.supervise(LocalPool(["cpu"] * 2), one_gave_up, lambda: CONTEXT,
-                                lambda: True)  # fmt: skip
+    assert supervisor.supervise(pool, one_gave_up, lambda: CONTEXT, lambda: True)
+    assert not pool.slots.all_gave_up()
+
+
+def test_a_phase_whose_workers_all_gave_up_prints_its_table_then_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={Attr.FAIL_REASON: "disk"}))
+    commands = [stand_in(tmp_path / "w0", [EXIT_GAVE_UP])]
+    with pytest.raises(SweeperError, match="every worker gave up"):
+        run_phase(LocalPool(["cpu"]), commands, lambda: (study, CONTEXT), Work(budget=3),
+                  progress=False)  # fmt: skip
+    assert "FAIL" in capsys.readouterr().out  # the trials table came first
 
 
 def test_each_poll_runs_while_workers_run_and_once_after(tmp_path: Path) -> None:

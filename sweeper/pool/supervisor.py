@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sweeper.errors import SweeperError
 from sweeper.pool.interface import LaunchContext, Pool
 
 POLL_S = 1.0
@@ -20,7 +19,8 @@ def supervise(
     work_remains: Callable[[], bool],
     each_poll: Sequence[Callable[[], None]] = (),
 ) -> bool:
-    """Run the workers until every one has ended; False if interrupted (Ctrl-C, SIGTERM).
+    """Run the workers until every one has ended; False if interrupted (Ctrl-C, SIGTERM). Whether
+    they all gave up is pool.slots.all_gave_up() then.
 
     The workers start first: while they import torch and MLflow (seconds), setup() opens what
     they work on and returns the launch context each reads on its stdin. Each callback of
@@ -40,6 +40,4 @@ def supervise(
             return False
         raise
     pool.stop()  # all ended: only Ray actors have something to let go
-    if pool.slots.all_gave_up():
-        raise SweeperError("every worker gave up after failed trials; their errors are above")
     return True

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.errors import SweeperError
 from sweeper.pool.interface import LaunchContext, Pool
 from sweeper.pool.supervisor import supervise
 from sweeper.spec.budget import Budget, budget_state
@@ -89,6 +90,8 @@ def run_phase(
             opened["bar"].close()
     if done and table:
         opened["bar"].summary()
+    if done and pool.slots.all_gave_up():
+        raise SweeperError("every worker gave up after failed trials; their errors are above")
     return done
 
 
