@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TextIO
 
 from sweeper.errors import SweeperError
+from sweeper.interrupt import EXIT_INTERRUPTED
 
 EXIT_GAVE_UP = 3  # a worker's exit code after too many failed trials in a row: not restarted
 MAX_WORKER_RESTARTS = 5  # a worker that dies more often than this is broken, not unlucky
@@ -55,11 +56,11 @@ class Slots:
     """The worker processes of one phase, one per slot: started through `spawn`, handed the
     launch context through `give`, started again when they die while work remains."""
 
-    spawn: Callable[[int], Any]  # slot -> a started Process
+    spawn: Callable[[int], Process]  # slot -> a started worker
     give: Callable[[Any, str], None]  # (process, context line): hand a worker its context
     count: int
     handed: str = ""  # the context line, once the launcher made it
-    processes: list[Any] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
     restarts: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,7 +82,7 @@ class Slots:
         once every worker has ended."""
         for i, process in enumerate(self.processes):
             code = process.poll()
-            if code in (None, 0, 130, EXIT_GAVE_UP) or not work_remains():
+            if code in (None, 0, EXIT_INTERRUPTED, EXIT_GAVE_UP) or not work_remains():
                 continue
             self.restarts[i] += 1
             if self.restarts[i] > MAX_WORKER_RESTARTS:

@@ -30,13 +30,7 @@ def counted_trials(
 def budget_state(study: optuna.Study, budget: int | None, stop: StopRule | None = None) -> Budget:
     """Whether a worker may start another trial of `study` under `budget` finished trials (and,
     given a stop rule, while the study still improves)."""
-    return state_of(counted_trials(study), study, budget, stop)
-
-
-def state_of(
-    trials: list[FrozenTrial], study: optuna.Study, budget: int | None, stop: StopRule | None
-) -> Budget:
-    """budget_state of trials already read."""
+    trials = counted_trials(study)
     if stop is not None and stop.reason(study, trials):
         return Budget.DONE
     if budget is None:
