@@ -94,6 +94,7 @@ def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_line
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     seen: dict[int, str] = {}  # worker pid -> its command line
+    typed = Path(f"/proc/{launcher.pid}/cmdline").read_bytes().replace(b"\0", b" ")
     try:
         while launcher.poll() is None:
             for pid in descendants(launcher.pid):
@@ -101,6 +102,8 @@ def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_line
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                     environ = Path(f"/proc/{pid}/environ").read_bytes()
                 except OSError:  # it ended meanwhile
+                    continue
+                if cmdline == typed:  # forked, not yet exec'd: still the launcher's own memory
                     continue
                 assert SECRET.encode() not in cmdline + environ, cmdline
                 seen[pid] = cmdline.decode()
