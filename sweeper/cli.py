@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from sweeper.spec.study import load_by_name_or_file, load_study
 from sweeper.stores.paths import MLFLOW_URL, SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
 from sweeper.training.config import TrainConfig
+
+FLAG_TYPES = {"int": int, "float": float, "str": str, "dict[str, Any]": json.loads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,11 +122,9 @@ def add_pool_flags(parser: argparse.ArgumentParser, unit: str) -> None:
     parser.add_argument("--workers", type=int, help="worker processes (default: 1 per GPU, or 1)")
     parser.add_argument("--trials-per-gpu", type=int, default=1, help=f"{unit}s packed on one GPU")
     parser.add_argument("--no-progress", action="store_true", help=f"a line per {unit}, no bar")
-    parser.add_argument(
-        "--ray", nargs="?", const="auto", metavar="ADDRESS",
-        help="workers on a Ray cluster: auto, ray://host:10001 or host:6379 (with a PostgreSQL"
-        " --storage and an http --tracking-uri)",
-    )  # fmt: skip
+    parser.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="workers on a"
+                        " Ray cluster: auto, ray://host:10001 or host:6379 (with a PostgreSQL"
+                        " --storage and an http --tracking-uri)")  # fmt: skip
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +139,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif kind.startswith("list"):
             options.update(nargs="+", type=int if kind == "list[int]" else float)
         else:
-            options["type"] = {"int": int, "float": float, "str": str}[kind]
+            options["type"] = FLAG_TYPES[kind]
         group.add_argument(flag, **options)
 
 

@@ -54,6 +54,8 @@ def test_public_constants() -> None:
         "shortcut": "A",
         "pretrained": False,
         "freeze_features": False,
+        "model_args": {},
+        "model_code": None,
     }
 
 

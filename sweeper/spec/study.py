@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from sweeper.errors import SweeperError, bad_value
 from sweeper.spec.objectives import COSTS, pick_rule
 from sweeper.spec.stopping import StopRule
-from sweeper.spec.userfile import import_file, line_in, one_line
+from sweeper.spec.userfile import import_file, line_in, module_name_of, one_line
 from sweeper.training.config import TrainConfig
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp", "nsga2")
@@ -156,8 +156,9 @@ def load_study(path: str | Path) -> Study:
     if not path.is_file():
         raise SweeperError(f"{path}: no such study file")
     source = path.read_bytes()
-    module_name = f"sweeper_study_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    module_name = module_name_of(path)
     module = import_file(path, module_name)
+    sys.modules[module_name] = module  # its model builders are found here (models.custom)
     study = getattr(module, "study", None)
     if not isinstance(study, Study):
         raise SweeperError(
@@ -167,7 +168,6 @@ def load_study(path: str | Path) -> Study:
     study.file = str(path)
     study.file_hash = hashlib.sha256(source).hexdigest()[:12]
     validate(study)
-    sys.modules.setdefault(module_name, module)
     return study
 
 

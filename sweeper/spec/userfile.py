@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
+import inspect
+import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +26,73 @@ def import_file(path: Path, module_name: str) -> ModuleType:
     except Exception as exc:
         raise SweeperError(f"{path}:{line_in(exc, path)}: {one_line(exc)}") from None
     return module
+
+
+def module_name_of(path: Path) -> str:
+    """The module name a user's file is imported under: one per file on this machine."""
+    return f"sweeper_study_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+def import_path(path: Path) -> ModuleType:
+    """A user's file as a module, imported once per process (load_study's import counts)."""
+    name = module_name_of(path)
+    if name not in sys.modules:
+        sys.modules[name] = import_file(path, name)
+    return sys.modules[name]
+
+
+def is_reference(value: object) -> bool:
+    """Whether a config value names a user's function ("module:function", "file.py:function")."""
+    return isinstance(value, str) and ":" in value
+
+
+def reference(function: Callable, field: str) -> str:
+    """The reference a config stores for a user's function (a model builder, a data function)."""
+    name = getattr(function, "__name__", "")
+    if not inspect.isfunction(function) or function.__qualname__ != name or name == "<lambda>":
+        raise SweeperError(
+            f"{field}: {function!r} is not a function defined at the top of a file; define it"
+            " with `def` at the top level of the study file or of a module"
+        )
+    module = function.__module__
+    if module == "__main__" or module.startswith("sweeper_study_"):
+        file = inspect.getsourcefile(function)
+        if module == "__main__" and (file is None or not Path(file).is_file()):
+            raise SweeperError(
+                f"{field}: {name} is defined in a notebook or console, which the workers cannot"
+                " import; move it into a .py file (the study file, or a module) and import it"
+            )
+        return f"{Path(file).resolve()}:{name}"
+    return f"{module}:{name}"
+
+
+def resolve(ref: str, field: str) -> Callable:
+    """The function a reference names (its module imported once per process)."""
+    where, _, name = ref.rpartition(":")
+    if where.endswith(".py"):
+        if not Path(where).is_file():
+            raise SweeperError(f"{field}: {ref}: no such file {where}; the function lives there")
+        module = import_path(Path(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise SweeperError(
+                f"{field}: {ref}: cannot import {where} ({first_line(exc)}); install it, or add"
+                " its folder to PYTHONPATH where the workers run"
+            ) from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise SweeperError(f"{field}: {ref}: {where} defines no function {name!r}")
+    return function
+
+
+def code_hash(ref: str) -> str:
+    """The sha256 (16 hex digits) of the file that defines a referenced function."""
+    function = resolve(ref, "model")
+    where = ref.rpartition(":")[0]
+    file = where if where.endswith(".py") else inspect.getsourcefile(function)
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
 
 
 def line_in(exc: BaseException, path: Path) -> int | str:

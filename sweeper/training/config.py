@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from sweeper.errors import SweeperError, bad_value, first_line
+from sweeper.spec.userfile import code_hash, is_reference, reference
 from sweeper.training.models.options import MODEL_OPTIONS, check_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -24,7 +25,10 @@ class TrainConfig:
     """One training run. Units are given where they are not obvious."""
 
     # model (options handed to sweeper.models.build_model)
+    # a zoo name, or your own builder: a function, "package.module:function" or "file.py:function"
     model: str = "cnn2"
+    model_args: dict[str, Any] = field(default_factory=dict)  # your builder's own options
+    model_code: str | None = None  # sha256 of your builder's file (set when the config is made)
     activation: str = "relu"
     init: str = "default"
     dropout: float = 0.0
@@ -94,8 +98,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build and validate; unknown keys and bad values raise SweeperError naming them."""
+        """Build and validate; unknown keys and bad values raise SweeperError naming them. With
+        your own model builder, keys that are no setting here are its options (model_args)."""
         names = [f.name for f in dataclasses.fields(cls)]
+        values = _builder_options(values, names)
         for key in values:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
@@ -142,6 +148,23 @@ class TrainConfig:
             raise bad("device", "accepted: auto, cpu, cuda, cuda:N")
 
 
+def _builder_options(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A builder or data function becomes its reference; a builder's options move into
+    model_args."""
+    values = {k: reference(v, k) if k in ("model", "dataset") and callable(v) else v
+              for k, v in values.items()}  # fmt: skip
+    if not is_reference(values.get("model")):
+        return values
+    given = values.get("model_args") or {}
+    if not isinstance(given, dict):
+        return values  # _coerce says what is wrong with it
+    args = {**given, **{key: value for key, value in values.items() if key not in names}}
+    values = {key: value for key, value in values.items() if key in names}
+    if values.get("model_code") is None:
+        values["model_code"] = code_hash(values["model"])
+    return {**values, "model_args": args}
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping of TrainConfig keys."""
     path = Path(path)
@@ -180,6 +203,7 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
         "list[float]": isinstance(value, list | tuple)
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
+        "dict[str, Any]": isinstance(value, dict),
     }[base]
     if not ok:
         raise bad_value(source, key, value, f"expected {base}")

@@ -182,7 +182,9 @@ class TrialTracker:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         run_name = run_name or f"trial-{trial_number}"
         run = self.client.create_run_once(self.experiment_id, run_tags, run_name)
-        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.items()]
+        own = config.get("model_args") or {}  # your builder's options: a param each
+        flat = {**{k: v for k, v in own.items() if k not in config}, **config}
+        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flat.items()]
         self.client.log_batch(run.info.run_id, params=params)
         self.client.log_dict(run.info.run_id, config, Artifact.CONFIG)
         return run.info.run_id

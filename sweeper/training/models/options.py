@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sweeper.errors import SweeperError
+from sweeper.training.models.custom import check_args, is_custom
 
 MODEL_NAMES: tuple[str, ...] = (
     "mlp",
@@ -37,7 +38,11 @@ MODEL_OPTIONS: dict[str, Any] = {
     "shortcut": "A",
     "pretrained": False,
     "freeze_features": False,
+    "model_args": {},  # your own builder's options (models.custom)
+    "model_code": None,  # the sha256 of your own builder's file
 }
+
+YOURS = 'or your own builder ("package.module:function", or a function of the study file)'
 
 # Activation names and the torch.nn classes they stand for (by name: no torch import here).
 ACTIVATIONS: dict[str, str] = {
@@ -83,10 +88,20 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise SweeperError(f"options: unknown key {key!r}{hint}; accepted: {accepted}")
     opts = {**MODEL_OPTIONS, **options}
     if opts["model"] is None:
-        raise SweeperError(f"model: missing; accepted: {', '.join(MODEL_NAMES)}")
-    if not isinstance(opts["model"], str) or opts["model"] not in MODEL_NAMES:
+        raise SweeperError(f"model: missing; accepted: {', '.join(MODEL_NAMES)}, {YOURS}")
+    if is_custom(opts["model"]):
+        if not isinstance(opts["model_args"], Mapping):
+            raise _bad("model_args", opts["model_args"], "a mapping of your builder's options")
+        check_args(opts["model"], opts["model_args"])
+        opts["model_args"] = dict(opts["model_args"])
+    elif not isinstance(opts["model"], str) or opts["model"] not in MODEL_NAMES:
         raise SweeperError(
-            f"model: unknown model {opts['model']!r}; accepted: {', '.join(MODEL_NAMES)}"
+            f"model: unknown model {opts['model']!r}; accepted: {', '.join(MODEL_NAMES)}, {YOURS}"
+        )
+    elif opts["model_args"]:
+        raise SweeperError(
+            f"options {', '.join(map(repr, opts['model_args']))}: unknown to model"
+            f" {opts['model']!r}; only your own builder takes options of its own"
         )
     _check_choice(opts, "activation", tuple(ACTIVATIONS))
     _check_choice(opts, "init", INITS)

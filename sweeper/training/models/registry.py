@@ -8,6 +8,9 @@ from typing import Any
 from torch import nn
 
 from sweeper.training.models.cnn import build as build_cnn
+from sweeper.training.models.custom import build as build_custom
+from sweeper.training.models.custom import is_custom, takes
+from sweeper.training.models.layers import init_weights
 from sweeper.training.models.lenet import build as build_lenet
 from sweeper.training.models.mlp import build as build_mlp
 from sweeper.training.models.options import check_options, check_sizes
@@ -34,6 +37,9 @@ def build_model(
     opts = check_options(options)
     check_sizes(num_classes, in_channels, image_size)
     name = opts["model"]
+    if is_custom(name):  # sweeper's init, unless the builder takes init itself
+        model = build_custom(opts, num_classes, in_channels, image_size)
+        return model if takes(name, "init") else init_weights(model, opts["init"])
     model = BUILDERS[name](name, opts, num_classes, in_channels, image_size)
     if opts["freeze_features"]:
         model.features.requires_grad_(False)
