@@ -24,6 +24,7 @@ from sweeper.records import StudyAttr, Tag
 from sweeper.spec.budget import Budget, budget_state, counted_trials
 from sweeper.spec.objectives import best_by_metric, metric_value
 from sweeper.spec.study import Study, open_study
+from sweeper.spec.userfile import reference
 from sweeper.spec.warmstart import enqueue_warm_start
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import make_storage, note_limits
@@ -173,4 +174,7 @@ def print_summary(
 def prefetch_data(spec: Study, overrides: dict[str, Any]) -> None:
     """Decode the dataset once here, so the workers all start from the cache."""
     values = {**spec.fixed, **overrides}
-    load_images(values.get("dataset", "cifar10"), values.get("data_dir"), values.get("image_size"))
+    dataset = values.get("dataset", "cifar10")
+    if callable(dataset):  # your own data function
+        dataset = reference(dataset, "dataset")
+    load_images(dataset, values.get("data_dir"), values.get("image_size"))

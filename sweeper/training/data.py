@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -22,8 +23,10 @@ from filelock import FileLock
 
 from sweeper.atomic import replacing
 from sweeper.errors import SweeperError, first_line
+from sweeper.spec.userfile import code_hash, is_reference
 from sweeper.stores.paths import cache_dir
 from sweeper.training.config import TrainConfig
+from sweeper.training.userdata import own_arrays
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +97,32 @@ def load_images(
     """Find a dataset by name or path, decoding it once into the cache. Processes that start on
     an empty cache at once (workers sharing a cache volume) decode it once: the others wait on
     its lock, then map what the first wrote."""
-    source = _find_source(dataset, Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data"))
-    st = source.stat()
-    origin = f"{dataset}|{source.resolve()}|{image_size}"  # the same data, any version of it
-    identity = (CACHE_VERSION, origin, st.st_size, st.st_mtime_ns)
+    if is_reference(dataset):  # your own function's arrays: keyed by its code and its output
+        arrays = own_arrays(dataset, data_dir)
+        name, origin = dataset.rpartition(":")[2], f"{dataset}|{image_size}"
+        version = hashlib.sha256(code_hash(dataset).encode())
+        for field in FIELDS:
+            version.update(arrays[field].tobytes())
+        version.update("|".join(arrays["classes"]).encode())
+        identity: tuple = (CACHE_VERSION, origin, version.hexdigest())
+        decode = functools.partial(ImageSet, **arrays)
+    else:
+        data_root = Path(data_dir or os.environ.get("SWEEPER_DATA_DIR") or "data")
+        source = _find_source(dataset, data_root)
+        st = source.stat()
+        origin = f"{dataset}|{source.resolve()}|{image_size}"  # the same data, any version of it
+        identity = (CACHE_VERSION, origin, st.st_size, st.st_mtime_ns)
+        name = Path(dataset).name.split(".")[0]  # a known name stays itself
+        decode = functools.partial(_decode, dataset, source)
     key = hashlib.sha256("|".join(map(str, identity)).encode()).hexdigest()[:16]
-    name = Path(dataset).name.split(".")[0]  # a known name stays itself
     cached = cache_dir() / f"{name}-{key}"
     if (cached / "classes.npy").exists():
         return _mapped(cached)
     with _locked(cached):
         if (cached / "classes.npy").exists():  # another process decoded it while this one waited
             return _mapped(cached)
-        log.info("decoding %s into %s", source, cached)
-        if source.is_dir() and dataset in TORCHVISION_SETS:
-            images = _decode_torchvision(dataset, source)
-        else:
-            images = _decode_image_folder(source)
+        log.info("decoding %s into %s", origin, cached)
+        images = decode()
         if image_size is not None:
             images.train_x = _resize(images.train_x, image_size)
             images.test_x = _resize(images.test_x, image_size)
@@ -122,6 +134,12 @@ def load_images(
             (tmp / "origin.txt").write_text(origin)
         evict_caches(cached, origin)
     return images
+
+
+def _decode(dataset: str, source: Path) -> ImageSet:
+    if source.is_dir() and dataset in TORCHVISION_SETS:
+        return _decode_torchvision(dataset, source)
+    return _decode_image_folder(source)
 
 
 @contextlib.contextmanager
@@ -228,9 +246,11 @@ def _find_source(dataset: str, data_dir: Path) -> Path:
         return path
     if _torchvision_ready(dataset, data_dir):
         return data_dir
-    for pattern in (f"{dataset.replace('_', '')}*.tar.gz", f"{dataset}*.tar.gz"):
-        for archive in sorted(data_dir.glob(pattern)):
-            if not archive.name.endswith("-python.tar.gz"):
+    for name in (dataset.replace("_", ""), dataset):
+        # cifar10-jpeg.tar.gz, cifar10.tar.gz, never cifar100-jpeg.tar.gz: the name ends there
+        exact = re.compile(rf"{re.escape(name)}(?![A-Za-z0-9]).*\.tar\.gz")
+        for archive in sorted(data_dir.glob(f"{name}*.tar.gz")):
+            if exact.fullmatch(archive.name) and not archive.name.endswith("-python.tar.gz"):
                 return archive
     _download(dataset, data_dir)
     return data_dir
