@@ -162,6 +162,25 @@ def test_image_folder_directory_and_archive(tmp_path: Path) -> None:
     assert packed.train_x.shape == (6, 3, 8, 8) and packed.test_x.shape == (4, 3, 8, 8)
 
 
+def test_cifar10_does_not_read_a_cifar100_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cifar10 must not read cifar100-jpeg.tar.gz (which sorts before cifar10_small.tar.gz)."""
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for archive, classes in (("cifar100-jpeg.tar.gz", ["apple", "bee"]),
+                             ("cifar10_small.tar.gz", ["cats", "dogs"])):  # fmt: skip
+        folder = _image_folder(tmp_path / archive.split(".")[0])
+        for part in ("train", "test"):
+            for old, new in zip(["cats", "dogs"], classes, strict=True):
+                (folder / part / old).rename(folder / part / new)
+        with tarfile.open(data / archive, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name)
+    assert load_images("cifar10", str(data)).classes == ["cats", "dogs"]
+    assert load_images("cifar100", str(data)).classes == ["apple", "bee"]
+
+
 @pytest.mark.e2e
 def test_image_size_resizes_once_at_load(datasets_dir: Path) -> None:
     images = load_images("cifar10", str(datasets_dir), image_size=8)
