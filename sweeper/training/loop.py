@@ -231,6 +231,7 @@ def train_epoch(
     """One pass over the batches: mean loss and accuracy, or None once the loss is not finite."""
     model, optimizer = state.model, state.optimizer
     model.train()
+    keep_frozen_norms_in_eval(model)
     device = next(model.parameters()).device
     check_every = 20 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
     loss_sum = torch.zeros((), device=device)
@@ -254,6 +255,18 @@ def train_epoch(
     if not torch.isfinite(loss_sum):
         return None
     return loss_sum.item() / seen, correct.item() / seen
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Normalization layers with running statistics (BatchNorm, InstanceNorm, a user's layer
+    that follows them) whose parameters are all frozen stay in eval mode, so that their
+    statistics stay as fixed as their weights (freeze_features, any frozen backbone). One
+    without parameters (affine=False) trains as the model does: nothing says it is frozen."""
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        tracks = getattr(module, "track_running_stats", False)
+        if tracks and params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 @torch.no_grad()
