@@ -42,9 +42,11 @@ def separable(width: int, num_classes: int, in_channels: int) -> nn.Module:
 def cifar_arrays(data_dir):
     """A user's own arrays: channels last, floats 0..1, labels and class names."""
     images = load_images("cifar10", data_dir)
+    train, test = (np.random.default_rng(0).permutation(len(y))[:n]
+                   for y, n in ((images.train_y, 3000), (images.test_y, 1000)))
     nhwc = lambda x: (x.transpose(0, 2, 3, 1) / 255).astype(np.float32)
-    return (nhwc(images.train_x[:3000]), images.train_y[:3000], nhwc(images.test_x[:1000]),
-            images.test_y[:1000], images.classes)
+    return (nhwc(images.train_x[train]), images.train_y[train], nhwc(images.test_x[test]),
+            images.test_y[test], images.classes)
 
 
 def space(trial):
