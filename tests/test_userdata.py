@@ -3,14 +3,15 @@ cache keyed by the function's code and output."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import sweeper_here
+
 from sweeper.errors import SweeperError
 from sweeper.training.config import TrainConfig
 from sweeper.training.data import load_images, split_of
@@ -96,7 +97,7 @@ def test_tensors_channels_last_in_0_1_become_the_cached_uint8_set(
 def test_a_config_names_the_function_and_splits_its_data_like_any_dataset(
     data_module: str,
 ) -> None:
-    gray = getattr(__import__(data_module), "gray")
+    gray = importlib.import_module(data_module).gray
     config = TrainConfig.from_dict({"dataset": gray, "model": "mlp", "val_size": 4})
     assert config.dataset == f"{data_module}:gray"
     data = split_of(config)
