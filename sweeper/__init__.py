@@ -1,7 +1,8 @@
 """sweeper: Optuna sweeps of image-classification CNNs, tracked in MLflow.
 
-The public names: `from sweeper import Study, StudyData, TrainConfig, SweeperError`. They load
-on first use, so that importing sweeper (as every command does) stays quick.
+The public names: `from sweeper import Study, StudyData, TrainConfig, SweeperError, run_study,
+StudyResult`. They load on first use, so that importing sweeper (as every command does) stays
+quick.
 
 Where things live (one concern a folder):
     spec/      what a study file declares: Study, objectives, budget, stop rule, warm start
@@ -19,13 +20,15 @@ from typing import Any
 
 from sweeper.errors import SweeperError
 
-__all__ = ["Study", "StudyData", "SweeperError", "TrainConfig"]
+__all__ = ["Study", "StudyData", "StudyResult", "SweeperError", "TrainConfig", "run_study"]
 __version__ = "0.1.0"
 
 _PUBLIC = {
     "Study": "sweeper.spec.study",
     "StudyData": "sweeper.report.studydata",
     "TrainConfig": "sweeper.training.config",
+    "run_study": "sweeper.sweep.notebook",
+    "StudyResult": "sweeper.sweep.notebook",
 }
 
 

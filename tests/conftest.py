@@ -31,7 +31,7 @@ os.environ.setdefault("SWEEPER_DATA_DIR", str(DATASETS))  # as `make test` sets 
 # cluster starts a Ray cluster; the fast tier is the rest (`make test-fast`, seconds to a minute).
 E2E_MODULES = {"test_launch", "test_resume", "test_server", "test_report", "test_retrain",
                "test_postgres", "test_proxy", "test_ui", "test_ensemble",
-               "test_custom"}  # fmt: skip
+               "test_custom", "test_notebook"}  # fmt: skip
 CLUSTER_MODULES = {"test_ray"}
 
 
