@@ -167,3 +167,27 @@ def test_a_model_whose_builder_file_changed_is_refused(tmp_path: Path, nets: str
 def test_a_lambda_or_a_notebook_function_is_refused_with_the_fix() -> None:
     with pytest.raises(SweeperError, match="not a function defined at the top of a file"):
         TrainConfig.from_dict({"model": lambda: None})
+
+
+def test_a_function_of_python_or_an_installed_package_is_never_called_as_a_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered model's JSON may come from a shared store: a forged reference to a public
+    file (whose hash anyone can compute) must not run it."""
+    for ref in (
+        "subprocess:getoutput",
+        "os:system",
+        "sweeper.training.models.registry:build_model",
+    ):
+        with pytest.raises(SweeperError, match="does not call for you"):
+            TrainConfig.from_dict({"model": ref, "cmd": "touch pwned"})
+    options = {"model": "subprocess:getoutput", "model_args": {"cmd": f"touch {tmp_path}/x"}}
+    with pytest.raises(SweeperError, match="SWEEPER_TRUSTED_MODULES"):
+        build_model(options, 10, 3, 32)
+    assert not (tmp_path / "x").exists()
+    # torchvision's and timm's builders are trusted: num_classes reaches them through **kwargs
+    resnet = TrainConfig.from_dict({"model": "torchvision.models:resnet18"}).model_options()
+    assert build_model(resnet, 10, 3, 32)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    monkeypatch.setenv("SWEEPER_TRUSTED_MODULES", "timm")
+    with pytest.raises(SweeperError, match="does not call for you"):
+        build_model(resnet, 10, 3, 32)

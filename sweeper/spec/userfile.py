@@ -6,13 +6,19 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import sysconfig
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 from sweeper.errors import SweeperError, first_line
+
+# modules whose functions are model builders by design (their own code, no side effects)
+TRUSTED_MODULES = "torchvision.models,timm"
+SWEEPER_CODE = Path(__file__).resolve().parents[1]
 
 
 def import_file(path: Path, module_name: str) -> ModuleType:
@@ -84,7 +90,30 @@ def resolve(ref: str, field: str) -> Callable:
     function = getattr(module, name, None)
     if not callable(function):
         raise SweeperError(f"{field}: {ref}: {where} defines no function {name!r}")
+    _check_trusted(ref, field, function)
     return function
+
+
+def _check_trusted(ref: str, field: str, function: Callable) -> None:
+    """Refuse a function of Python's own library, of an installed package or of sweeper unless
+    its module is trusted: a reference may come from a shared store, and any file there is
+    public, so its hash would not stop a forged `subprocess:getoutput`."""
+    module = getattr(function, "__module__", None) or ""
+    trusted = os.environ.get("SWEEPER_TRUSTED_MODULES", TRUSTED_MODULES).split(",")
+    if any(module == t.strip() or module.startswith(t.strip() + ".") for t in trusted if t):
+        return
+    try:
+        file = Path(inspect.getsourcefile(function) or "").resolve()
+    except TypeError:  # a built-in function: no file at all
+        file = Path(sys.prefix)
+    installed = {Path(p).resolve() for p in sysconfig.get_paths().values()}
+    installed |= {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), SWEEPER_CODE}
+    if any(file.is_relative_to(folder) for folder in installed):
+        raise SweeperError(
+            f"{field}: {ref} is a function of the Python installation or of sweeper ({file}),"
+            " which sweeper does not call for you; write your own function in your own file, or"
+            " add its module to $SWEEPER_TRUSTED_MODULES"
+        )
 
 
 def code_hash(ref: str) -> str:

@@ -2,10 +2,10 @@
 
 A config names a builder by reference: "package.module:function" (importable where the workers
 run) or "/path/to/file.py:function" (a function in a study file). It is called with the options
-the study's space returns for it (TrainConfig.model_args), the data's num_classes, in_channels
-and image_size where its signature names them, and those of sweeper's shared model options
-(activation, dropout, ...) that it names. The config also keeps a hash of the builder's file, so a
-saved model is rebuilt only by the code that trained it.
+the study's space returns for it (TrainConfig.model_args); the data's num_classes, in_channels
+and image_size where its signature names them (num_classes also through **kwargs); and those of
+sweeper's shared model options (activation, dropout, ...) that it names. The config also keeps a
+hash of the builder's file, so a saved model is rebuilt only by the code that trained it.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def takes(ref: str, option: str) -> bool:
 def _kwargs(builder: Callable, opts: Mapping[str, Any], sizes: tuple[int, int, int]) -> dict:
     params = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    data = {k: v for k, v in zip(DATA_ARGS, sizes, strict=True) if k in params or takes_any}
+    # **kwargs gets num_classes, which every classifier takes (torchvision's and timm's too)
+    data = {k: v for k, v in zip(DATA_ARGS, sizes, strict=True)
+            if k in params or (takes_any and k == "num_classes")}  # fmt: skip
     shared = {k: opts[k] for k in SHARED_OPTIONS if k in params}
     return {**data, **shared, **opts["model_args"]}
