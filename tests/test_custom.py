@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from helpers import FINISHED, SWEEPER, descendants, sweeper, sweeper_here
+from helpers import FINISHED, SWEEPER, TINY, descendants, sweeper, sweeper_here
 from PIL import Image
 
 from sweeper.ensemble.export import load_exported
@@ -143,3 +143,26 @@ def test_your_own_network_and_data_sweep_resume_ensemble_export_and_predict(
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "has changed since this model was trained" in refused.stderr
     assert str(study_file.resolve()) in refused.stderr
+
+
+def test_a_trial_whose_builder_fails_fails_in_one_line_and_the_sweep_goes_on(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    study_file = tmp_path / "flaky.py"
+    study_file.write_text(
+        "from torch import nn\nfrom sweeper import Study\n\n"
+        "def net(width, num_classes, in_channels):\n"
+        "    if width == 4:\n        raise ValueError('width 4 is too narrow')\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 32 * 32, num_classes))\n\n"
+        "def space(trial):\n    return {'model': net, 'width': 4 if trial.number == 0 else 8}\n\n"
+        "study = Study(name='flaky', space=space, fixed={'val_size': 500}, trials=1)\n"
+    )
+    done = sweeper("launch", str(study_file), "--dir", str(tmp_path / "sweep"), "--workers", "1",
+                   "--data-dir", str(datasets_dir), *TINY)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "net(width=4) raised ValueError: width 4 is too narrow (" in done.stderr
+    assert "Traceback" not in done.stderr
+    trials = optuna.load_study(study_name="flaky", storage=make_storage(
+        f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")).trials  # fmt: skip
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["fail_reason"].startswith("net(width=4) raised ValueError")
