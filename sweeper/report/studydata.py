@@ -181,7 +181,7 @@ def _fail_reason(trial: FrozenTrial) -> str:
 
 
 def _model(config: dict[str, Any]) -> str:
-    model = str(config.get("model", ""))
+    model = str(config.get("model", "")).rpartition(":")[2]  # your own builder: its name
     extras = ["bn"] if config.get("batch_norm") else []
     if config.get("dropout"):
         extras.append(f"dropout {config['dropout']:g}")
