@@ -124,6 +124,12 @@ def code_hash(ref: str) -> str:
     return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
 
 
+def raised(call: str, exc: BaseException) -> str:
+    """`call raised Type: message (file:line)`: where a user's function failed, in one line."""
+    place = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{call} raised {one_line(exc)} ({place.filename}:{place.lineno})"
+
+
 def line_in(exc: BaseException, path: Path) -> int | str:
     """The line of `path` the exception passed through last, or '?'."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]

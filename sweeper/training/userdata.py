@@ -10,14 +10,13 @@ are uint8 (0..255) or float (0..1), NCHW or NHWC (or NHW for one channel), squar
 from __future__ import annotations
 
 import inspect
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from sweeper.errors import SweeperError, first_line
-from sweeper.spec.userfile import resolve
+from sweeper.errors import SweeperError
+from sweeper.spec.userfile import raised, resolve
 
 KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
 
@@ -30,11 +29,7 @@ def own_arrays(ref: str, data_dir: str | None) -> dict[str, Any]:
     try:
         out = function(data_dir=data_dir) if takes_dir else function()
     except Exception as exc:
-        place = traceback.extract_tb(exc.__traceback__)[-1]
-        raise SweeperError(
-            f"{name} raised {type(exc).__name__}: {first_line(exc)}"
-            f" ({place.filename}:{place.lineno})"
-        ) from None
+        raise SweeperError(raised(name, exc)) from None
     fields = _fields(out, name)
     train_x, test_x = (_images(fields[key], f"{name}: {key}") for key in ("train_x", "test_x"))
     if train_x.shape[1:] != test_x.shape[1:]:

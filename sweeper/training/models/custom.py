@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.errors import SweeperError, first_line
-from sweeper.spec.userfile import code_hash, is_reference, resolve
+from sweeper.spec.userfile import code_hash, is_reference, raised, resolve
 
 DATA_ARGS = ("num_classes", "in_channels", "image_size")
 # sweeper's model options a builder receives when its signature names them
@@ -87,11 +86,7 @@ def build(
     try:
         model = builder(**kwargs)
     except Exception as exc:
-        place = traceback.extract_tb(exc.__traceback__)[-1]
-        raise BuilderError(
-            f"{name}({shown}) raised {type(exc).__name__}: {first_line(exc)}"
-            f" ({place.filename}:{place.lineno})"
-        ) from None
+        raise BuilderError(raised(f"{name}({shown})", exc)) from None
     if not isinstance(model, nn.Module):
         raise BuilderError(f"{name}({shown}) returned {type(model).__name__}, not an nn.Module")
     model.eval()
