@@ -4,6 +4,8 @@ plot per setting, and a short summary.
 sweeper report quickstart --dashboard evaluation
 """
 
+import textwrap
+
 import optuna.visualization as vis
 import plotly.express as px
 
@@ -11,7 +13,7 @@ from sweeper import StudyData
 
 title = "Evaluation"
 
-# The documents' columns (model, GPU O/X, batch size, activation, init, optimizer, learning
+# The documents' columns (model, GPU yes/no, batch size, activation, init, optimizer, learning
 # rate, momentum, weight decay, LR decay, training time in minutes, early-stopping epoch,
 # accuracy), with each trial's MLflow run link, its state and what else tells rows apart.
 COLUMNS = ["trial", "mlflow_run", "state", "model", "gpu", "batch_size", "activation", "init",
@@ -69,13 +71,16 @@ def curves(data: StudyData):
     if frame.empty:
         return "No epoch has finished yet."
     settings = frame["setting"].nunique()
-    rows = -(-settings // 4)
+    rows = -(-settings // 3)
     together = px.line(frame, x="epoch", y="val_acc", color="setting", markers=True,
                        title="All settings")  # fmt: skip
-    apart = px.line(frame, x="epoch", y="val_acc", facet_col="setting", facet_col_wrap=4,
-                    markers=True, facet_row_spacing=0.3 / rows, height=120 + 240 * rows,
-                    title="Per setting")  # fmt: skip
-    apart.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    # a setting's label wrapped over up to 3 short lines: titles of neighbours must not meet
+    apart = px.line(frame, x="epoch", y="val_acc", facet_col="setting", facet_col_wrap=3,
+                    markers=True, facet_row_spacing=0.45 / rows, facet_col_spacing=0.06,
+                    height=160 + 300 * rows, title="Per setting")  # fmt: skip
+    apart.for_each_annotation(lambda a: a.update(
+        text="<br>".join(textwrap.wrap(a.text.split("=", 1)[-1], 40, max_lines=3)),
+        font_size=11))  # fmt: skip
     apart.update_yaxes(range=[0, 1])
     for figure in (together, apart):
         figure.update_xaxes(dtick=1)

@@ -55,7 +55,7 @@ def spent(data: StudyData):
         return "No trial has started yet."
     frame["hours"] = (frame["end"].fillna(data.collected) - frame["start"]).dt.total_seconds()
     frame["hours"] /= 3600
-    frame["gpu_hours"] = frame["hours"].where(frame["gpu"] == "O", 0.0)
+    frame["gpu_hours"] = frame["hours"].where(frame["gpu"] == "yes", 0.0)
     frame["train_hours"] = frame["train_minutes"] / 60
     table = (
         frame.groupby(["worker", "device"], dropna=False)

@@ -131,6 +131,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
         if launcher.poll() is None:  # a failed check: stop the sweep (it stops its workers)
             launcher.terminate()
             launcher.wait(timeout=60)
+    written = (directory / "reports" / f"{NAME}-evaluation.html").read_text()
+    assert "(finished; launch run FINISHED)" in written  # the launch's own page, at its end
+    assert "The study is still running" not in written
     for dashboard in ("evaluation", "sweep"):
         done = sweeper_here("report", NAME, "--dir", str(directory), "--dashboard", dashboard)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -252,7 +255,7 @@ def test_table_matches_the_mlflow_runs(sweep: Path) -> None:
             assert float(row[key]) == float(params[key]), key
         assert row["momentum"] == (params["momentum"] if params["optimizer"] == "sgd" else "")
         assert row["lr_decay"] == params["schedule"]
-        assert row["gpu"] == ("O" if run["tags.sweeper.device"].startswith("cuda") else "X")
+        assert row["gpu"] == ("yes" if run["tags.sweeper.device"].startswith("cuda") else "no")
         history = client.get_metric_history(run["run_id"], "val_acc")
         seconds = sum(m.value for m in client.get_metric_history(run["run_id"], "seconds"))
         if row["state"] == "FAIL":
@@ -413,7 +416,7 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
     assert math.isnan(first_row["val_acc"]) and math.isnan(first_row["train_minutes"])
     assert retry_row["val_acc"] == 0.5 and retry_row["best_epoch"] == 2
     assert retry_row["train_minutes"] == 1.0 and retry_row["epochs_run"] == 2
-    assert retry_row["retry_of"] == 0 and retry_row["gpu"] == "O"
+    assert retry_row["retry_of"] == 0 and retry_row["gpu"] == "yes"
     assert retry_row["model"] == "vgg11 (bn)" and retry_row["momentum"] == 0.9
     assert retry_row["lr_decay"] == "step x0.1 at 0.5, 0.75 of the epochs"
 

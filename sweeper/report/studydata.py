@@ -123,7 +123,9 @@ def _settings(
     linked = run["run_id"].notna()
     own = run[RUN_TRIAL] == frame["trial"].astype(str)
     frame["device"] = run[RUN_DEVICE].fillna("").where(linked, frame["device"])
-    frame["gpu"] = frame["device"].astype(str).str.startswith("cuda").map({True: "O", False: "X"})
+    frame["gpu"] = (
+        frame["device"].astype(str).str.startswith("cuda").map({True: "yes", False: "no"})
+    )
     frame["best_epoch"] = run["metrics.best_epoch"].where(own & (run["metrics.best_epoch"] > 0))
     frame["val_acc"] = run["metrics.best_val_acc"].where(own)
     frame["mlflow_run"] = run_url(mlflow_url, run).fillna("")
@@ -163,7 +165,8 @@ def _setting(t: FrozenTrial) -> dict[str, Any]:
 def _label(t: FrozenTrial) -> str:
     """A setting's short name: trial number, model, optimizer and the suggested values."""
     config = t.user_attrs.get(Attr.CONFIG, {})
-    parts = [f"#{t.number}", str(config.get("model", "")), str(config.get("optimizer", ""))]
+    model = str(config.get("model", "")).rpartition(":")[2]  # your own builder: its name
+    parts = [f"#{t.number}", model, str(config.get("optimizer", ""))]
     parts += [f"{k}={_short(v)}" for k, v in t.params.items() if k not in ("model", "optimizer")]
     return " ".join(p for p in parts if p)
 

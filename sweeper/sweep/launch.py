@@ -56,8 +56,8 @@ def launch(
         opened = open_launch(spec, paths, len(pool.devices))
         return opened.study, opened.context
 
-    status = "FAILED"
     ended: dict[str, str] = {}  # tags of the launch run that say how it ended
+    status = "FAILED"
     try:
         flags = worker_flags(pool, budget, deadline, overrides)
         commands = worker_commands(spec.file, paths, pool.devices, flags)
@@ -80,16 +80,23 @@ def launch(
                 return EXIT_INTERRUPTED
         from sweeper.report.render import write_report  # pandas and plotly: only now
 
+        status, study = "FINISHED", opened.study
+        end_run(paths, opened, status, ended)  # before the report, which shows it ended
+        opened = None  # nothing left for `finally` to end
         files, _ = write_report(spec.name, paths)
-        status = "FINISHED"
         freed = free_disk(spec, paths, ensemble)
-        print_summary(spec, opened.study, paths, built, files[0], time.time() - started, freed)
+        print_summary(spec, study, paths, built, files[0], time.time() - started, freed)
         return 0
     finally:
-        if opened is not None:
-            from sweeper.stores import tracking  # already loaded by setup()
+        end_run(paths, opened, status, ended)
 
-            tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, ended)
+
+def end_run(paths: SweepPaths, opened: Opened | None, status: str, tags: dict[str, str]) -> None:
+    """End the launch run, if the launch got as far as making it."""
+    if opened is not None:
+        from sweeper.stores import tracking  # already loaded by open_launch
+
+        tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, tags)
 
 
 def open_launch(spec: Study, paths: SweepPaths, workers: int) -> Opened:
