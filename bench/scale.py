@@ -1,0 +1,202 @@
+"""What sweeper's service costs as trials and workers grow (issue 24): trials of a fixed wall time
+and almost no CPU (bench/scale_study.py) through the whole path, on the embedded default.
+
+    .venv/bin/python bench/scale.py [--trials 100 1000] [--workers 16] [--trial-s 1]
+                                    [--no-write]
+
+For each trial count, a fresh `sweeper launch bench/scale_study.py --workers W --trials N
+--no-progress` in a temporary --dir. It prints:
+- wall time against the floor (trials x trial seconds / workers) and the overhead over it;
+- per-trial overhead (a trial's own wall time beyond its sleep) by trial-number band, and the
+  gap between one trial's end and the next one's start on the same worker, by band;
+- the launcher's CPU seconds and peak RSS (sampled from /proc every 0.2 s); the workers' CPU
+  seconds per trial;
+- how long the launcher ran after the last trial ended;
+- the time `sweeper status`, `sweeper report` (and its page's size) and the MLflow UI's first
+  answer take on the finished study.
+Ray Tune and Optuna + MLflowCallback on the same trials, and PostgreSQL with an `mlflow server`,
+are not measured here yet (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "bench" / "scale_study.py"
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+BANDS = 5
+
+
+def launcher_sample(pid: int) -> tuple[float, int]:
+    """CPU seconds and peak RSS (bytes) of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return cpu, int(peak.group(1)) * 1024 if peak else 0
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started, done
+
+
+def ui_first_answer(sweep_dir: Path, env: dict[str, str]) -> float:
+    """Seconds from `sweeper ui` to the first page of the runs it prints."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    server = subprocess.Popen([SWEEPER, "ui", "scale", "--dir", str(sweep_dir), "--port",
+                               str(port)], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        url = line.split("MLflow UI: ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=60) as page:
+            page.read()
+        return time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def one_scale(trials: int, workers: int, trial_s: float) -> dict[str, float | str]:
+    folder = Path(tempfile.mkdtemp(prefix=f"scale-{trials}-"))
+    env = {**os.environ, "SWEEPER_BENCH_TRIAL_S": str(trial_s),
+           "SWEEPER_CACHE_DIR": str(folder / "cache")}  # fmt: skip
+    before = children_cpu()
+    started = time.perf_counter()
+    launcher = subprocess.Popen(
+        [SWEEPER, "launch", str(STUDY), "--dir", str(folder), "--workers", str(workers),
+         "--trials", str(trials), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    cpu, peak = 0.0, 0
+    while launcher.poll() is None:
+        with contextlib.suppress(OSError, IndexError):  # it is ending
+            cpu, peak = launcher_sample(launcher.pid)
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    ended = time.time()
+    if launcher.returncode:
+        sys.exit(f"the launch failed:\n{launcher.stderr.read()[-3000:]}")
+    total_cpu = children_cpu() - before
+    study = optuna.load_study(study_name="scale", storage=f"sqlite:///{folder / 'optuna.db'}")
+    done = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
+    own = [(t.datetime_complete - t.datetime_start).total_seconds() - trial_s for t in done]
+    gaps = _gaps(done)
+    band = max(1, len(done) // BANDS)
+    row: dict[str, float | str] = {
+        "trials": len(done), "workers": workers, "wall": wall,
+        "floor": len(done) * trial_s / workers,
+        "launcher_cpu": cpu, "launcher_peak_mb": peak / 2**20,
+        "worker_cpu_per_trial": (total_cpu - cpu) / max(1, len(done)),
+        "after_last_trial": ended - max(t.datetime_complete.timestamp() for t in done),
+    }  # fmt: skip
+    row["overhead"] = row["wall"] / row["floor"] - 1
+    row["own_by_band"] = " ".join(
+        f"{statistics.median(own[i : i + band]):.2f}" for i in range(0, len(own), band)
+    )
+    row["gap_by_band"] = " ".join(
+        f"{statistics.median(gaps[i : i + band]):.2f}" for i in range(0, len(gaps), band) if
+        gaps[i : i + band])  # fmt: skip
+    row["status_s"], _ = timed([SWEEPER, "status", "scale", "--dir", str(folder)], env)
+    row["report_s"], _ = timed([SWEEPER, "report", "scale", "--dir", str(folder)], env)
+    page = folder / "reports" / "scale-evaluation.html"
+    row["report_mb"] = page.stat().st_size / 2**20
+    row["ui_s"] = ui_first_answer(folder, env)
+    return row
+
+
+def _gaps(done: list) -> list[float]:
+    """Per trial (by number): seconds its worker was idle between its previous trial and it."""
+    last_end: dict[str, float] = {}
+    gaps = []
+    for t in sorted(done, key=lambda t: t.datetime_start):
+        worker = t.user_attrs.get("worker", "?")
+        start = t.datetime_start.timestamp()
+        if worker in last_end:
+            gaps.append(start - last_end[worker])
+        last_end[worker] = t.datetime_complete.timestamp()
+    return gaps
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| trials | workers | wall | floor | overhead | own s/trial by band | idle s between"
+             " trials by band | launcher CPU | launcher peak RSS | worker CPU/trial | after last"
+             " trial | status | report (page) | UI first page |",
+             "|" + "---|" * 14]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['trials']} | {r['workers']} | {r['wall']:.1f} s | {r['floor']:.1f} s |"
+            f" **{r['overhead']:+.0%}** | {r['own_by_band']} | {r['gap_by_band']} |"
+            f" {r['launcher_cpu']:.1f} s | {r['launcher_peak_mb']:.0f} MB |"
+            f" {r['worker_cpu_per_trial']:.2f} s | {r['after_last_trial']:.1f} s |"
+            f" {r['status_s']:.1f} s | {r['report_s']:.1f} s ({r['report_mb']:.1f} MB) |"
+            f" {r['ui_s']:.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def write(markdown: str, args: argparse.Namespace) -> None:
+    path = REPO / "BENCHMARKS.md"
+    title = "## Scale: one-second trials on many workers (issue 24)"
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())  # fmt: skip
+    section = (f"{title}\n\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}), SQLite"
+               f" and a local MLflow store, `.venv/bin/python bench/scale.py --trials"
+               f" {' '.join(map(str, args.trials))} --workers {args.workers} --trial-s"
+               f" {args.trial_s:g}`.\n\n{markdown}\n")  # fmt: skip
+    text = path.read_text()
+    if title in text:
+        start = text.index(title)
+        end = text.find("\n## ", start + len(title))
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--trial-s", type=float, default=1.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for trials in args.trials:
+        rows.append(one_scale(trials, args.workers, args.trial_s))
+        print(table(rows[-1:]), flush=True)
+    markdown = table(rows)
+    print(markdown)
+    if not args.no_write:
+        write(markdown, args)
+
+
+if __name__ == "__main__":
+    main()
