@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.storages import RDBStorage
 
 from sweeper.stores import storage
@@ -61,3 +62,20 @@ def test_a_trial_reads_its_own_state_through_its_id_and_storage(tmp_path: Path) 
         trial.number, state=optuna.trial.TrialState.FAIL
     )
     assert not still_running(trial)
+
+
+def test_several_user_attrs_of_a_trial_go_in_one_transaction(tmp_path: Path) -> None:
+    """RetryingStorage.set_trial_user_attrs writes through Optuna's private
+    _set_trial_attr_without_commit; what it writes reads back like set_user_attr's."""
+    store = storage.make_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = optuna.create_study(storage=store)
+    trial = study.ask()
+    commits: list[int] = []
+    sqlalchemy.event.listen(store.engine, "commit", lambda _: commits.append(1))
+    store.set_trial_user_attrs(trial._trial_id, {"a": 1, "b": {"c": [2]}, "d": "x"})
+    assert len(commits) == 1
+    store.set_trial_user_attrs(trial._trial_id, {"a": 2})  # an update, not a second row
+    assert study.trials[0].user_attrs == {"a": 2, "b": {"c": [2]}, "d": "x"}
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError):  # a finished trial is not updatable
+        store.set_trial_user_attrs(trial._trial_id, {"a": 3})

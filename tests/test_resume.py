@@ -49,12 +49,16 @@ def test_launching_again_resumes_without_rerunning(
     assert len(storage.load().get_trials()) == 3
 
 
-def start_launch(sweep_dir: Path, storage: Store, data_dir: Path, *args: str, env=None):
+def start_launch(
+    sweep_dir: Path, storage: Store, data_dir: Path, *args: str, env=None, group: bool = False
+):
+    """A launch of 3 epochs on 1 worker; `group`: in a process group of its own, as a terminal
+    starts it (Ctrl-C signals the whole group)."""
     command = [SWEEPER, "launch", QUICKSTART, "--dir", str(sweep_dir), *storage.flags,
                "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
                "--no-ensemble", "--data-dir", str(data_dir), *args]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, start_new_session=group)  # fmt: skip
 
 
 def first_epoch_checkpoint(sweep_dir: Path, launcher: subprocess.Popen) -> int:
@@ -100,6 +104,7 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 130, err[-3000:]
+    assert err.startswith("sweeper: stopped;") and len(err.splitlines()) == 1, err[-3000:]
     trials = storage.load().get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
     (waiting,) = [t for t in trials if t.state.name == "WAITING"]
@@ -114,6 +119,35 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     assert resumed.user_attrs["resumed_from_epoch"] >= 1
     assert len([t for t in trials if t.state.name in FINISHED]) == 2
     assert list((tmp_path / "checkpoints" / "quickstart").iterdir()) == []  # both tries' dropped
+
+
+def test_ctrl_c_at_a_terminal_stops_quietly_and_the_cut_trial_resumes(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    """Ctrl-C at a terminal signals the launcher and its workers at once (their process group),
+    and each worker gets its launcher's SIGTERM too, often before Python ran the first one's
+    handler: one line says what was kept (no traceback), the trial is interrupted, not failed,
+    and the next launch resumes it."""
+    storage = Store("sqlite", f"sqlite:///{tmp_path / 'optuna.db'}", ())  # the default
+    launcher = start_launch(tmp_path, storage, datasets_dir, "--trials", "2", group=True)
+    try:
+        first_epoch_checkpoint(tmp_path, launcher)
+        os.killpg(launcher.pid, signal.SIGINT)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 130, err[-3000:]
+    assert err.startswith("sweeper: stopped; 0 of 2 trials done and kept; the 1 cut short")
+    assert len(err.splitlines()) == 1, err[-3000:]
+    (cut,) = [t for t in storage.load().trials if t.state.name == "FAIL"]
+    assert out.splitlines()[-1] == f"trial {cut.number} INTERRUPTED value=-"
+    again = start_launch(tmp_path, storage, datasets_dir, "--trials", "2")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    trials = storage.load().trials
+    (resumed,) = [t for t in trials if t.system_attrs.get("failed_trial") == cut.number]
+    assert resumed.state.name in FINISHED and resumed.user_attrs["resumed_from_epoch"] >= 1
 
 
 @pytest.mark.parametrize("broken", ["mlflow experiment", "optuna study"])

@@ -21,6 +21,8 @@ from optuna.storages import (
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
+from optuna.storages._rdb import models  # Optuna's own tables (tests/test_optuna_names.py)
+from optuna.storages._rdb.storage import _create_scoped_session
 
 from sweeper.errors import SweeperError, first_line
 from sweeper.stores.retry import retried
@@ -143,6 +145,15 @@ class RetryingStorage(RDBStorage):
             return []
         return stale
 
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes of a running trial in one transaction: one commit, where
+        set_trial_user_attr makes one each."""
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value
+                )
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
@@ -177,6 +188,7 @@ REPEATED_METHODS = (
     "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials",
     "_get_best_trial_id", "_get_stale_trial_ids", "_set_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "set_trial_user_attrs",
 )  # fmt: skip
 for _name in REPEATED_METHODS:
     setattr(RetryingStorage, _name, _repeated_when_cut_off(getattr(RetryingStorage, _name)))
