@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -106,14 +107,20 @@ def _check_trusted(ref: str, field: str, function: Callable) -> None:
         file = Path(inspect.getsourcefile(function) or "").resolve()
     except TypeError:  # a built-in function: no file at all
         file = Path(sys.prefix)
-    installed = {Path(p).resolve() for p in sysconfig.get_paths().values()}
-    installed |= {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), SWEEPER_CODE}
-    if any(file.is_relative_to(folder) for folder in installed):
+    if any(file.is_relative_to(folder) for folder in _installed()):
         raise SweeperError(
             f"{field}: {ref} is a function of the Python installation or of sweeper ({file}),"
             " which sweeper does not call for you; write your own function in your own file, or"
             " add its module to $SWEEPER_TRUSTED_MODULES"
         )
+
+
+@functools.cache
+def _installed() -> frozenset[Path]:
+    """The folders of the Python installation, its packages and sweeper."""
+    folders = {Path(p).resolve() for p in sysconfig.get_paths().values()}
+    return frozenset({*folders, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+                      SWEEPER_CODE})  # fmt: skip
 
 
 def code_hash(ref: str) -> str:
