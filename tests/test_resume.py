@@ -150,6 +150,36 @@ def test_ctrl_c_at_a_terminal_stops_quietly_and_the_cut_trial_resumes(
     assert resumed.state.name in FINISHED and resumed.user_attrs["resumed_from_epoch"] >= 1
 
 
+def test_a_trial_cut_before_it_trains_is_queued_again(
+    tmp_path: Path, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a worker opens a new trial (its data, its MLflow run): the trial is still
+    interrupted, not failed, and its retry is queued."""
+    paths = SweepPaths.resolve(tmp_path)
+    optuna.create_study(study_name="quickstart", storage=paths.storage_url, direction="maximize")
+
+    def interrupted(config: object) -> None:
+        interrupt.STOPPING.set()  # what the signal handler does before it raises
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_module, "split_of", interrupted)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        overrides = {"epochs": 1, "train_size": 500, "data_dir": str(datasets_dir)}
+        code = run_worker(load_study(QUICKSTART), paths, device="cpu", worker="w0",
+                          experiment_id=None, parent_run_id=None, budget=2, deadline=None,
+                          overrides=overrides)  # fmt: skip
+    finally:
+        interrupt.STOPPING.clear()
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert code == 130
+    cut, waiting = optuna.load_study(study_name="quickstart", storage=paths.storage_url).trials
+    assert (cut.state.name, waiting.state.name) == ("FAIL", "WAITING")
+    assert cut.user_attrs["interrupted"] and waiting.system_attrs["failed_trial"] == cut.number
+    assert waiting.params == cut.params
+
+
 @pytest.mark.parametrize("broken", ["mlflow experiment", "optuna study"])
 def test_a_launcher_whose_setup_fails_stops_its_early_workers(
     tmp_path: Path, datasets_dir: Path, broken: str, store: Callable[[Path], Store]

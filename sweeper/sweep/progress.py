@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
@@ -25,6 +25,7 @@ COLUMNS = {
     f"user_attrs_{Attr.FAIL_REASON}": "fail_reason",
 }  # fmt: skip
 SURPLUS = f"user_attrs_{Attr.SURPLUS}"
+INTERRUPTED = f"user_attrs_{Attr.INTERRUPTED}"
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -43,6 +44,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     values = [c for c in frame if c.startswith("values_")]
     costs = {c: c.removeprefix("values_") for c in values[1:]}
     frame = frame.rename(columns={values[0]: "value"}) if values else frame
+    if INTERRUPTED in frame:  # failed in Optuna, but their retries resume them
+        cut = (frame["state"] == TrialState.FAIL.name) & (frame[INTERRUPTED] == True)  # noqa: E712
+        frame.loc[cut, "state"] = "INTERRUPTED"
     table = frame.reindex(columns=[*COLUMNS, *costs, *params])
     table = table.rename(columns={**COLUMNS, **costs, **params})
     table["seconds"] = table["seconds"].dt.total_seconds()
@@ -62,7 +66,8 @@ def status_text(study: optuna.Study, fmt: str) -> str:
 
 
 class Progress:
-    """A live bar: finished / budget, with done, pruned, failed, running and the best so far."""
+    """A live bar: finished / budget, with done, pruned, failed, interrupted (they resume on the
+    next launch), running and the best so far."""
 
     def __init__(self, study: optuna.Study, budget: int | None, enabled: bool = True) -> None:
         self.study = study
@@ -73,22 +78,24 @@ class Progress:
     def update(self) -> None:
         trials = counted_trials(self.study)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
+        cut = sum(interrupted(t) for t in trials)
         self.bar.update(count[TrialState.COMPLETE] + count[TrialState.PRUNED] - self.bar.n)
         best = self._best()
-        self.bar.set_postfix(
-            done=count[TrialState.COMPLETE],
-            pruned=count[TrialState.PRUNED],
-            failed=count[TrialState.FAIL],
-            running=" ".join(_epoch_of(t) for t in trials if t.state == TrialState.RUNNING) or 0,
-            best=f"{metric_value(best):.4f} (#{best.number})" if best else "-",
-        )
+        postfix: dict[str, object] = {"done": count[TrialState.COMPLETE],
+                                      "pruned": count[TrialState.PRUNED],
+                                      "failed": count[TrialState.FAIL] - cut}  # fmt: skip
+        if cut:
+            postfix["interrupted"] = cut
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        postfix["running"] = " ".join(_epoch_of(t) for t in running) or 0
+        postfix["best"] = f"{metric_value(best):.4f} (#{best.number})" if best else "-"
+        self.bar.set_postfix(postfix)
         if self.bar.disable:  # no terminal: one line per trial that ended
             for t in trials:
                 if t.state.is_finished() and t.number not in self.seen:
                     self.seen.add(t.number)
                     value = _values(t, self.study.metric_names)
-                    cut = t.state == TrialState.FAIL and t.user_attrs.get(Attr.INTERRUPTED)
-                    state = "INTERRUPTED" if cut else t.state.name
+                    state = "INTERRUPTED" if interrupted(t) else t.state.name
                     print(f"trial {t.number} {state} value={value}", flush=True)
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
@@ -110,6 +117,11 @@ class Progress:
         counts = shown.select_dtypes("Int64").columns  # their <NA> is no number: leave it blank
         shown[counts] = shown[counts].astype("string").fillna("")
         print(shown.to_string(index=False, na_rep="", float_format="{:.4g}".format))
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """A try cut short by Ctrl-C or SIGTERM: failed in Optuna, but its retry resumes it."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(Attr.INTERRUPTED))
 
 
 def _values(trial: optuna.trial.FrozenTrial, names: list[str] | None) -> str:

@@ -119,9 +119,13 @@ class Objective:
         except TrialTakenOver as error:
             self.taken_over = str(error)
             raise
-        except Exception as error:
-            self.failures_in_a_row += 1
-            self.last_failure = str(error) or repr(error)
+        except BaseException as error:
+            if STOPPING.is_set():  # also cut before its training began: its retry runs it
+                self._mark_interrupted(trial)
+                raise KeyboardInterrupt from None
+            if isinstance(error, Exception):
+                self.failures_in_a_row += 1
+                self.last_failure = str(error) or repr(error)
             raise
         self.failures_in_a_row = 0
         return value
@@ -290,6 +294,13 @@ class Objective:
         trial.set_user_attr(Attr.INTERRUPTED, True)
         with contextlib.suppress(Exception):  # the retry reopens the run anyway
             self.tracker.finish(run_id, "FAIL", reason="interrupted; resumes on next launch")
+
+    def _mark_interrupted(self, trial: optuna.Trial) -> None:
+        """Whenever Ctrl-C or SIGTERM cut the trial, this worker queues its retry (loop.py)."""
+        marks = {Attr.WORKER: self.worker, Attr.INTERRUPTED: True}
+        for key, value in marks.items():
+            if trial.user_attrs.get(key) != value:
+                trial.set_user_attr(key, value)
 
     def _replay(self, trial: optuna.Trial, run_id: str, history: list[dict[str, float]]) -> None:
         """A resumed trial re-reports the epochs of its first try, to Optuna and to MLflow."""
