@@ -31,6 +31,7 @@ class Attr:
     SURPLUS = "surplus"  # a claim that lost the race for the last place of the budget
     OOM_RETRIED_ALONE = "oom_retried_alone"
     WARM_START = "warm_start"  # where a queued warm-start config came from
+    PACE = "pace"  # {images_per_s, epoch_s, device}: early in its first epoch, then at its end
 
 
 class StudyAttr:

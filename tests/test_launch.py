@@ -71,6 +71,12 @@ def test_every_trial_finishes_and_has_one_run(swept: tuple[Path, Store]) -> None
         assert sorted(steps) == list(range(1, epochs + 1))
         for key in ("train_loss", "train_acc", "val_loss", "lr", "seconds", "images_per_s"):
             assert len(client.get_metric_history(run_id, key)) == epochs
+        pace = trial.user_attrs["pace"]  # for the launcher's bar: at last, the first epoch's
+        first = {k: min(client.get_metric_history(run_id, k), key=lambda m: m.step).value
+                 for k in ("images_per_s", "seconds")}  # fmt: skip
+        assert pace["device"] == "cpu"
+        assert pace["images_per_s"] == pytest.approx(first["images_per_s"])
+        assert pace["epoch_s"] == pytest.approx(first["seconds"])
         paths = {a.path for a in client.list_artifacts(run_id, "plots")}
         assert paths == {"plots/confusion_matrix.json", "plots/confusion_matrix.png"}
         assert bool(client.list_artifacts(run_id, "checkpoints")) == (trial.number in top)

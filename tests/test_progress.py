@@ -10,12 +10,25 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from sweeper.records import Attr
-from sweeper.sweep.progress import Progress, status_text
+from sweeper.sweep.progress import Progress, duration, status_text
+
+HOUR = 3600.0
 
 
 def sqlite_study(tmp_path: Path) -> optuna.Study:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     return optuna.create_study(study_name="vgg", storage=storage, direction="maximize")
+
+
+def running(study: optuna.Study, epochs: int, pace: dict | None, reported: int = 0) -> optuna.Trial:
+    """A trial as a worker leaves it while it trains: its config, its pace, its epochs."""
+    trial = study.ask()
+    trial.set_user_attr(Attr.CONFIG, {"model": "vgg16", "epochs": epochs})
+    if pace is not None:
+        trial.set_user_attr(Attr.PACE, pace)
+    for epoch in range(1, reported + 1):
+        trial.report(0.5, epoch)
+    return trial
 
 
 def test_interrupted_trials_are_counted_apart_from_failed_ones(
@@ -48,3 +61,50 @@ def test_nothing_interrupted_shows_no_such_count(tmp_path: Path) -> None:
     progress = Progress(study, 2, enabled=False)
     progress.update()
     assert "failed=1" in progress.bar.postfix and "interrupted" not in progress.bar.postfix
+
+
+def test_a_slow_trial_shows_its_pace_and_the_sweep_says_once_how_to_shorten_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = sqlite_study(tmp_path)
+    progress = Progress(study, 60, enabled=False)
+    trial = running(study, epochs=40, pace=None)
+    progress.update()
+    assert "running=#0:0/40," in progress.bar.postfix and "left" not in progress.bar.postfix
+    assert capsys.readouterr().out == ""  # no pace yet, nothing to say
+    trial.set_user_attr(Attr.PACE, {"images_per_s": 312.4, "epoch_s": 144.0, "device": "cpu"})
+    progress.update()
+    progress.update()  # said once
+    postfix = progress.bar.postfix
+    assert "running=#0:0/40@312img/s,2m24s/ep" in postfix
+    assert "left=~96h" in postfix  # 60 trials of 40 epochs of 144 s on 1 worker
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "trial 0 pace: 312 images/s on cpu, 2 min 24 s an epoch, 1 h 36 min for 40 epochs"
+    )
+    assert out[1].startswith("sweeper: note: trial 0 trains at 312 images/s on cpu")
+    assert "its 60 trials need about 96 h more on 1 worker here" in out[1]
+    for lever in ("--epochs", "--train-size", "--trials", "a GPU"):
+        assert lever in out[1]
+    assert len(out) == 2
+
+
+def test_the_time_left_counts_epochs_done_and_workers_and_a_short_sweep_says_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = sqlite_study(tmp_path)
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6))
+    running(study, epochs=10, pace={"images_per_s": 2000.0, "epoch_s": 30.0}, reported=4)
+    running(study, epochs=10, pace=None)  # not paced yet: as long as the mean paced trial
+    progress = Progress(study, 5, enabled=False)
+    progress.update()
+    # (6 epochs left of 30 s) + (10 of 30 s) + 2 trials to start of 10 x 30 s, on 2 workers
+    assert f"left=~{duration((180 + 300 + 600) / 2, short=True)}," in progress.bar.postfix
+    assert "running=#1:4/10@2000img/s,30s/ep #2:0/10," in progress.bar.postfix
+    assert "note" not in capsys.readouterr().out
+
+
+def test_durations_read_as_hours_minutes_and_seconds() -> None:
+    assert duration(0.4) == "0 s" and duration(45) == "45 s" and duration(144) == "2 min 24 s"
+    assert duration(5760) == "1 h 36 min" and duration(96 * HOUR) == "96 h"
+    assert duration(5760, short=True) == "1h36m" and duration(144, short=True) == "2m24s"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sweeper.errors import SweeperError
+from sweeper.training import batches
 from sweeper.training.batches import DeviceSplit
 from sweeper.training.config import TrainConfig
 from sweeper.training.data import SplitData
@@ -98,6 +99,26 @@ def test_bf16_on_the_cpu_learns_as_well_as_fp32(small_cifar: SplitData) -> None:
         assert result.status == "completed"
         accuracy[bf16] = result.best_val_acc
     assert accuracy[True] > 0.25 and abs(accuracy[True] - accuracy[False]) < 0.03, accuracy
+
+
+def test_a_run_reports_its_pace_early_in_its_first_epoch_then_as_measured(
+    small_cifar: SplitData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said: list[tuple[str, dict]] = []
+    config = TrainConfig(**FAST, epochs=2)
+    epoch = lambda metrics, _: said.append(("epoch", metrics))  # noqa: E731
+    result = train(config, small_cifar, callback=epoch, pace=lambda p: said.append(("pace", p)))
+    first = result.history[0]
+    measured = {"images_per_s": first["images_per_s"], "epoch_s": first["seconds"]}
+    assert said == [("pace", measured), ("epoch", first), ("epoch", result.history[1])]
+    monkeypatch.setattr(batches, "PACE_AFTER_S", 0.0)  # an epoch long enough to say it early
+    said.clear()
+    result = train(config, small_cifar, callback=epoch, pace=lambda p: said.append(("pace", p)))
+    assert [what for what, _ in said] == ["pace", "pace", "epoch", "epoch"]
+    early = said[0][1]
+    assert 0.25 < early["images_per_s"] / result.history[0]["images_per_s"] < 4
+    images = len(small_cifar.train_y) + len(small_cifar.val_y) / 3  # validation: forward only
+    assert early["epoch_s"] == pytest.approx(images / early["images_per_s"])
 
 
 def test_callback_can_stop_training(small_cifar: SplitData) -> None:

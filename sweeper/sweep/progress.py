@@ -26,6 +26,7 @@ COLUMNS = {
 }  # fmt: skip
 SURPLUS = f"user_attrs_{Attr.SURPLUS}"
 INTERRUPTED = f"user_attrs_{Attr.INTERRUPTED}"
+HINT_AFTER_S = 3 * 3600  # a sweep that would take longer here says how to make it shorter
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -67,29 +68,36 @@ def status_text(study: optuna.Study, fmt: str) -> str:
 
 class Progress:
     """A live bar: finished / budget, with done, pruned, failed, interrupted (they resume on the
-    next launch), running and the best so far."""
+    next launch), the running trials with their pace, the time left and the best so far."""
 
     def __init__(self, study: optuna.Study, budget: int | None, enabled: bool = True) -> None:
         self.study = study
         self.bar = tqdm(total=budget, desc=study.study_name, unit="trial", disable=not enabled,
                         dynamic_ncols=True)  # fmt: skip
         self.seen: set[int] = set()
+        self.paced: set[int] = set()  # running trials whose pace has been said (no terminal)
+        self.hinted = False
 
     def update(self) -> None:
         trials = counted_trials(self.study)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
+        finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         cut = sum(interrupted(t) for t in trials)
-        self.bar.update(count[TrialState.COMPLETE] + count[TrialState.PRUNED] - self.bar.n)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        self.bar.update(finished - self.bar.n)
         best = self._best()
+        left = time_left(running, self.bar.total and self.bar.total - finished - len(running))
         postfix: dict[str, object] = {"done": count[TrialState.COMPLETE],
                                       "pruned": count[TrialState.PRUNED],
                                       "failed": count[TrialState.FAIL] - cut}  # fmt: skip
         if cut:
             postfix["interrupted"] = cut
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        postfix["running"] = " ".join(_epoch_of(t) for t in running) or 0
+        postfix["running"] = " ".join(_running(t) for t in running) or 0
+        if left is not None:
+            postfix["left"] = f"~{duration(left, short=True)}"
         postfix["best"] = f"{metric_value(best):.4f} (#{best.number})" if best else "-"
         self.bar.set_postfix(postfix)
+        self._say_pace(running, left)
         if self.bar.disable:  # no terminal: one line per trial that ended
             for t in trials:
                 if t.state.is_finished() and t.number not in self.seen:
@@ -97,6 +105,22 @@ class Progress:
                     value = _values(t, self.study.metric_names)
                     state = "INTERRUPTED" if interrupted(t) else t.state.name
                     print(f"trial {t.number} {state} value={value}", flush=True)
+
+    def _say_pace(self, running: list[FrozenTrial], left: float | None) -> None:
+        """Once a trial's pace is known: without a terminal, one line for it; and once a
+        launch, a hint where what is left would take more than a few hours here."""
+        paced = [t for t in running if t.user_attrs.get(Attr.PACE)]
+        if self.bar.disable:
+            for t in paced:
+                if t.number not in self.paced:
+                    self.paced.add(t.number)
+                    print(f"trial {t.number} pace: {pace_text(t)}", flush=True)
+        if paced and not self.hinted:
+            slowest = max(paced, key=trial_seconds)
+            whole = left if left is not None else trial_seconds(slowest)
+            if whole > HINT_AFTER_S:
+                self.hinted = True
+                tqdm.write(long_sweep_hint(slowest, whole, self.bar.total, len(running)))
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
         try:
@@ -124,6 +148,65 @@ def interrupted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(Attr.INTERRUPTED))
 
 
+def epochs_of(trial: FrozenTrial) -> tuple[int, int | None]:
+    """The epochs a trial has reported (a multi-objective trial keeps them as its curve) and
+    its epoch budget (None if not known yet)."""
+    curve = [int(epoch) for epoch in trial.user_attrs.get(Attr.CURVE, {})]
+    done = max([*trial.intermediate_values, *curve], default=0)
+    return done, trial.user_attrs.get(Attr.CONFIG, {}).get("epochs")
+
+
+def trial_seconds(trial: FrozenTrial) -> float:
+    """A paced trial's whole training at its pace (before early stopping or pruning)."""
+    return trial.user_attrs[Attr.PACE]["epoch_s"] * (epochs_of(trial)[1] or 1)
+
+
+def time_left(running: list[FrozenTrial], to_start: int | None) -> float | None:
+    """Seconds until the running trials and the `to_start` others of the budget are trained, at
+    the pace of the running ones (as long as no trial stops early); None before a pace is
+    known or without a trial budget."""
+    paced = [t for t in running if t.user_attrs.get(Attr.PACE)]
+    if not paced or to_start is None:
+        return None
+    mean = sum(trial_seconds(t) for t in paced) / len(paced)
+    left = 0.0
+    for t in running:
+        done, epochs = epochs_of(t)
+        pace = t.user_attrs.get(Attr.PACE)
+        left += pace["epoch_s"] * max((epochs or 1) - done, 0) if pace else mean
+    return (left + max(to_start, 0) * mean) / len(running)
+
+
+def pace_text(trial: FrozenTrial) -> str:
+    """312 images/s on cpu, 2 min 24 s an epoch, 1 h 36 min for 40 epochs"""
+    pace = trial.user_attrs[Attr.PACE]
+    epochs = epochs_of(trial)[1] or 1
+    return (f"{pace['images_per_s']:.0f} images/s on {pace.get('device', '?')},"
+            f" {duration(pace['epoch_s'])} an epoch, {duration(trial_seconds(trial))}"
+            f" for {epochs} epochs")  # fmt: skip
+
+
+def long_sweep_hint(trial: FrozenTrial, left: float, budget: int | None, workers: int) -> str:
+    """One line: how long the sweep would take here, and the levers that shorten it."""
+    workers_text = f"{workers} worker{'s' * (workers > 1)}"
+    rest = f"; its {budget} trials need about {duration(left)} more on {workers_text}"
+    return (f"sweeper: note: trial {trial.number} trains at {pace_text(trial)}"
+            f"{rest if budget else ''} here. For a first look: fewer --epochs, a smaller"
+            " --train-size, fewer --trials, or a GPU")  # fmt: skip
+
+
+def duration(seconds: float, short: bool = False) -> str:
+    """1 h 36 min, 2 min 24 s, 45 s (short: 1h36m, 2m24s, 45s); hours past a day stay hours."""
+    whole = round(seconds)
+    parts = [(whole // 3600, "h"), (whole % 3600 // 60, "min"), (whole % 60, "s")]
+    shown = [(n, unit) for n, unit in parts if n][:2] if whole else [(0, "s")]
+    if whole >= 3600:
+        shown = [(n, unit) for n, unit in shown if unit != "s"]
+    if short:
+        return "".join(f"{n}{unit[0]}" for n, unit in shown)
+    return " ".join(f"{n} {unit}" for n, unit in shown)
+
+
 def _values(trial: optuna.trial.FrozenTrial, names: list[str] | None) -> str:
     """0.6786, or with costs: 0.6786 params=2.558e+04 (a multi-objective study's names)."""
     if not trial.values:
@@ -132,7 +215,12 @@ def _values(trial: optuna.trial.FrozenTrial, names: list[str] | None) -> str:
     return " ".join([f"{trial.values[0]:.4f}", *(f"{name}={v:.4g}" for name, v in costs)])
 
 
-def _epoch_of(trial: optuna.trial.FrozenTrial) -> str:
-    """A running trial as #3:2/5 (its number, the epochs it reported, of its budget)."""
-    epochs = trial.user_attrs.get(Attr.CONFIG, {}).get("epochs", "?")
-    return f"#{trial.number}:{max(trial.intermediate_values, default=0)}/{epochs}"
+def _running(trial: FrozenTrial) -> str:
+    """A running trial as #3:2/5 (its number, the epochs it reported, of its budget), with its
+    pace once known: #3:0/40@312img/s,2m24s/ep."""
+    done, epochs = epochs_of(trial)
+    shown = f"#{trial.number}:{done}/{epochs or '?'}"
+    if pace := trial.user_attrs.get(Attr.PACE):
+        epoch = duration(pace["epoch_s"], short=True)
+        shown += f"@{pace['images_per_s']:.0f}img/s,{epoch}/ep"
+    return shown

@@ -1,12 +1,23 @@
-"""Batches on the training device: one split resident there, cut, augmented and normalized."""
+"""Batches on the training device: one split resident there, cut, augmented and normalized;
+and the pace a run trains them at."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Called a few batches into a run's first epoch with the pace so far (images_per_s) and the
+# seconds an epoch takes at that pace (epoch_s), then with both as measured over that epoch: a
+# long run says early how long it takes.
+PaceCallback = Callable[[dict[str, float]], None]
+
+PACE_AFTER_S = 3.0  # the pace is measured over this many seconds of batches ...
+PACE_MIN_BATCHES = 2  # ... and at least this many, after a warm-up batch
+VAL_COST = 1 / 3  # a validation image costs about a third of a training one (forward only)
 
 
 class DeviceSplit:
@@ -74,3 +85,42 @@ def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) 
     cols = (dx[:, None] + columns)[:, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+class PaceMeter:
+    """Reports a run's pace twice: early, from its first batches after a warm-up batch
+    (allocations, kernel choice), once they took PACE_AFTER_S seconds; then measured, at the end
+    of the first epoch (the only report of an epoch shorter than that)."""
+
+    def __init__(
+        self, report: PaceCallback, train_images: int, val_images: int, device: torch.device
+    ) -> None:
+        self.report, self.device = report, device
+        self.epoch_images = train_images + VAL_COST * val_images
+        self.batches, self.images, self.early, self.done = 0, 0, False, False
+        self.started = 0.0
+
+    def batch(self, images: int) -> None:
+        """After each training step."""
+        if self.early or self.done:
+            return
+        self.batches += 1
+        if self.batches == 1:
+            self.started = self._now()
+            return
+        self.images += images
+        if self.batches > PACE_MIN_BATCHES and time.perf_counter() - self.started > PACE_AFTER_S:
+            self.early = True
+            per_s = self.images / (self._now() - self.started)
+            self.report({"images_per_s": per_s, "epoch_s": self.epoch_images / per_s})
+
+    def epoch(self, metrics: dict[str, float]) -> None:
+        """After an epoch, with its metrics: the first one's pace as measured."""
+        if not self.done:
+            self.done = True
+            self.report({"images_per_s": metrics["images_per_s"], "epoch_s": metrics["seconds"]})
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":  # the GPU runs behind the Python that queues its work
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()

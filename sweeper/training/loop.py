@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError
-from sweeper.training.batches import DeviceSplit
+from sweeper.training.batches import DeviceSplit, PaceCallback, PaceMeter
 from sweeper.training.config import TrainConfig
 from sweeper.training.data import SplitData
 from sweeper.training.models import build_model
@@ -136,6 +136,7 @@ def train(
     data: SplitData,
     callback: EpochCallback | None = None,
     resume: dict[str, Any] | None = None,
+    pace: PaceCallback | None = None,
 ) -> TrainResult:
     """Train one config; early stopping restores the best epoch's weights."""
     started = time.perf_counter()
@@ -147,7 +148,7 @@ def train(
     model = state.model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    sign = 1.0 if config.monitor == "val_acc" else -1.0
+    meter = PaceMeter(pace, len(train_split), len(val_split), device) if pace else None
     status = "completed"
     best_predictions = None
 
@@ -155,7 +156,7 @@ def train(
         epoch_started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         batches = train_split.batches(config.batch_size, state.generator, augment=config.augment)
-        trained = train_epoch(state, batches, loss_fn, autocast, config.grad_clip)
+        trained = train_epoch(state, batches, loss_fn, autocast, config.grad_clip, meter)
         if trained is None:
             status = "diverged"
             break
@@ -168,16 +169,13 @@ def train(
                    "seconds": time.perf_counter() - epoch_started,
                    "images_per_s": len(train_split) / train_seconds}  # fmt: skip
         state.history.append(metrics)
+        if meter is not None:
+            meter.epoch(metrics)
         if not math.isfinite(val_loss):
             status = "diverged"
             break
-        score = sign * metrics[config.monitor]
-        if state.best_score is None or score > state.best_score:
-            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if keep_if_best(state, config):
             best_predictions = val_logits.argmax(1)
-        else:
-            state.bad_epochs += 1
         if callback is not None and callback(metrics, state):
             status = "stopped"
             break
@@ -191,6 +189,19 @@ def train(
     return TrainResult(status, state.history, state.best_epoch, best_val_acc,
                        time.perf_counter() - started, model, device, *data.mean_std,
                        val_predictions=best_predictions if state.best_epoch else None)  # fmt: skip
+
+
+def keep_if_best(state: TrainState, config: TrainConfig) -> bool:
+    """Keep the last epoch's weights if its monitored metric is the best yet; count the epochs
+    without progress otherwise."""
+    sign = 1.0 if config.monitor == "val_acc" else -1.0
+    score = sign * state.history[-1][config.monitor]
+    if state.best_score is None or score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        state.best_weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        return True
+    state.bad_epochs += 1
+    return False
 
 
 def prepare(
@@ -227,6 +238,7 @@ def train_epoch(
     loss_fn: nn.Module,
     autocast: torch.autocast,
     grad_clip: float | None,
+    meter: PaceMeter | None = None,
 ) -> tuple[float, float] | None:
     """One pass over the batches: mean loss and accuracy, or None once the loss is not finite."""
     model, optimizer = state.model, state.optimizer
@@ -250,6 +262,8 @@ def train_epoch(
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
+        if meter is not None:
+            meter.batch(len(y))
         if step % check_every == 0 and not torch.isfinite(loss_sum):
             return None
     if not torch.isfinite(loss_sum):

@@ -21,6 +21,7 @@ from sweeper.spec.budget import counted_trials
 from sweeper.spec.objectives import behind_the_median, measure_costs
 from sweeper.spec.study import Study
 from sweeper.stores.tracking import TrialTracker
+from sweeper.training.batches import PaceCallback
 from sweeper.training.config import TrainConfig
 from sweeper.training.data import SplitData, split_of
 from sweeper.training.loop import (
@@ -31,6 +32,7 @@ from sweeper.training.loop import (
     resolved,
     train,
 )
+from sweeper.training.models.custom import BuilderError
 from sweeper.worker.checkpoints import (
     CheckpointError,
     drop_files,
@@ -59,6 +61,10 @@ class TrialTakenOver(Exception):
     trial and touches neither its checkpoints nor its run."""
 
 
+# Known causes of a failed trial, whose message says it all (no traceback)
+ONE_LINE_FAILURES = (TrialDiverged, SurplusTrial, CheckpointError, BuilderError)
+
+
 class _OneLineFailures(logging.Filter):
     """Optuna logs a failed trial with its traceback; for these known causes the line is enough."""
 
@@ -67,9 +73,7 @@ class _OneLineFailures(logging.Filter):
             return False
         if record.exc_info and isinstance(record.exc_info[1], TrialTakenOver):
             return False  # the worker says it in its own line
-        if record.exc_info and isinstance(
-            record.exc_info[1], TrialDiverged | SurplusTrial | CheckpointError
-        ):
+        if record.exc_info and isinstance(record.exc_info[1], ONE_LINE_FAILURES):
             record.exc_info = None
         return True
 
@@ -159,8 +163,12 @@ class Objective:
             pruned = epoch < config.epochs and self._should_prune(trial, epoch, value)
             return pruned
 
+        def on_pace(pace: dict[str, float]) -> None:  # for the launcher's bar: 1 or 2 writes
+            with contextlib.suppress(Exception):  # a figure to show: training goes on without
+                trial.set_user_attr(Attr.PACE, {**pace, "device": self.device})
+
         try:
-            result = self._train(trial, config, data, on_epoch, resume, last)
+            result = self._train(trial, config, data, (on_epoch, on_pace), resume, last)
             self._check_running(trial)
             return self._finish(trial, run_id, config, data, result, pruned, [last, *earlier])
         except (optuna.TrialPruned, TrialTakenOver):
@@ -171,7 +179,7 @@ class Objective:
             if STOPPING.is_set():
                 self._interrupted(trial, run_id)
                 raise KeyboardInterrupt from None
-            reason = str(exc) if isinstance(exc, TrialDiverged | CheckpointError) else repr(exc)
+            reason = str(exc) if isinstance(exc, ONE_LINE_FAILURES) else repr(exc)
             self._fail(trial, run_id, reason)
             drop_files([last, *earlier])
             raise
@@ -224,14 +232,15 @@ class Objective:
         trial: optuna.Trial,
         config: TrainConfig,
         data: SplitData,
-        on_epoch: EpochCallback,
+        callbacks: tuple[EpochCallback, PaceCallback],
         resume: dict[str, Any] | None,
         last: Path,
     ) -> TrainResult:
         """Train on a share of the GPU; out of memory while packed: again, alone, from `last`."""
+        on_epoch, on_pace = callbacks
         try:
             with gpu_slot(self.lock_dir, self.device):
-                return train(config, data, callback=on_epoch, resume=resume)
+                return train(config, data, callback=on_epoch, resume=resume, pace=on_pace)
         except torch.cuda.OutOfMemoryError:
             if not self.packed:
                 raise
@@ -241,7 +250,7 @@ class Objective:
         trial.set_user_attr(Attr.OOM_RETRIED_ALONE, True)
         resume = load_newest([last]) or resume
         with gpu_slot(self.lock_dir, self.device, exclusive=True):
-            return train(config, data, callback=on_epoch, resume=resume)
+            return train(config, data, callback=on_epoch, resume=resume, pace=on_pace)
 
     def _finish(
         self,
