@@ -11,7 +11,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from sweeper.stores import storage
-from sweeper.worker.objective import TrialDiverged, still_running
+from sweeper.worker.objective import TrialDiverged, set_user_attrs, still_running
 
 
 @pytest.mark.parametrize("name", [n for n in storage.REPEATED_METHODS if n.startswith("_")])
@@ -79,3 +79,18 @@ def test_several_user_attrs_of_a_trial_go_in_one_transaction(tmp_path: Path) -> 
     study.tell(trial, 1.0)
     with pytest.raises(RuntimeError):  # a finished trial is not updatable
         store.set_trial_user_attrs(trial._trial_id, {"a": 3})
+
+
+def test_a_trial_sets_several_attrs_through_the_backend_under_optunas_cache(
+    tmp_path: Path,
+) -> None:
+    """objective.set_user_attrs reaches RetryingStorage under Optuna's _CachedStorage
+    (`_backend`) and keeps the trial's own copy (`_cached_frozen_trial`) in step."""
+    study = optuna.create_study(storage=storage.make_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    trial = study.ask()
+    assert isinstance(trial.storage._backend, storage.RetryingStorage)
+    set_user_attrs(trial, {"a": 1, "b": [2]})
+    assert trial.user_attrs == {"a": 1, "b": [2]} == study.trials[0].user_attrs
+    in_memory = optuna.create_study().ask()  # no backend to batch: one call each
+    set_user_attrs(in_memory, {"a": 1})
+    assert in_memory.user_attrs == {"a": 1}

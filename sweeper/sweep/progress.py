@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook (sweeper.run_study) gets its own bar
 
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
 from sweeper.spec.budget import counted_trials

@@ -89,6 +89,17 @@ def earlier_tries(trial: optuna.Trial) -> list[int]:
     return RetryHeartbeatStaleTrialCallback.retry_history(frozen)
 
 
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Several user attributes at once: one storage transaction where the storage can."""
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
+    if not hasattr(backend, "set_trial_user_attrs"):  # the gRPC proxy's client
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    backend.set_trial_user_attrs(trial._trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs reads
+
+
 def still_running(trial: optuna.Trial) -> bool:
     """Whether the storage still holds the trial as RUNNING (one read of one trial)."""
     return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
@@ -146,10 +157,10 @@ class Objective:
         sampler = type(trial.study.sampler).__name__
         attrs = {Attr.MLFLOW_RUN_ID: run_id, Attr.WORKER: self.worker, Attr.NODE: NODE,
                  Attr.SAMPLER: sampler, Attr.CONFIG: config.to_dict()}  # fmt: skip
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
         if resume is not None:
-            trial.set_user_attr(Attr.RESUMED_FROM_EPOCH, resume["epoch"])
+            attrs[Attr.RESUMED_FROM_EPOCH] = resume["epoch"]
+        set_user_attrs(trial, attrs)
+        if resume is not None:
             self._replay(trial, run_id, resume["history"])
         pruned = False
 
@@ -262,9 +273,8 @@ class Objective:
         pruned: bool,
         epoch_files: list[Path],
     ) -> float | list[float]:
-        trial.set_user_attr(Attr.TRAIN_STATUS, result.status)
-        trial.set_user_attr(Attr.BEST_EPOCH, result.best_epoch)
-        trial.set_user_attr(Attr.EPOCHS_RUN, len(result.history))
+        set_user_attrs(trial, {Attr.TRAIN_STATUS: result.status, Attr.BEST_EPOCH: result.best_epoch,
+                               Attr.EPOCHS_RUN: len(result.history)})  # fmt: skip
         if result.status == "diverged":
             raise TrialDiverged(
                 f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
@@ -279,14 +289,15 @@ class Objective:
         if self.spec.costs and not pruned:
             costs = measure_costs(result.model, result.device, tuple(data.val_x.shape[1:]),
                                   result.history, self.spec.costs)  # fmt: skip
-            trial.set_user_attr(Attr.COSTS, costs)
             summary.update(costs)
         logged = self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE",
                                      classes=data.classes, val_labels=data.val_y,
                                      val_predictions=predictions.cpu().numpy().astype(np.int64),
                                      checkpoint=best, summary=summary)  # fmt: skip
         # One copy of the best weights: the run's artifact; the local file only if logging failed.
-        trial.set_user_attr(Attr.CHECKPOINT, logged or str(best))
+        set_user_attrs(
+            trial, {Attr.CHECKPOINT: logged or str(best), **({Attr.COSTS: costs} if costs else {})}
+        )
         drop_files([best, *epoch_files] if logged else epoch_files)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
