@@ -354,3 +354,33 @@ def test_a_new_embedded_store_is_a_copy_of_the_migrated_template(
     # the template itself stays empty: the next new store starts from the same tables
     assert sqlite3.connect(template).execute(rows).fetchall() == template_rows
     assert [e.name for e in client.search_experiments()] == ["second", "Default"]
+
+
+def test_the_figure_drawer_keeps_polls_short_and_draws_the_best_first(uri: str) -> None:
+    """Trials finishing faster than figures draw: each poll draws for its time budget (at least
+    one), best first; after the phase only the best `final_top` of the rest are drawn."""
+    study_name = "many-figures"
+    experiment_id = experiment_for(uri, study_name)
+    tracker = TrialTracker(uri, experiment_id, None)
+    labels = np.array([0, 1, 2])
+    runs = {}
+    for number in range(5):
+        runs[number] = tracker.start(study_name, number, CONFIG, {})
+        tracker.finish(runs[number], "COMPLETE", classes=CLASSES, val_labels=labels,
+                       val_predictions=labels, summary={"best_val_acc": 0.5})  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate([0.3, 0.9, 0.1, 0.7, 0.5]):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, user_attrs={"mlflow_run_id": runs[number]}))  # fmt: skip
+    draw = FigureDrawer(uri, budget_s=0.0, final_top=2)
+    draw(study)
+    assert draw.drawn == {runs[1]}  # one figure a poll: the best trial's
+    draw(study, final=True)
+    assert draw.drawn == {runs[1], runs[3], runs[4]}  # then the best 2 of the rest, no more
+    client = MlflowClient(tracking_uri=uri)
+    pictures = {
+        n
+        for n, run in runs.items()
+        if "plots/confusion_matrix.png" in {f.path for f in client.list_artifacts(run, "plots")}
+    }
+    assert pictures == {1, 3, 4}

@@ -63,7 +63,7 @@ def launch(
         commands = worker_commands(spec.file, paths, pool.devices, flags)
         work = Work(budget, deadline, spec.stop_rule)
         if not run_phase(pool, commands, setup, work, progress=progress,
-                         figures=lambda study: opened.figures(study)):  # fmt: skip
+                         figures=lambda *a, **k: opened.figures(*a, **k)):  # fmt: skip
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return EXIT_INTERRUPTED

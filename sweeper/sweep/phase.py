@@ -66,11 +66,11 @@ def run_phase(
     *,
     progress: bool,
     table: bool = True,
-    figures: Callable[[optuna.Study], None] | None = None,
+    figures: Callable[..., None] | None = None,
 ) -> bool:
     """Run the phase's workers until the work is done (then print the trials table unless not
     `table`); False if interrupted (Ctrl-C, SIGTERM). `figures(study)` draws finished trials'
-    figures at every poll."""
+    figures at every poll, and `figures(study, final=True)` once the phase is done."""
     opened: dict[str, Any] = {}
 
     def start() -> LaunchContext:
@@ -88,6 +88,8 @@ def run_phase(
     finally:
         if "bar" in opened:
             opened["bar"].close()
+    if done and figures is not None:
+        figures(opened["study"], final=True)
     if done and table:
         opened["bar"].summary()
     if done and pool.slots.all_gave_up():

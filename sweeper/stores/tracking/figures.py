@@ -7,7 +7,9 @@ is time nobody waits for."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -23,16 +25,25 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 class FigureDrawer:
     """Called once per poll of the launcher's loop, and once after it: draws the figures of the
-    trials that finished since, each run once."""
+    trials that finished since, each run once, the best first. A call draws for at most
+    `budget_s`, so the poll it is part of stays quick however fast trials finish; the last call
+    (`final`) draws the best `final_top` of those still waiting and leaves the rest (their
+    counts are in their runs, `plots/confusion_matrix.json`)."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, budget_s: float = 0.5, final_top: int = 10) -> None:
         self.client = RetryingClient(tracking_uri)
         self.drawn: set[str] = set()
+        self.budget_s, self.final_top = budget_s, final_top
 
-    def __call__(self, study: optuna.Study) -> None:
-        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+    def __call__(self, study: optuna.Study, final: bool = False) -> None:
+        started = time.monotonic()
+        waiting = [t for t in study.get_trials(deepcopy=False, states=FINISHED)
+                   if t.user_attrs.get(Attr.MLFLOW_RUN_ID) not in self.drawn]  # fmt: skip
+        sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+        waiting.sort(key=lambda t: sign * t.values[0] if t.values else math.inf)  # best first
+        for trial in waiting[: self.final_top] if final else waiting:
             run_id = trial.user_attrs.get(Attr.MLFLOW_RUN_ID)
-            if run_id is None or run_id in self.drawn:
+            if run_id is None:
                 continue
             self.drawn.add(run_id)
             with warn_on_error("confusion matrix", run_id):
@@ -40,6 +51,8 @@ class FigureDrawer:
                 if confusion is not None:
                     figure = confusion_matrix(confusion["counts"], confusion["classes"])
                     self.client.log_figure(run_id, figure, Artifact.CONFUSION_FIGURE)
+            if not final and time.monotonic() - started > self.budget_s:
+                return  # the next poll goes on
 
     def counts(self, run_id: str) -> dict | None:
         """What the worker logged; None for a run without counts (its trial never validated)."""
