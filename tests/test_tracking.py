@@ -356,9 +356,9 @@ def test_a_new_embedded_store_is_a_copy_of_the_migrated_template(
     assert [e.name for e in client.search_experiments()] == ["second", "Default"]
 
 
-def test_the_figure_drawer_keeps_polls_short_and_draws_the_best_first(uri: str) -> None:
+def test_the_figure_drawer_keeps_polls_short_and_draws_the_best_trials_only(uri: str) -> None:
     """Trials finishing faster than figures draw: each poll draws for its time budget (at least
-    one), best first; after the phase only the best `final_top` of the rest are drawn."""
+    one figure), best first, and only the best `top` trials ever get one."""
     study_name = "many-figures"
     experiment_id = experiment_for(uri, study_name)
     tracker = TrialTracker(uri, experiment_id, None)
@@ -372,11 +372,11 @@ def test_the_figure_drawer_keeps_polls_short_and_draws_the_best_first(uri: str) 
     for number, value in enumerate([0.3, 0.9, 0.1, 0.7, 0.5]):
         study.add_trial(optuna.trial.create_trial(
             value=value, user_attrs={"mlflow_run_id": runs[number]}))  # fmt: skip
-    draw = FigureDrawer(uri, budget_s=0.0, final_top=2)
+    draw = FigureDrawer(uri, budget_s=0.0, top=3)
     draw(study)
     assert draw.drawn == {runs[1]}  # one figure a poll: the best trial's
     draw(study, final=True)
-    assert draw.drawn == {runs[1], runs[3], runs[4]}  # then the best 2 of the rest, no more
+    assert draw.drawn == {runs[1], runs[3], runs[4]}  # the best 3, no more
     client = MlflowClient(tracking_uri=uri)
     pictures = {
         n

@@ -25,25 +25,24 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 class FigureDrawer:
     """Called once per poll of the launcher's loop, and once after it: draws the figures of the
-    trials that finished since, each run once, the best first. A call draws for at most
-    `budget_s`, so the poll it is part of stays quick however fast trials finish; the last call
-    (`final`) draws the best `final_top` of those still waiting and leaves the rest (their
-    counts are in their runs, `plots/confusion_matrix.json`)."""
+    best `top` finished trials, each run once, as they become so (a study of thousands of
+    trials would otherwise keep the launcher drawing; every run keeps its counts,
+    `plots/confusion_matrix.json`). A poll's call draws for at most `budget_s` (at least one
+    figure), so the poll stays quick; `final` draws all that are left."""
 
-    def __init__(self, tracking_uri: str, budget_s: float = 0.5, final_top: int = 10) -> None:
+    def __init__(self, tracking_uri: str, budget_s: float = 0.5, top: int = 10) -> None:
         self.client = RetryingClient(tracking_uri)
         self.drawn: set[str] = set()
-        self.budget_s, self.final_top = budget_s, final_top
+        self.budget_s, self.top = budget_s, top
 
     def __call__(self, study: optuna.Study, final: bool = False) -> None:
         started = time.monotonic()
-        waiting = [t for t in study.get_trials(deepcopy=False, states=FINISHED)
-                   if t.user_attrs.get(Attr.MLFLOW_RUN_ID) not in self.drawn]  # fmt: skip
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
         sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-        waiting.sort(key=lambda t: sign * t.values[0] if t.values else math.inf)  # best first
-        for trial in waiting[: self.final_top] if final else waiting:
+        finished.sort(key=lambda t: sign * t.values[0] if t.values else math.inf)  # best first
+        for trial in finished[: self.top]:
             run_id = trial.user_attrs.get(Attr.MLFLOW_RUN_ID)
-            if run_id is None:
+            if run_id is None or run_id in self.drawn:
                 continue
             self.drawn.add(run_id)
             with warn_on_error("confusion matrix", run_id):
