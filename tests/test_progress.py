@@ -108,3 +108,18 @@ def test_durations_read_as_hours_minutes_and_seconds() -> None:
     assert duration(0.4) == "0 s" and duration(45) == "45 s" and duration(144) == "2 min 24 s"
     assert duration(5760) == "1 h 36 min" and duration(96 * HOUR) == "96 h"
     assert duration(5760, short=True) == "1h36m" and duration(144, short=True) == "2m24s"
+
+
+def test_a_poll_reads_the_trials_once_for_the_bar_and_the_best(tmp_path: Path) -> None:
+    """The launcher's poll: one read of the trials; the bar's best and the figure drawer use it."""
+    study = sqlite_study(tmp_path)
+    for value in (0.4, 0.7, 0.5):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value))
+    reads = []
+    get_trials = study.get_trials
+    study.get_trials = lambda *a, **k: reads.append(1) or get_trials(*a, **k)
+    progress = Progress(study, 5, enabled=False)
+    progress.update()
+    assert len(reads) == 1
+    assert [t.number for t in progress.trials] == [0, 1, 2]
+    assert "best=0.7000 (#1)" in progress.bar.postfix

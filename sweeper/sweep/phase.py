@@ -78,9 +78,9 @@ def run_phase(
         opened["study"], opened["bar"] = study, Progress(study, work.budget, enabled=progress)
         return context
 
-    def draw() -> None:
+    def draw() -> None:  # after the bar's update, whose read of the trials it shares
         if figures is not None:
-            figures(opened["study"])
+            figures(opened["study"], trials=opened["bar"].trials)
 
     try:
         done = supervise(pool, commands, start, lambda: work.remains(opened["study"]),

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm  # a notebook (sweeper.run_study) gets its own bar
 
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
 from sweeper.spec.budget import counted_trials
-from sweeper.spec.objectives import best_by_metric, maximizing, metric_value
+from sweeper.spec.objectives import maximizing, metric_value, ranked
 
 if TYPE_CHECKING:  # pandas loads with the first table: the launcher starts its workers sooner
     import pandas as pd
@@ -74,18 +74,21 @@ class Progress:
         self.study = study
         self.bar = tqdm(total=budget, desc=study.study_name, unit="trial", disable=not enabled,
                         dynamic_ncols=True)  # fmt: skip
+        self.trials: list[FrozenTrial] = []  # as the last update read them
         self.seen: set[int] = set()
         self.paced: set[int] = set()  # running trials whose pace has been said (no terminal)
         self.hinted = False
 
     def update(self) -> None:
-        trials = counted_trials(self.study)
+        """One read of the study's trials a poll; the figure drawer shares it (`trials`)."""
+        self.trials = trials = counted_trials(self.study)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
         finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         cut = sum(interrupted(t) for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         self.bar.update(finished - self.bar.n)
-        best = self._best()
+        done = ranked([t for t in trials if t.state == TrialState.COMPLETE], self.study)
+        best = done[0] if done else None
         left = time_left(running, self.bar.total and self.bar.total - finished - len(running))
         postfix: dict[str, object] = {"done": count[TrialState.COMPLETE],
                                       "pruned": count[TrialState.PRUNED],
@@ -121,12 +124,6 @@ class Progress:
             if whole > HINT_AFTER_S:
                 self.hinted = True
                 tqdm.write(long_sweep_hint(slowest, whole, self.bar.total, len(running)))
-
-    def _best(self) -> optuna.trial.FrozenTrial | None:
-        try:
-            return best_by_metric(self.study)
-        except ValueError:  # a trial finished between the two reads
-            return None
 
     def close(self) -> None:
         self.update()

@@ -35,9 +35,14 @@ class FigureDrawer:
         self.drawn: set[str] = set()
         self.budget_s, self.top = budget_s, top
 
-    def __call__(self, study: optuna.Study, final: bool = False) -> None:
+    def __call__(
+        self, study: optuna.Study, final: bool = False, trials: list | None = None
+    ) -> None:
+        """`trials`: the study's trials as the caller just read them (else read here)."""
         started = time.monotonic()
-        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in FINISHED]
         sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
         finished.sort(key=lambda t: sign * t.values[0] if t.values else math.inf)  # best first
         for trial in finished[: self.top]:
