@@ -97,7 +97,8 @@ def one_scale(trials: int, workers: int, trial_s: float) -> dict[str, float | st
     cpu, peak = 0.0, 0
     while launcher.poll() is None:
         with contextlib.suppress(OSError, IndexError):  # it is ending
-            cpu, peak = launcher_sample(launcher.pid)
+            cpu, now = launcher_sample(launcher.pid)
+            peak = max(peak, now)  # a zombie launcher shows no VmHWM
         time.sleep(0.2)
     wall = time.perf_counter() - started
     ended = time.time()

@@ -21,6 +21,9 @@ COLUMNS = ["trial", "mlflow_run", "state", "model", "gpu", "batch_size", "activa
            "best_epoch", "epochs_run", "val_acc", "other", "status", "fail_reason"]  # fmt: skip
 
 
+SHOWN_CURVES = 24  # settings drawn, best first
+
+
 def summary(data: StudyData) -> str:
     """Summary"""
     counts = ", ".join(
@@ -59,10 +62,13 @@ def summary(data: StudyData) -> str:
 
 def table(data: StudyData):
     """One row per setting, best first"""
-    rows = data.settings.sort_values(
+    return best_first(data)[COLUMNS]
+
+
+def best_first(data: StudyData):
+    return data.settings.sort_values(
         ["value", "trial"], ascending=[not data.maximize, True], na_position="last"
     )
-    return rows[COLUMNS]
 
 
 def curves(data: StudyData):
@@ -70,6 +76,11 @@ def curves(data: StudyData):
     frame = data.curves.dropna(subset=["val_acc"])
     if frame.empty:
         return "No epoch has finished yet."
+    ranked = best_first(data)["setting"].tolist()
+    note = []
+    if len(ranked) > SHOWN_CURVES:  # thousands of plots would not open; the CSV has every row
+        frame = frame[frame["setting"].isin(ranked[:SHOWN_CURVES])]
+        note = [f"The best {SHOWN_CURVES} of {len(ranked)} settings (the table has them all)."]
     settings = frame["setting"].nunique()
     rows = -(-settings // 3)
     together = px.line(frame, x="epoch", y="val_acc", color="setting", markers=True,
@@ -84,7 +95,7 @@ def curves(data: StudyData):
     apart.update_yaxes(range=[0, 1])
     for figure in (together, apart):
         figure.update_xaxes(dtick=1)
-    return [together, apart]
+    return [*note, together, apart]
 
 
 def pareto(data: StudyData):
