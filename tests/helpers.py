@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def descendants(pid: int) -> list[int]:
     for child in list(found):
         found += descendants(child)
     return found
+
+
+def first_epoch_checkpoint(sweep_dir: Path, launcher: subprocess.Popen,
+                           study: str = "quickstart") -> int:  # fmt: skip
+    """Wait until a trial of the launch is past its first epoch; return its number."""
+    checkpoints = sweep_dir / "checkpoints" / study
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("trial-*-last.pt")):
+        assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    return int(next(checkpoints.glob("trial-*-last.pt")).name.split("-")[1])
 
 
 def running(pid: int) -> bool:

@@ -8,13 +8,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
-from helpers import FINISHED, SWEEPER, TINY, descendants, sweeper, sweeper_here
+from helpers import (
+    FINISHED,
+    SWEEPER,
+    TINY,
+    descendants,
+    first_epoch_checkpoint,
+    sweeper,
+    sweeper_here,
+)
 from PIL import Image
 
 from sweeper.ensemble.export import load_exported
@@ -68,12 +75,7 @@ def stored(sweep_dir: Path) -> optuna.Study:
 
 def kill_a_worker_past_its_first_epoch(sweep_dir: Path, launcher: subprocess.Popen) -> int:
     """SIGKILL the worker of the first trial that saved an epoch checkpoint; its number."""
-    checkpoints = sweep_dir / "checkpoints" / "mine"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("trial-*-last.pt")):
-        assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
-        time.sleep(0.2)
-    number = int(next(checkpoints.glob("trial-*-last.pt")).name.split("-")[1])
+    number = first_epoch_checkpoint(sweep_dir, launcher, "mine")
     worker = stored(sweep_dir).trials[number].user_attrs["worker"]
     named = f"--worker-name\0{worker}\0"
     (pid,) = [

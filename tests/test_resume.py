@@ -5,7 +5,6 @@ launcher that fails before it hands over, a launch without its data."""
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from helpers import (
     TINY,
     Store,
     children,
+    first_epoch_checkpoint,
     launch,
     processes_mentioning,
     sweeper,
@@ -61,14 +61,18 @@ def start_launch(
                             text=True, start_new_session=group)  # fmt: skip
 
 
-def first_epoch_checkpoint(sweep_dir: Path, launcher: subprocess.Popen) -> int:
-    """Wait until a trial is past its first epoch; return its number."""
-    checkpoints = sweep_dir / "checkpoints" / "quickstart"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("trial-*-last.pt")):
-        assert time.time() < deadline and launcher.poll() is None, "no checkpoint appeared"
-        time.sleep(0.2)
-    return int(next(checkpoints.glob("trial-*-last.pt")).name.split("-")[1])
+def worker_here(paths: SweepPaths, datasets_dir: Path, epochs: int) -> int:
+    """A worker of 2 quickstart trials in this process; the signal handlers it sets put back."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        overrides = {"epochs": epochs, "train_size": 500, "data_dir": str(datasets_dir)}
+        return run_worker(load_study(QUICKSTART), paths, device="cpu", worker="w0",
+                          experiment_id=None, parent_run_id=None, budget=2, deadline=None,
+                          overrides=overrides)  # fmt: skip
+    finally:
+        interrupt.STOPPING.clear()
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
 
 
 def test_a_killed_worker_loses_no_trial(
@@ -163,17 +167,7 @@ def test_a_trial_cut_before_it_trains_is_queued_again(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trial_module, "split_of", interrupted)
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        overrides = {"epochs": 1, "train_size": 500, "data_dir": str(datasets_dir)}
-        code = run_worker(load_study(QUICKSTART), paths, device="cpu", worker="w0",
-                          experiment_id=None, parent_run_id=None, budget=2, deadline=None,
-                          overrides=overrides)  # fmt: skip
-    finally:
-        interrupt.STOPPING.clear()
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    assert code == 130
+    assert worker_here(paths, datasets_dir, epochs=1) == 130
     cut, waiting = optuna.load_study(study_name="quickstart", storage=paths.storage_url).trials
     assert (cut.state.name, waiting.state.name) == ("FAIL", "WAITING")
     assert cut.user_attrs["interrupted"] and waiting.system_attrs["failed_trial"] == cut.number
@@ -245,17 +239,7 @@ def test_an_interrupt_a_library_turned_into_another_error_still_resumes(
             raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos")
 
     monkeypatch.setattr(trial_module, "save_atomic", save_then_interrupted)
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        overrides = {"epochs": 3, "train_size": 500, "data_dir": str(datasets_dir)}
-        code = run_worker(load_study(QUICKSTART), paths, device="cpu", worker="w0",
-                          experiment_id=None, parent_run_id=None, budget=2, deadline=None,
-                          overrides=overrides)  # fmt: skip
-    finally:
-        interrupt.STOPPING.clear()
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    assert code == 130
+    assert worker_here(paths, datasets_dir, epochs=3) == 130
     failed, waiting = optuna.load_study(study_name="quickstart", storage=paths.storage_url).trials
     assert (failed.state.name, waiting.state.name) == ("FAIL", "WAITING")
     assert waiting.system_attrs["failed_trial"] == failed.number
