@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from sweeper.errors import SweeperError
-from sweeper.pool import supervisor
+from sweeper.pool import local, supervisor
 from sweeper.pool.interface import EXIT_GAVE_UP, MAX_WORKER_RESTARTS, LaunchContext
 from sweeper.pool.local import LocalPool
 from sweeper.records import Attr
@@ -123,11 +123,34 @@ def test_an_interrupt_stops_every_worker_and_returns_false(tmp_path: Path) -> No
         if all(p.poll() is None for p in pool.slots.processes):
             raise KeyboardInterrupt
 
+    released = []
+
+    def on_interrupt() -> None:  # before the workers are stopped, and outside the except
+        released.append([p.poll() for p in pool.slots.processes])
+        assert sys.exc_info() == (None, None, None)
+
     started = time.monotonic()
     assert not supervisor.supervise(pool, commands, lambda: CONTEXT, lambda: True,
-                                    each_poll=[interrupt])  # fmt: skip
+                                    each_poll=[interrupt], on_interrupt=on_interrupt)  # fmt: skip
     assert time.monotonic() - started < 30
     assert [p.poll() for p in pool.slots.processes] == [-15, -15]  # SIGTERM, then reaped
+    assert released == [[None, None]]
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(local, "STOP_WAIT_S", 0.5)
+    stuck = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+             " sys.stdin.readline(); time.sleep(60)")  # fmt: skip
+    pool = LocalPool(["cpu"])
+    pool.start([[sys.executable, "-c", stuck]])
+    time.sleep(1)  # it has set its handler
+    started = time.monotonic()
+    pool.stop()
+    assert time.monotonic() - started < 10
+    assert pool.slots.processes[0].returncode == -9
+    assert "worker w0 did not stop within 0.5 s: killed" in capsys.readouterr().err
 
 
 def test_a_failed_setup_stops_the_workers_it_started(tmp_path: Path) -> None:

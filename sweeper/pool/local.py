@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sweeper.pool.interface import Slots
 
+STOP_WAIT_S = 60  # a stopping worker saves and logs what it has; then it is killed
+
 # An NVIDIA, AMD (ROCm) or WSL2 GPU driver shows one of these; without them torch sees no GPU.
 GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
@@ -66,8 +68,15 @@ class LocalPool:
         for process in self.slots.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.slots.processes:
-            process.wait()
+        for i, process in enumerate(self.slots.processes):
+            try:
+                process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:  # stuck: the launcher must not wait forever
+                process.kill()
+                process.wait()
+                print(f"sweeper: worker w{i} did not stop within {STOP_WAIT_S} s: killed; its"
+                      " trial resumes from its last epoch checkpoint on the next launch",
+                      file=sys.stderr)  # fmt: skip
 
 
 def give(worker: subprocess.Popen, line: str) -> None:

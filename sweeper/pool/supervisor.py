@@ -18,14 +18,20 @@ def supervise(
     setup: Callable[[], LaunchContext],
     work_remains: Callable[[], bool],
     each_poll: Sequence[Callable[[], None]] = (),
+    on_interrupt: Callable[[], None] = lambda: None,
 ) -> bool:
     """Run the workers until every one has ended; False if interrupted (Ctrl-C, SIGTERM). Whether
     they all gave up is pool.slots.all_gave_up() then.
 
     The workers start first: while they import torch and MLflow (seconds), setup() opens what
     they work on and returns the launch context each reads on its stdin. Each callback of
-    `each_poll` runs at every poll and once after the workers ended."""
+    `each_poll` runs at every poll and once after the workers ended.
+
+    On Ctrl-C, on_interrupt() lets go of what the launcher held when the interrupt came (a
+    database transaction it cut, which the stopping workers wait for) before the workers are
+    stopped and waited for."""
     pool.start(commands)
+    interrupted = False
     try:
         pool.slots.hand(setup().line())
         while pool.slots.supervise(work_remains):
@@ -34,10 +40,12 @@ def supervise(
             pool.wait(POLL_S)
         for callback in each_poll:
             callback()
-    except BaseException as error:  # the launcher stops: its workers must not run on, orphaned
+    except KeyboardInterrupt:
+        interrupted = True  # stopped below, once the frames the interrupt cut are let go
+    except BaseException:  # the launcher stops: its workers must not run on, orphaned
         pool.stop()
-        if isinstance(error, KeyboardInterrupt):
-            return False
         raise
+    if interrupted:
+        on_interrupt()
     pool.stop()  # all ended: only Ray actors have something to let go
-    return True
+    return not interrupted

@@ -84,7 +84,8 @@ def run_phase(
 
     try:
         done = supervise(pool, commands, start, lambda: work.remains(opened["study"]),
-                         each_poll=[lambda: opened["bar"].update(), draw])  # fmt: skip
+                         each_poll=[lambda: opened["bar"].update(), draw],
+                         on_interrupt=lambda: release(opened.get("study")))  # fmt: skip
     finally:
         if "bar" in opened:
             opened["bar"].close()
@@ -95,6 +96,14 @@ def run_phase(
     if done and pool.slots.all_gave_up():
         raise SweeperError("every worker gave up after failed trials; their errors are above")
     return done
+
+
+def release(study: optuna.Study | None) -> None:
+    """Close this thread's session of the study's storage: a transaction that Ctrl-C cut in the
+    middle would hold SQLite's lock while the stopping workers wait for it."""
+    backend = getattr(getattr(study, "_storage", None), "_backend", None)
+    if hasattr(backend, "remove_session"):
+        backend.remove_session()
 
 
 def worker_flags(
