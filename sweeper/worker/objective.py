@@ -312,8 +312,18 @@ class Objective:
     def _interrupted(self, trial: optuna.Trial, run_id: str) -> None:
         """Mark the trial for its retry, which resumes from its last checkpoint and run."""
         trial.set_user_attr(Attr.INTERRUPTED, True)
-        with contextlib.suppress(Exception):  # the retry reopens the run anyway
-            self.tracker.finish(run_id, "FAIL", reason="interrupted; resumes on next launch")
+        # Best effort, and quiet: the retry reopens the run anyway. The interrupt may have cut
+        # a write to the MLflow store, whose lock this one then waits out, and MLflow logs the
+        # "database is locked" it gets with a traceback; the launcher says in one line what
+        # was kept.
+        store_log = logging.getLogger("mlflow.store.db.utils")
+        level = store_log.level
+        store_log.setLevel(logging.CRITICAL)
+        try:
+            with contextlib.suppress(Exception):
+                self.tracker.finish(run_id, "FAIL", reason="interrupted; resumes on next launch")
+        finally:
+            store_log.setLevel(level)
 
     def _mark_interrupted(self, trial: optuna.Trial) -> None:
         """Whenever Ctrl-C or SIGTERM cut the trial, this worker queues its retry (loop.py)."""
