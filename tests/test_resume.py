@@ -61,6 +61,15 @@ def start_launch(
                             text=True, start_new_session=group)  # fmt: skip
 
 
+def stop_line(err: str) -> str:
+    """The launcher's one line on stderr after Ctrl-C. Nothing else may be there but the report
+    Python itself prints when the interrupt lands in a garbage-collection callback ("Exception
+    ignored in", rare): the training loop then notices the stop at its next batch."""
+    *before, line = err.strip().splitlines() or [""]
+    assert not before or before[0].startswith("Exception ignored in"), err[-3000:]
+    return line
+
+
 def worker_here(paths: SweepPaths, datasets_dir: Path, epochs: int) -> int:
     """A worker of 2 quickstart trials in this process; the signal handlers it sets put back."""
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -108,7 +117,7 @@ def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 130, err[-3000:]
-    assert err.startswith("sweeper: stopped;") and len(err.splitlines()) == 1, err[-3000:]
+    assert stop_line(err).startswith("sweeper: stopped;"), err[-3000:]
     trials = storage.load().get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
     (waiting,) = [t for t in trials if t.state.name == "WAITING"]
@@ -142,8 +151,7 @@ def test_ctrl_c_at_a_terminal_stops_quietly_and_the_cut_trial_resumes(
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     assert launcher.returncode == 130, err[-3000:]
-    assert err.startswith("sweeper: stopped; 0 of 2 trials done and kept; the 1 cut short")
-    assert len(err.splitlines()) == 1, err[-3000:]
+    assert stop_line(err).startswith("sweeper: stopped; 0 of 2 trials done and kept; the 1 cut")
     (cut,) = [t for t in storage.load().trials if t.state.name == "FAIL"]
     assert out.splitlines()[-1] == f"trial {cut.number} INTERRUPTED value=-"
     again = start_launch(tmp_path, storage, datasets_dir, "--trials", "2")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError
+from sweeper.interrupt import STOPPING
 from sweeper.training.batches import DeviceSplit, PaceCallback, PaceMeter
 from sweeper.training.config import TrainConfig
 from sweeper.training.data import SplitData
@@ -250,6 +251,8 @@ def train_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for step, (x, y) in enumerate(batches):
+        if STOPPING.is_set():  # the interrupt was raised where Python could not pass it on
+            raise KeyboardInterrupt
         with autocast:
             logits = model(x)
             loss = loss_fn(logits, y)
