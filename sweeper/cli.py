@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ from sweeper.pool.interface import Pool
 from sweeper.spec.study import load_by_name_or_file, load_study
 from sweeper.stores.paths import MLFLOW_URL, SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
-from sweeper.training.config import TrainConfig
+from sweeper.training.config import TrainConfig, json_mapping
 
-FLAG_TYPES = {"int": int, "float": float, "str": str, "dict[str, Any]": json.loads}
+FLAG_TYPES = {"int": int, "float": float, "str": str, "dict[str, Any]": json_mapping}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,3 +191,9 @@ def test_a_function_of_python_or_an_installed_package_is_never_called_as_a_build
     monkeypatch.setenv("SWEEPER_TRUSTED_MODULES", "timm")
     with pytest.raises(SweeperError, match="does not call for you"):
         build_model(resnet, 10, 3, 32)
+
+
+def test_model_args_that_are_not_a_json_object_are_one_line() -> None:
+    done = sweeper_here("train", "--model", "mynets:net", "--model-args", "{width: 3}")
+    assert done.returncode == 2
+    assert "--model-args: expected a JSON object, e.g. '{\"width\": 32}'" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -163,6 +164,19 @@ def _builder_options(values: dict[str, Any], names: list[str]) -> dict[str, Any]
     if values.get("model_code") is None:
         values["model_code"] = code_hash(values["model"])
     return {**values, "model_args": args}
+
+
+def json_mapping(text: str) -> dict[str, Any]:
+    """A dict-valued flag (--model-args '{"width": 32}'); argparse shows the message."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object, e.g. '{{\"width\": 32}}'; got {text}"
+        )
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
