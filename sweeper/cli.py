@@ -262,11 +262,9 @@ def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def pool_of(args: argparse.Namespace, paths: SweepPaths) -> Pool:
     """Where the workers run, chosen once: this machine, or the Ray cluster of --ray."""
-    from sweeper.pool import local, ray  # the launcher's side: a worker process never loads it
+    from sweeper.sweep.notebook import pool_of as pool_for  # the launcher's side only
 
-    if args.ray is not None:
-        return ray.RayPool(paths, args.ray, args.workers, args.trials_per_gpu)
-    return local.LocalPool.of(args.workers, args.trials_per_gpu)
+    return pool_for(paths, args.ray, args.workers, args.trials_per_gpu)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -104,7 +104,7 @@ def run_study(
 
 
 def pool_of(paths: SweepPaths, ray: str | None, workers: int | None, per_gpu: int) -> Any:
-    """This machine's workers, or a Ray cluster's (as the CLI's --ray)."""
+    """Where the workers run, chosen once: this machine, or a Ray cluster (--ray, ray=)."""
     from sweeper.pool import local
     from sweeper.pool import ray as ray_pool
 
