@@ -34,6 +34,15 @@ def test_shipped_studies_load(name: str) -> None:
         ("study = Study(name='x', space=bad_opt)", "optimizer='adamm' is invalid"),
         ("study = Study(name='x', space=space, fixed={'lrr': 1})", "unknown key 'lrr'"),
         ("study = Study(name='x', space=space, sampler='grid')", "needs sampler_options"),
+        (
+            "study = Study(name='x', space=space, sampler_options={'history': 5})",
+            "history=5: give a whole number of trials, 10 or more (None: every trial)",
+        ),
+        (
+            "study = Study(name='x', space=space, sampler='random',"
+            " sampler_options={'history': 100})",
+            "unexpected keyword argument 'history'",
+        ),
         ("study = Study(name='x', space=space, stop_after=0)", "stop_after=0 is invalid"),
         ("study = Study(name='x', space=space, objectives=['params'])", "objectives=['params']"),
         ("study = Study(name='x', space=space, objectives=['val_acc', 'flops'])", "then costs"),

@@ -14,6 +14,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from sweeper.errors import SweeperError, bad_value
+from sweeper.spec.history import DEFAULT_LIMIT, BoundedHistory
 from sweeper.spec.objectives import COSTS, pick_rule
 from sweeper.spec.stopping import StopRule
 from sweeper.spec.userfile import import_file, line_in, module_name_of, one_line
@@ -116,6 +117,8 @@ class Study:
                 sampler.reseed_rng()
             return sampler
         options = dict(self.sampler_options)
+        # TPE only: how many finished trials it learns from (None: all), see spec/history.py
+        history = options.pop("history", DEFAULT_LIMIT) if self.sampler == "tpe" else None
         seed = (self.seed + 1000 * worker) % 2**32
         if self.sampler == "grid":
             if "search_space" not in options:
@@ -132,6 +135,8 @@ class Study:
             "gp": optuna.samplers.GPSampler,
             "nsga2": optuna.samplers.NSGAIISampler,
         }[self.sampler]
+        if self.sampler == "tpe" and history is not None:
+            return BoundedHistory(cls(seed=seed, **options), history)
         return cls(seed=seed, **options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -240,7 +245,7 @@ def validate(study: Study, draws: int = 32) -> None:
     try:
         study.make_sampler()
         study.make_pruner()
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise SweeperError(f"{where}: sampler_options / pruner_options: {exc}") from None
     probe = optuna.create_study(
         direction=study.direction, sampler=optuna.samplers.RandomSampler(seed=study.seed)

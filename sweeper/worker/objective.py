@@ -18,6 +18,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sweeper.interrupt import STOPPING
 from sweeper.records import Attr, Tag, best_file_name, epoch_file_name
 from sweeper.spec.budget import counted_trials
+from sweeper.spec.history import sampler_name
 from sweeper.spec.objectives import behind_the_median, measure_costs
 from sweeper.spec.study import Study
 from sweeper.stores.tracking import TrialTracker
@@ -154,7 +155,7 @@ class Objective:
         earlier = [self.epoch_file(number) for number in earlier_tries(trial)]
         resume = load_newest(earlier[::-1])
         run_id = self._start_run(trial, config, data)
-        sampler = type(trial.study.sampler).__name__
+        sampler = sampler_name(trial.study.sampler)
         attrs = {Attr.MLFLOW_RUN_ID: run_id, Attr.WORKER: self.worker, Attr.NODE: NODE,
                  Attr.SAMPLER: sampler, Attr.CONFIG: config.to_dict()}  # fmt: skip
         if resume is not None:
