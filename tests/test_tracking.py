@@ -25,6 +25,7 @@ from sweeper.stores.tracking import (
     experiment_for,
     fetch_checkpoint,
     run_config,
+    runs,
     start_launch_run,
 )
 from sweeper.stores.tracking.figures import FigureDrawer
@@ -82,6 +83,10 @@ def history(epochs: int) -> list[dict[str, float]]:
     ]
 
 
+def client_metric_steps(uri: str, run_id: str) -> list[int]:
+    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_acc")]
+
+
 def count_log_batch(tracker: TrialTracker) -> list[int]:
     """Count the tracker's log_batch calls to MLflow (the real method still runs)."""
     calls: list[int] = []
@@ -125,7 +130,9 @@ def test_launch_with_two_trials(tmp_path: Path, uri: str) -> None:
     calls = count_log_batch(tracker)
     for row in history(3):
         tracker.log_epoch(first, row, row["epoch"])
-    assert len(calls) == 3
+    # the first epoch at once; the next ones, within SEND_EVERY_S of it, wait for the next write
+    assert len(calls) == 1
+    assert client_metric_steps(uri, first) == [1]
     tracker.log_epoch(second, history(1)[0], 1)
 
     checkpoint = tmp_path / "best.pt"
@@ -293,8 +300,22 @@ def test_log_epoch_cost(uri: str) -> None:
         tracker.log_epoch(run_id, row, epoch)
     mean_ms = (time.perf_counter() - started) / 20 * 1000
     print(f"\nlog_epoch: {mean_ms:.1f} ms mean over 20 calls ({len(row) - 1} metrics each)")
-    assert len(calls) == 20
+    assert len(calls) == 1  # the first; the others are buffered
+    tracker.finish(run_id, "COMPLETE", summary={"best_val_acc": 0.5})
+    assert len(calls) == 2  # the 19 epochs and the summary in one call
     assert tracker.logged_epochs(run_id) == set(range(1, 21))
+
+
+def test_slow_epochs_are_sent_as_they_end(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs further apart than SEND_EVERY_S show in the UI as soon as they end."""
+    monkeypatch.setattr(runs, "SEND_EVERY_S", 0.0)
+    tracker = TrialTracker(uri, experiment_for(uri, "slow"), None)
+    run_id = tracker.start("slow", 0, CONFIG, {})
+    calls = count_log_batch(tracker)
+    for row in history(3):
+        tracker.log_epoch(run_id, row, row["epoch"])
+        assert tracker.logged_epochs(run_id) == set(range(1, row["epoch"] + 1))
+    assert len(calls) == 3
 
 
 def test_queries_return_frames(uri: str) -> None:

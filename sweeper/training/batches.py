@@ -93,9 +93,14 @@ class PaceMeter:
     of the first epoch (the only report of an epoch shorter than that)."""
 
     def __init__(
-        self, report: PaceCallback, train_images: int, val_images: int, device: torch.device
+        self,
+        report: PaceCallback,
+        train_images: int,
+        val_images: int,
+        device: torch.device,
+        epochs: int,
     ) -> None:
-        self.report, self.device = report, device
+        self.report, self.device, self.epochs = report, device, epochs
         self.epoch_images = train_images + VAL_COST * val_images
         self.batches, self.images, self.early, self.done = 0, 0, False, False
         self.started = 0.0
@@ -115,9 +120,12 @@ class PaceMeter:
             self.report({"images_per_s": per_s, "epoch_s": self.epoch_images / per_s})
 
     def epoch(self, metrics: dict[str, float]) -> None:
-        """After an epoch, with its metrics: the first one's pace as measured."""
+        """After an epoch, with its metrics: the first one's pace as measured (unless it was the
+        last epoch: the pace is shown for running trials)."""
         if not self.done:
             self.done = True
+            if metrics["epoch"] >= self.epochs:
+                return
             self.report({"images_per_s": metrics["images_per_s"], "epoch_s": metrics["seconds"]})
 
     def _now(self) -> float:

@@ -149,7 +149,9 @@ def train(
     model = state.model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    meter = PaceMeter(pace, len(train_split), len(val_split), device) if pace else None
+    meter = (
+        PaceMeter(pace, len(train_split), len(val_split), device, config.epochs) if pace else None
+    )
     status = "completed"
     best_predictions = None
 

@@ -86,8 +86,7 @@ logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
 
 def earlier_tries(trial: optuna.Trial) -> list[int]:
     """The numbers of a retried trial's earlier tries, the first first (none for a first try)."""
-    (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
-    return RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    return RetryHeartbeatStaleTrialCallback.retry_history(trial.storage.get_trial(trial._trial_id))
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -274,9 +273,10 @@ class Objective:
         pruned: bool,
         epoch_files: list[Path],
     ) -> float | list[float]:
-        set_user_attrs(trial, {Attr.TRAIN_STATUS: result.status, Attr.BEST_EPOCH: result.best_epoch,
-                               Attr.EPOCHS_RUN: len(result.history)})  # fmt: skip
+        outcome = {Attr.TRAIN_STATUS: result.status, Attr.BEST_EPOCH: result.best_epoch,
+                   Attr.EPOCHS_RUN: len(result.history)}  # fmt: skip
         if result.status == "diverged":
+            set_user_attrs(trial, outcome)
             raise TrialDiverged(
                 f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
             )
@@ -296,9 +296,8 @@ class Objective:
                                      val_predictions=predictions.cpu().numpy().astype(np.int64),
                                      checkpoint=best, summary=summary)  # fmt: skip
         # One copy of the best weights: the run's artifact; the local file only if logging failed.
-        set_user_attrs(
-            trial, {Attr.CHECKPOINT: logged or str(best), **({Attr.COSTS: costs} if costs else {})}
-        )
+        outcome[Attr.CHECKPOINT] = logged or str(best)
+        set_user_attrs(trial, {**outcome, **({Attr.COSTS: costs} if costs else {})})
         drop_files([best, *epoch_files] if logged else epoch_files)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import SweeperError, first_line
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 MAX_REASON_LENGTH = 500  # characters of a failure reason kept in the sweeper.fail_reason tag
+MAX_METRICS_PER_CALL = 1000  # MLflow's limit on one log_batch
+# Epochs that end sooner than this after the last write are sent with the next one (or with the
+# trial's end): a one-second trial makes one call to the store, not two.
+SEND_EVERY_S = 5.0
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # Optuna -> MLflow
 # MLflow 3 shows an experiment without this tag as GenAI (traces); sweeper's train models.
 MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
@@ -154,6 +161,8 @@ class TrialTracker:
         self.parent_run_id = parent_run_id
         self.pending: list[tuple[str, list[Metric]]] = []  # epochs the server has not taken yet
         self.buffering = False
+        self.sent_at = 0.0  # time.monotonic() of the last write of metrics
+        self.artifacts: dict[str, Any] = {}  # the artifact repository of the run started last
 
     def start(
         self,
@@ -182,12 +191,33 @@ class TrialTracker:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         run_name = run_name or f"trial-{trial_number}"
         run = self.client.create_run_once(self.experiment_id, run_tags, run_name)
+        # Known from the new run: MLflow would read the run again to find it, at each artifact.
+        repo = get_artifact_repository(run.info.artifact_uri, self.client.tracking_uri)
+        self.artifacts = {run.info.run_id: repo}
         own = config.get("model_args") or {}  # your builder's options: a param each
         flat = {**{k: v for k, v in own.items() if k not in config}, **config}
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flat.items()]
         self.client.log_batch(run.info.run_id, params=params)
-        self.client.log_dict(run.info.run_id, config, Artifact.CONFIG)
+        self.log_dict(run.info.run_id, config, Artifact.CONFIG)
         return run.info.run_id
+
+    def log_artifact(self, run_id: str, local_path: str, folder: str | None = None) -> None:
+        """The client's log_artifact, through the known repository of a run started here."""
+        repo = self.artifacts.get(run_id)
+        if repo is None:
+            self.client.log_artifact(run_id, local_path, folder)
+        elif self.client.remote:
+            self.client.wait_for(repo.log_artifact, local_path, folder)
+        else:
+            repo.log_artifact(local_path, folder)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+        """The client's log_dict (JSON), through log_artifact."""
+        folder, name = posixpath.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, name)
+            path.write_text(json.dumps(data, indent=2))
+            self.log_artifact(run_id, str(path), folder or None)
 
     def logged_epochs(self, run_id: str) -> set[int]:
         """The epochs (steps) that already have a val_acc in the run."""
@@ -197,8 +227,18 @@ class TrialTracker:
         """One epoch's metrics at step=epoch, in a single call to the store."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        self._buffer(run_id, batch)
+        if time.monotonic() - self.sent_at >= SEND_EVERY_S:
+            self.flush(wait=False)
+
+    def _buffer(self, run_id: str, batch: list[Metric]) -> None:
+        """Add metrics to the last unsent batch of the run where it has room, else queue them."""
+        if self.pending and self.pending[-1][0] == run_id:
+            last = self.pending[-1][1]
+            if len(last) + len(batch) <= MAX_METRICS_PER_CALL:
+                self.pending[-1] = (run_id, last + batch)
+                return
         self.pending.append((run_id, batch))
-        self.flush(wait=False)
 
     def flush(self, wait: bool = True) -> None:
         """Send the buffered epochs in order; while the server is unreachable, wait=False keeps
@@ -209,6 +249,7 @@ class TrialTracker:
             run_id, batch = self.pending[0]
             try:
                 send(run_id, metrics=batch)
+                self.sent_at = time.monotonic()
             except Exception as error:
                 if wait or not self.client.remote or not is_transient(error):
                     raise
@@ -239,26 +280,29 @@ class TrialTracker:
         A failing artifact step is logged as a warning: the run still ends."""
         logged = None
         try:
-            self.flush()
             tags = [RunTag(Tag.OPTUNA_STATE, state)]
             if reason is not None:
                 tags.append(RunTag(Tag.FAIL_REASON, reason[:MAX_REASON_LENGTH]))
             now = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()]
+            self._buffer(run_id, [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()])
+            _, metrics = self.pending.pop()  # its last epochs and the summary: one call
+            self.flush()
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self.sent_at = time.monotonic()
             if val_labels is not None and val_predictions is not None:
                 with warn_on_error("confusion matrix", run_id):
                     n = int(max(np.max(val_labels), np.max(val_predictions))) + 1
                     names = classes or [str(i) for i in range(n)]
                     counts = confusion_counts(val_labels, val_predictions, len(names))
                     confusion = {"classes": names, "counts": counts.tolist()}
-                    self.client.log_dict(run_id, confusion, Artifact.CONFUSION_COUNTS)
+                    self.log_dict(run_id, confusion, Artifact.CONFUSION_COUNTS)
             if checkpoint is not None:
                 with warn_on_error("checkpoint", run_id):
-                    self.client.log_artifact(run_id, str(checkpoint), Artifact.CHECKPOINTS)
+                    self.log_artifact(run_id, str(checkpoint), Artifact.CHECKPOINTS)
                     logged = reference(run_id, checkpoint)
         finally:
             self.client.set_terminated(run_id, status=RUN_STATUS[state])
+            self.artifacts.pop(run_id, None)
         return logged
 
 
