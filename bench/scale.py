@@ -14,8 +14,10 @@ For each trial count, a fresh `sweeper launch bench/scale_study.py --workers W -
 - how long the launcher ran after the last trial ended;
 - the time `sweeper status`, `sweeper report` (and its page's size) and the MLflow UI's first
   answer take on the finished study.
-Ray Tune and Optuna + MLflowCallback on the same trials, and PostgreSQL with an `mlflow server`,
-are not measured here yet (see BENCHMARKS.md).
+With --peers, the same trials also run through Optuna + MLflowCallback in W processes and Ray
+Tune with W concurrent trials (bench/scale_peers.py), one after the other on fresh SQLite
+stores in the same folder, and a second table gives the three wall times and their ratios.
+PostgreSQL with an `mlflow server` is not measured here yet (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import scale_peers
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "bench" / "scale_study.py"
@@ -129,7 +132,31 @@ def one_scale(trials: int, workers: int, trial_s: float) -> dict[str, float | st
     page = folder / "reports" / "scale-evaluation.html"
     row["report_mb"] = page.stat().st_size / 2**20
     row["ui_s"] = ui_first_answer(folder, env)
+    row["folder"] = str(folder)
     return row
+
+
+def side_by_side(row: dict, trial_s: float) -> dict[str, float | str]:
+    """The same trials through the peers, in the sweeper run's folder, one after the other."""
+    folder, workers, trials = Path(str(row["folder"])), int(row["workers"]), int(row["trials"])
+    peers = {"optuna": scale_peers.optuna_peer, "ray": scale_peers.ray_peer}
+    out: dict[str, float | str] = {"trials": trials, "workers": workers, "sweeper": row["wall"]}
+    for name, run in peers.items():
+        result = run(folder, trials, workers, trial_s)
+        out[name], out[f"{name}_trials"] = result["wall"], result["trials"]
+    return out
+
+
+def peers_table(rows: list[dict]) -> str:
+    lines = ["| trials | workers | sweeper | Optuna + MLflowCallback | Ray Tune |"
+             " sweeper / Optuna | sweeper / Ray Tune |", "|" + "---|" * 7]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['trials']} | {r['workers']} | {r['sweeper']:.1f} s | {r['optuna']:.1f} s"
+            f" ({r['optuna_trials']}) | {r['ray']:.1f} s ({r['ray_trials']}) |"
+            f" **{r['sweeper'] / r['optuna']:.2f}** | **{r['sweeper'] / r['ray']:.2f}** |"
+        )
+    return "\n".join(lines)
 
 
 def _gaps(done: list) -> list[float]:
@@ -187,13 +214,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--trial-s", type=float, default=1.0)
+    parser.add_argument("--peers", action="store_true", help="also Optuna and Ray Tune")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    rows = []
+    rows, peers = [], []
     for trials in args.trials:
         rows.append(one_scale(trials, args.workers, args.trial_s))
         print(table(rows[-1:]), flush=True)
-    markdown = table(rows)
+        if args.peers:
+            peers.append(side_by_side(rows[-1], args.trial_s))
+            print(peers_table(peers[-1:]), flush=True)
+    markdown = table(rows) + (f"\n\nSide by side:\n\n{peers_table(peers)}" if peers else "")
     print(markdown)
     if not args.no_write:
         write(markdown, args)

@@ -10,7 +10,7 @@ Ray node (one CPU each), then:
 It prints one JSON object of what it saw; the test asserts on it.
 
 python tests/ray_scenario.py OUT_DIR [--bench]: --bench times the same sweep with --ray and
-with local workers instead (bench/ray.py).
+with local workers instead (bench/ray_launch.py).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from sweeper.cli import main
 from sweeper.ensemble.export import load_exported
+from sweeper.report import studydata
 from sweeper.report.render import load_dashboard, render
 from sweeper.report.studydata import StudyData, _curves, _settings
 from sweeper.stores import tracking
@@ -419,6 +420,36 @@ def test_a_continued_run_counts_for_the_retry_only() -> None:
     assert retry_row["retry_of"] == 0 and retry_row["gpu"] == "yes"
     assert retry_row["model"] == "vgg11 (bn)" and retry_row["momentum"] == 0.9
     assert retry_row["lr_decay"] == "step x0.1 at 0.5, 0.75 of the epochs"
+
+
+def test_past_curves_read_the_report_reads_the_best_and_running_curves_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of trials: a call per run and metric would take minutes, and no page draws
+    them; the others' rows still get their epochs and minutes (from the last epoch's pace)."""
+    monkeypatch.setattr(studydata, "CURVES_READ", 3)
+    trials, runs = [], []
+    for number, value in enumerate([0.2, 0.9, 0.5, 0.7, 0.1, None]):
+        attrs = {"mlflow_run_id": f"r{number}", "config": {"model": "cnn2"}, "epochs_run": 4}
+        if value is None:
+            trial = create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        else:
+            trial = create_trial(value=value, user_attrs=attrs)
+        trial.number = number
+        trials.append(trial)
+        runs.append(Run(RunInfo(f"r{number}", "7", "", "FINISHED", 0, 1, "active"),
+                        RunData(metrics=[Metric("seconds", 15.0, 0, 4)],
+                                tags=[RunTag("sweeper.trial", str(number)),
+                                      RunTag("sweeper.device", "cpu")])))  # fmt: skip
+    frame = queries.runs_frame(runs)
+    assert set(studydata._curves_to_read(trials, frame, maximize=True)) == {"r1", "r2", "r3", "r5"}
+    assert set(studydata._curves_to_read(trials, frame, maximize=False)) == {"r0", "r2", "r4", "r5"}
+    histories = pd.DataFrame([("r1", "val_acc", 1, 0.9), ("r1", "seconds", 1, 20.0)],
+                             columns=["run_id", "key", "step", "value"])  # fmt: skip
+    curves = _curves(trials, frame, histories)
+    rows = _settings(trials, frame, curves, "http://m").set_index("trial")
+    assert rows.loc[1, "epochs_run"] == 1 and rows.loc[1, "train_minutes"] == 20 / 60  # read
+    assert rows.loc[0, "epochs_run"] == 4 and rows.loc[0, "train_minutes"] == 1.0  # 4 x 15 s
 
 
 def empty_study(name: str) -> StudyData:

@@ -26,7 +26,10 @@ SETTINGS = ("trial", "state", "setting", "model", "gpu", "device", "batch_size",
 SHOWN = {*CONFIG_COLUMNS, "model", "momentum", "schedule", "milestones", "gamma"}  # own columns
 RUN_TRIAL, RUN_DEVICE = f"tags.{Tag.TRIAL}", f"tags.{Tag.DEVICE}"
 RUN_KEYS = ["run_id", "experiment_id", RUN_TRIAL, RUN_DEVICE, "metrics.best_epoch",
-            "metrics.best_val_acc"]  # fmt: skip
+            "metrics.best_val_acc", "metrics.seconds"]  # fmt: skip
+# Past this many trials, the curves of the best ones and of the running ones only: MLflow has no
+# bulk read of metric histories (a call per run and metric), and no page draws thousands.
+CURVES_READ = 200
 
 
 @dataclass
@@ -38,7 +41,9 @@ class StudyData:
     study: optuna.Study  # for optuna.visualization
     trials: list[FrozenTrial]  # by number; surplus claims left out
     settings: pd.DataFrame  # one row per trial, the columns of SETTINGS
-    curves: pd.DataFrame  # one row per trial and epoch: the MLflow runs' per-epoch metrics
+    # one row per trial and epoch: the MLflow runs' per-epoch metrics (past CURVES_READ trials,
+    # of the best CURVES_READ and the running ones)
+    curves: pd.DataFrame
     launch: pd.Series | None  # the latest launch run (the report is logged there)
     ensemble: pd.Series | None  # the latest ensemble run
     members: pd.DataFrame | None  # that run's ensemble_members.json table
@@ -83,7 +88,8 @@ def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
     trials = counted_trials(study)
     uri = paths.tracking_uri
     runs = queries.runs_of_study(uri, name)
-    curves = _curves(trials, runs, queries.metric_histories(uri, runs["run_id"], CURVE_METRICS))
+    read = _curves_to_read(trials, runs, maximizing(study))
+    curves = _curves(trials, runs, queries.metric_histories(uri, read, CURVE_METRICS))
     ensemble = queries.latest_run(uri, name, Kind.ENSEMBLE)
     return StudyData(
         name=name,
@@ -96,6 +102,18 @@ def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
         members=None if ensemble is None else queries.ensemble_table(uri, ensemble["run_id"]),
         collected=datetime.now(),
     )
+
+
+def _curves_to_read(trials: list[FrozenTrial], runs: pd.DataFrame, maximize: bool) -> list[str]:
+    """The runs whose metric histories the report reads: all, or past CURVES_READ trials those
+    of the best CURVES_READ (by the metric, finished) and of the running trials."""
+    if len(trials) <= CURVES_READ or runs.empty:
+        return list(runs["run_id"])
+    scored = [(v, t.number) for t in trials if (v := metric_value(t)) is not None]
+    scored.sort(reverse=maximize)
+    wanted = {str(number) for _, number in scored[:CURVES_READ]}
+    wanted |= {str(t.number) for t in trials if t.state.name == "RUNNING"}
+    return list(runs.loc[runs[RUN_TRIAL].isin(wanted), "run_id"])
 
 
 def _curves(trials: list[FrozenTrial], runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
@@ -130,10 +148,11 @@ def _settings(
     frame["val_acc"] = run["metrics.best_val_acc"].where(own)
     frame["mlflow_run"] = run_url(mlflow_url, run).fillna("")
     frame["run_id"] = run["run_id"].fillna("")
-    seconds = curves.groupby("trial")["seconds"].sum(min_count=1)
-    frame["train_minutes"] = frame["trial"].map(seconds) / 60
     epochs = curves.dropna(subset=["val_acc"]).groupby("trial")["epoch"].max()
-    frame["epochs_run"] = frame["trial"].map(epochs)
+    frame["epochs_run"] = frame["trial"].map(epochs).fillna(frame["epochs_run"])
+    seconds = curves.groupby("trial")["seconds"].sum(min_count=1)
+    unread = run["metrics.seconds"].where(own) * frame["epochs_run"]  # its last epoch's pace
+    frame["train_minutes"] = frame["trial"].map(seconds).fillna(unread) / 60
     counts = ["batch_size", "best_epoch", "epochs_run", "retry_of"]
     return frame.astype(dict.fromkeys(counts, "Int64"))
 
@@ -159,6 +178,7 @@ def _setting(t: FrozenTrial) -> dict[str, Any]:
         "start": t.datetime_start,
         "end": t.datetime_complete,
         "run_id": t.user_attrs.get(Attr.MLFLOW_RUN_ID, ""),
+        "epochs_run": t.user_attrs.get(Attr.EPOCHS_RUN, float("nan")),  # its curve's if read
     }
 
 

@@ -3,7 +3,7 @@ launch --ray` on a local two-node Ray cluster (one CPU each) and with 2 local wo
 PostgreSQL and an `mlflow server`, inside `unshare --net --pid` (tests/ray_scenario.py --bench):
 what going through Ray costs a launch. Prints one JSON line: seconds of each and their ratio.
 
-PYTHONPATH=. SWEEPER_DATA_DIR=../shared/datasets python bench/ray.py
+PYTHONPATH=. SWEEPER_DATA_DIR=../shared/datasets python bench/ray_launch.py
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     if done.returncode != 0:
-        sys.exit(f"bench/ray.py: the scenario failed; logs in {out}\n{done.stderr[-3000:]}")
+        sys.exit(f"bench/ray_launch.py: the scenario failed; logs in {out}\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(result))
     print(f"--ray {result['ray_s']} s, local {result['local_s']} s: ratio {result['ratio']}")

@@ -1,0 +1,165 @@
+"""bench/scale.py's peers: the same one-second trials through what a user would write instead of
+sweeper (issue 24), on the same kind of stores.
+
+- Optuna + optuna-integration's MLflowCallback: `workers` processes on one Optuna storage, each
+  running its share of the trials (study.optimize with the callback), one MLflow run a trial.
+- Ray Tune: OptunaSearch + MLflowLoggerCallback, `workers` concurrent trials (one logical CPU
+  each), reuse_actors=True, inside its own network namespace (Ray binds the machine's address).
+
+A trial is bench/scale_study.py's: a linear classifier on 32 tiny images (its data function),
+lr and weight decay sampled (TPE), one training pass that sleeps `trial_s`, then the validation
+accuracy. Each peer's wall time counts from its start to its last trial's record.
+
+    python bench/scale_peers.py optuna-worker STORAGE TRACKING_URI TRIALS TRIAL_S
+    python bench/scale_peers.py ray-tune FOLDER TRACKING_URI TRIALS WORKERS TRIAL_S
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "peer"
+
+
+def trial_accuracy(lr: float, weight_decay: float, trial_s: float) -> float:
+    """bench/scale_study.py's trial without sweeper: one pass that waits trial_s seconds."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale_study import tiny_images
+
+    train_x, train_y, val_x, val_y = (torch.as_tensor(a) for a in tiny_images())
+    model = torch.nn.Linear(train_x[0].numel(), 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    time.sleep(trial_s)
+    loss = torch.nn.functional.cross_entropy(model(train_x.flatten(1) / 255), train_y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        predicted = model(val_x.flatten(1) / 255).argmax(1)
+    return float((predicted == val_y).float().mean())
+
+
+def objective(trial: optuna.Trial, trial_s: float) -> float:
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True)
+    return trial_accuracy(lr, weight_decay, trial_s)
+
+
+def prepare_stores(storage: str, tracking_uri: str) -> None:
+    """The stores, made once before the workers start: two processes creating one SQLite MLflow
+    store at once crash one of them ('duplicate column name')."""
+    import mlflow
+
+    optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(STUDY) is None:
+        client.create_experiment(STUDY)
+
+
+def optuna_peer(folder: Path, trials: int, workers: int, trial_s: float) -> dict[str, float]:
+    """`workers` processes of Optuna + MLflowCallback on SQLite files; wall seconds."""
+    storage = f"sqlite:///{folder / 'optuna-peer.db'}"
+    tracking_uri = f"sqlite:///{folder / 'mlflow-peer.db'}"
+    prepare_stores(storage, tracking_uri)
+    shares = [trials // workers + (i < trials % workers) for i in range(workers)]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "optuna-worker",
+                storage,
+                tracking_uri,
+                str(share),
+                str(trial_s),
+            ]
+        )  # fmt: skip
+        for share in shares
+        if share
+    ]
+    if any(p.wait() for p in procs):
+        sys.exit("bench/scale_peers.py: an Optuna peer worker failed")
+    wall = time.perf_counter() - started
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    done = sum(t.state.name == "COMPLETE" for t in study.trials)
+    return {"wall": wall, "trials": done}
+
+
+def optuna_worker(storage: str, tracking_uri: str, trials: int, trial_s: float) -> None:
+    from optuna_integration.mlflow import MLflowCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a careful peer waits out SQLite's lock as sweeper does (Optuna's default gives up in 5 s)
+    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
+    study = optuna.load_study(study_name=STUDY, storage=rdb)
+    callback = MLflowCallback(tracking_uri=tracking_uri, metric_name="val_acc")
+    study.optimize(lambda t: objective(t, trial_s), n_trials=trials, callbacks=[callback])
+
+
+def ray_peer(folder: Path, trials: int, workers: int, trial_s: float) -> dict[str, float]:
+    """Ray Tune in its own network namespace (only loopback up), as tests/test_ray.py runs Ray."""
+    tracking_uri = f"sqlite:///{folder / 'mlflow-ray.db'}"
+    inside = (f"ip link set lo up && exec {sys.executable} {__file__} ray-tune {folder}"
+              f" {tracking_uri} {trials} {workers} {trial_s}")  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "bash", "-c", inside],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    if done.returncode:
+        sys.exit(f"bench/scale_peers.py: the Ray Tune peer failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ray_tune(folder: Path, tracking_uri: str, trials: int, workers: int, trial_s: float) -> None:
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    mlflow.MlflowClient(tracking_uri).search_experiments()  # the store, made once
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+
+    def trainable(config: dict) -> None:
+        tune.report({"val_acc": trial_accuracy(config["lr"], config["weight_decay"], trial_s)})
+
+    space = {"lr": tune.loguniform(1e-3, 1e-1), "weight_decay": tune.loguniform(1e-6, 1e-3)}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(metric="val_acc", mode="max"), num_samples=trials,
+            max_concurrent_trials=workers, reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(folder / "ray-results"), verbose=0,
+            callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=STUDY)],
+        ),
+    )  # fmt: skip
+    started = time.perf_counter()
+    results = tuner.fit()
+    wall = time.perf_counter() - started
+    done = sum(1 for r in results if r.error is None)
+    print(json.dumps({"wall": wall, "trials": done}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    command, *rest = sys.argv[1:]
+    if command == "optuna-worker":
+        optuna_worker(rest[0], rest[1], int(rest[2]), float(rest[3]))
+    elif command == "ray-tune":
+        ray_tune(Path(rest[0]), rest[1], int(rest[2]), int(rest[3]), float(rest[4]))
+    else:
+        sys.exit(__doc__)
