@@ -172,6 +172,7 @@ def add_status(commands: Any) -> None:
     fmt = status.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON list, one object per trial")
     fmt.add_argument("--csv", action="store_true", help="CSV")
+    status.add_argument("--top", type=int, default=20, help="rows of the text table (0: all)")
 
 
 def add_gc(commands: Any) -> None:
@@ -327,7 +328,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     _, name = load_by_name_or_file(args.study)
     sweep = SweepPaths.existing(args.dir, args.storage, None)
     study = load_stored_study(name, make_storage(sweep.storage_url), sweep.storage_url)
-    print(status_text(study, "json" if args.json else "csv" if args.csv else "text"))
+    print(status_text(study, "json" if args.json else "csv" if args.csv else "text", args.top))
 
 
 def cmd_gc(args: argparse.Namespace) -> None:

@@ -123,3 +123,19 @@ def test_a_poll_reads_the_trials_once_for_the_bar_and_the_best(tmp_path: Path) -
     assert len(reads) == 1
     assert [t.number for t in progress.trials] == [0, 1, 2]
     assert "best=0.7000 (#1)" in progress.bar.postfix
+
+
+def test_status_of_a_long_study_shows_the_best_and_counts_all(tmp_path: Path) -> None:
+    study = sqlite_study(tmp_path)
+    for value in range(30):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value / 100))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    study.enqueue_trial({})
+    lines = status_text(study, "text", top=5).splitlines()
+    assert [row.split()[:3] for row in lines[1:6]] == [
+        [str(n), "COMPLETE", f"{n / 100:g}"] for n in (29, 28, 27, 26, 25)
+    ]
+    assert lines[6] == ("... the best 5 of 32 trials (30 complete, 1 fail, 1 waiting); --top 0"
+                        " shows all, --csv or --json every row")  # fmt: skip
+    assert len(status_text(study, "text", top=0).splitlines()) == 33
+    assert len(status_text(study, "csv", top=5).splitlines()) == 33

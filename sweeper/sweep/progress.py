@@ -56,14 +56,23 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return table.sort_values("value", ascending=ascending, na_position="last", ignore_index=True)
 
 
-def status_text(study: optuna.Study, fmt: str) -> str:
-    """`sweeper status`: the trials table as text, "json" (one object per trial) or "csv"."""
+def status_text(study: optuna.Study, fmt: str, top: int = 0) -> str:
+    """`sweeper status`: the trials table as text (its `top` rows, best first, and the counts
+    of all, where there are more), "json" (one object per trial) or "csv"."""
     table = trials_table(study)
     if fmt == "json":
         return table.to_json(orient="records")
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")
-    return table.to_string(index=False, na_rep="") if not table.empty else "no trials yet"
+    if table.empty:
+        return "no trials yet"
+    if top <= 0 or len(table) <= top:
+        return table.to_string(index=False, na_rep="")
+    counts = table["state"].value_counts()
+    states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
+    shown = table.head(top).to_string(index=False, na_rep="")
+    return (f"{shown}\n... the best {top} of {len(table)} trials ({states}); --top 0 shows all,"
+            " --csv or --json every row")  # fmt: skip
 
 
 class Progress:
