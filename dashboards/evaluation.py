@@ -81,6 +81,8 @@ def curves(data: StudyData):
     if len(ranked) > SHOWN_CURVES:  # thousands of plots would not open; the CSV has every row
         frame = frame[frame["setting"].isin(ranked[:SHOWN_CURVES])]
         note = [f"The best {SHOWN_CURVES} of {len(ranked)} settings (the table has them all)."]
+        if frame.empty:  # a dashboard reading the curves of other trials than the best
+            return note[0] + " None of them has a curve yet."
     settings = frame["setting"].nunique()
     rows = -(-settings // 3)
     together = px.line(frame, x="epoch", y="val_acc", color="setting", markers=True,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,6 +184,9 @@ def scenario(out: Path, root: Path) -> dict:
              **sweep_facts(url, server.url)}  # fmt: skip
     facts["ensemble_line"] = [ln for ln in (out / "first.out").read_text().splitlines()
                               if "ensemble of" in ln]  # fmt: skip
+    err = (out / "first.err").read_text()
+    said = re.findall(r"^\[node (\w+)\] sweeper: worker \S+ runs on", err, re.MULTILINE)
+    facts["worker_lines_from"] = sorted(set(said))  # every node's worker output reached it
     members = optuna.load_study(study_name=member_study_name(STUDY), storage=make_storage(url))
     done = [t for t in members.get_trials() if t.state.name == "COMPLETE"]
     facts["members"] = len(done)

@@ -75,6 +75,9 @@ def test_six_trials_finish_once_on_both_nodes(scenario: dict) -> None:
     assert scenario["first_code"] == 0
     assert scenario["finished"] == 6, scenario["states"]
     assert len(scenario["nodes"]) == 2, scenario["nodes"]  # each node ran trials
+    # each node's worker output reached the launcher, named by its node
+    assert len(scenario["worker_lines_from"]) == 2, scenario["worker_lines_from"]
+    assert {node[:8] for node in scenario["nodes"]} == set(scenario["worker_lines_from"])
     assert scenario["distinct_configs"] == 6  # no config trained twice
     # each finished trial has its one FINISHED run on the server
     assert scenario["finished_runs"] == scenario["finished_trial_numbers"]

@@ -9,12 +9,14 @@ server` for MLflow, and a --dir on storage that every node mounts (the epoch che
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -144,6 +146,10 @@ class Slot:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
+        # what the worker wrote, until the launcher's next poll takes it: (stream, line)
+        self.lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=10_000)
+        self.readers: list[threading.Thread] = []
+        self.node = ""
 
     def start(self, args: list[str], marker: tuple[str, str]) -> str | None:
         """Start the worker (python -m sweeper.cli worker ...); an error line if this node cannot
@@ -158,21 +164,40 @@ class Slot:
                 " storage that every node mounts at the same path (NFS, a shared volume)"
             )
         env = {**os.environ, "SWEEPER_NODE": node}
+        self.node = node[:8]
         self.process = subprocess.Popen(
             [sys.executable, *args],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
             preexec_fn=_die_with_parent,
         )
+        # The launcher prints these itself, each with its node: Ray's forwarding of an actor's
+        # output to the driver brought the head node's lines only.
+        for stream, pipe in (("out", self.process.stdout), ("err", self.process.stderr)):
+            reader = threading.Thread(target=self._read, args=(stream, pipe), daemon=True)
+            reader.start()
+            self.readers.append(reader)
         return None
+
+    def _read(self, stream: str, pipe: Any) -> None:
+        for line in pipe:
+            self.lines.append((stream, line.rstrip("\n")))
 
     def hand(self, line: str) -> None:
         if self.process is not None:
             give(self.process, line)
 
-    def poll(self) -> int | None:
-        return LOST if self.process is None else self.process.poll()
+    def poll(self) -> tuple[int | None, list[tuple[str, str]]]:
+        """The worker's exit code (None while it runs) and what it wrote since the last poll."""
+        code = LOST if self.process is None else self.process.poll()
+        if code is not None:  # its last lines
+            for reader in self.readers:
+                reader.join(timeout=5)
+        lines = [self.lines.popleft() for _ in range(len(self.lines))]
+        return code, [(stream, f"[node {self.node}] {line}") for stream, line in lines]
 
     def stop(self) -> None:
         """SIGTERM: the worker puts its trial back in the queue and exits."""
@@ -206,5 +231,7 @@ class RemoteProcess:
             if error:
                 raise SweeperError(error)
         if self.returncode is None:
-            self.returncode = self.ray.get(self.actor.poll.remote())
+            self.returncode, lines = self.ray.get(self.actor.poll.remote())
+            for stream, line in lines:
+                print(line, file=sys.stdout if stream == "out" else sys.stderr, flush=True)
         return self.returncode

@@ -109,8 +109,8 @@ def _curves_to_read(trials: list[FrozenTrial], runs: pd.DataFrame, maximize: boo
     of the best CURVES_READ (by the metric, finished) and of the running trials."""
     if len(trials) <= CURVES_READ or runs.empty:
         return list(runs["run_id"])
-    scored = [(v, t.number) for t in trials if (v := metric_value(t)) is not None]
-    scored.sort(reverse=maximize)
+    sign = -1 if maximize else 1  # best first, ties by trial number as the table shows them
+    scored = sorted((sign * v, t.number) for t in trials if (v := metric_value(t)) is not None)
     wanted = {str(number) for _, number in scored[:CURVES_READ]}
     wanted |= {str(t.number) for t in trials if t.state.name == "RUNNING"}
     return list(runs.loc[runs[RUN_TRIAL].isin(wanted), "run_id"])

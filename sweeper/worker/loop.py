@@ -62,8 +62,12 @@ def join(
         spec = load_member_study(spec, make_storage(paths.storage_url))
         tags = {Tag.KIND: Kind.MEMBER}
     timeout = timeout or spec.timeout
+    worker = worker or f"{socket.gethostname()}-{os.getpid()}"
+    if os.environ.get("SWEEPER_NODE"):  # on a Ray node: say where (the launcher names the node)
+        print(f"sweeper: worker {worker} runs on {socket.gethostname()}, {device}",
+              file=sys.stderr, flush=True)  # fmt: skip
     return run_worker(
-        spec, paths, device=device, worker=worker or f"{socket.gethostname()}-{os.getpid()}",
+        spec, paths, device=device, worker=worker,
         experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
         budget=budget if budget is not None else spec.trials,
         deadline=deadline or (time.time() + timeout if timeout else None),
