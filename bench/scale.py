@@ -67,14 +67,15 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.Co
     return time.perf_counter() - started, done
 
 
-def ui_first_answer(sweep_dir: Path, env: dict[str, str]) -> float:
+def ui_first_answer(sweep_dir: Path, flags: list[str], env: dict[str, str]) -> float:
     """Seconds from `sweeper ui` to the first page of the runs it prints."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     started = time.perf_counter()
     server = subprocess.Popen([SWEEPER, "ui", "scale", "--dir", str(sweep_dir), "--port",
-                               str(port)], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+                               str(port), *flags], stdout=subprocess.PIPE, text=True,
+                              env=env)  # fmt: skip
     try:
         line = server.stdout.readline()
         url = line.split("MLflow UI: ", 1)[1].strip()
@@ -86,73 +87,94 @@ def ui_first_answer(sweep_dir: Path, env: dict[str, str]) -> float:
         server.wait(timeout=60)
 
 
-def one_scale(trials: int, workers: int, trial_s: float) -> dict[str, float | str]:
+def one_scale(trials: int, workers: int, trial_s: float, stores: str) -> dict[str, float | str]:
     folder = Path(tempfile.mkdtemp(prefix=f"scale-{trials}-"))
+    with contextlib.ExitStack() as servers:
+        storage, tracking = f"sqlite:///{folder / 'optuna.db'}", ""
+        if stores == "postgres":
+            storage = scale_peers.new_database("scale_sweeper")
+            backend = scale_peers.new_database("scale_sweeper_mlflow")
+            tracking = servers.enter_context(scale_peers.mlflow_server(backend, folder))
+        flags = ["--storage", storage, "--tracking-uri", tracking] if tracking else []
+        row = launched(folder, trials, workers, trial_s, flags)
+        row.update(_trial_times(storage, trial_s, row["ended"]))
+        row["floor"] = row["trials"] * trial_s / workers
+        row["overhead"] = row["wall"] / row["floor"] - 1
+        row["worker_cpu_per_trial"] = (row["all_cpu"] - row["launcher_cpu"]) / row["trials"]
+        env = {**os.environ, "SWEEPER_CACHE_DIR": str(folder / "cache")}
+        row["status_s"], _ = timed([SWEEPER, "status", "scale", "--dir", str(folder), *flags[:2]],
+                                   env)  # fmt: skip
+        row["report_s"], _ = timed([SWEEPER, "report", "scale", "--dir", str(folder), *flags], env)
+        page = folder / "reports" / "scale-evaluation.html"
+        row["report_mb"] = page.stat().st_size / 2**20
+        row["ui_s"] = ui_first_answer(folder, flags[2:], env)
+    row["folder"], row["stores"] = str(folder), stores
+    return row
+
+
+def launched(folder: Path, trials: int, workers: int, trial_s: float, flags: list[str]) -> dict:
+    """`sweeper launch` of the scale study: its wall time, CPU, peak RSS and workers' CPU."""
     env = {**os.environ, "SWEEPER_BENCH_TRIAL_S": str(trial_s),
            "SWEEPER_CACHE_DIR": str(folder / "cache")}  # fmt: skip
     before = children_cpu()
     started = time.perf_counter()
-    launcher = subprocess.Popen(
-        [SWEEPER, "launch", str(STUDY), "--dir", str(folder), "--workers", str(workers),
-         "--trials", str(trials), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    cpu, peak = 0.0, 0
-    while launcher.poll() is None:
-        with contextlib.suppress(OSError, IndexError):  # it is ending
-            cpu, now = launcher_sample(launcher.pid)
-            peak = max(peak, now)  # a zombie launcher shows no VmHWM
-        time.sleep(0.2)
+    with open(folder / "launch.err", "w") as err:
+        launcher = subprocess.Popen(
+            [SWEEPER, "launch", str(STUDY), "--dir", str(folder), "--workers", str(workers),
+             "--trials", str(trials), "--no-progress", *flags],
+            stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )  # fmt: skip
+        cpu, peak = 0.0, 0
+        while launcher.poll() is None:
+            with contextlib.suppress(OSError, IndexError):  # it is ending
+                cpu, now = launcher_sample(launcher.pid)
+                peak = max(peak, now)  # a zombie launcher shows no VmHWM
+            time.sleep(0.2)
     wall = time.perf_counter() - started
-    ended = time.time()
     if launcher.returncode:
-        sys.exit(f"the launch failed:\n{launcher.stderr.read()[-3000:]}")
-    total_cpu = children_cpu() - before
-    study = optuna.load_study(study_name="scale", storage=f"sqlite:///{folder / 'optuna.db'}")
+        sys.exit(f"the launch failed:\n{(folder / 'launch.err').read_text()[-3000:]}")
+    return {"workers": workers, "wall": wall, "ended": time.time(), "launcher_cpu": cpu,
+            "launcher_peak_mb": peak / 2**20, "all_cpu": children_cpu() - before}  # fmt: skip
+
+
+def _trial_times(storage: str, trial_s: float, ended: float) -> dict[str, float | str]:
+    """From the stored trials: their count, own time and idle gaps by band, the workers' CPU a
+    trial, and how long the launcher ran after the last one."""
+    study = optuna.load_study(study_name="scale", storage=storage)
     done = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
     own = [(t.datetime_complete - t.datetime_start).total_seconds() - trial_s for t in done]
     gaps = _gaps(done)
     band = max(1, len(done) // BANDS)
-    row: dict[str, float | str] = {
-        "trials": len(done), "workers": workers, "wall": wall,
-        "floor": len(done) * trial_s / workers,
-        "launcher_cpu": cpu, "launcher_peak_mb": peak / 2**20,
-        "worker_cpu_per_trial": (total_cpu - cpu) / max(1, len(done)),
+    return {
+        "trials": len(done),
         "after_last_trial": ended - max(t.datetime_complete.timestamp() for t in done),
+        "own_by_band": " ".join(f"{statistics.median(own[i : i + band]):.2f}"
+                                for i in range(0, len(own), band)),
+        "gap_by_band": " ".join(f"{statistics.median(gaps[i : i + band]):.2f}"
+                                for i in range(0, len(gaps), band) if gaps[i : i + band]),
     }  # fmt: skip
-    row["overhead"] = row["wall"] / row["floor"] - 1
-    row["own_by_band"] = " ".join(
-        f"{statistics.median(own[i : i + band]):.2f}" for i in range(0, len(own), band)
-    )
-    row["gap_by_band"] = " ".join(
-        f"{statistics.median(gaps[i : i + band]):.2f}" for i in range(0, len(gaps), band) if
-        gaps[i : i + band])  # fmt: skip
-    row["status_s"], _ = timed([SWEEPER, "status", "scale", "--dir", str(folder)], env)
-    row["report_s"], _ = timed([SWEEPER, "report", "scale", "--dir", str(folder)], env)
-    page = folder / "reports" / "scale-evaluation.html"
-    row["report_mb"] = page.stat().st_size / 2**20
-    row["ui_s"] = ui_first_answer(folder, env)
-    row["folder"] = str(folder)
-    return row
 
 
 def side_by_side(row: dict, trial_s: float) -> dict[str, float | str]:
     """The same trials through the peers, in the sweeper run's folder, one after the other."""
     folder, workers, trials = Path(str(row["folder"])), int(row["workers"]), int(row["trials"])
+    stores = str(row["stores"])
     peers = {"optuna": scale_peers.optuna_peer, "ray": scale_peers.ray_peer}
-    out: dict[str, float | str] = {"trials": trials, "workers": workers, "sweeper": row["wall"]}
+    out: dict[str, float | str] = {"trials": trials, "workers": workers, "sweeper": row["wall"],
+                                   "stores": stores}  # fmt: skip
     for name, run in peers.items():
-        result = run(folder, trials, workers, trial_s)
+        result = run(folder, trials, workers, trial_s, stores)
         out[name], out[f"{name}_trials"] = result["wall"], result["trials"]
     return out
 
 
 def peers_table(rows: list[dict]) -> str:
-    lines = ["| trials | workers | sweeper | Optuna + MLflowCallback | Ray Tune |"
-             " sweeper / Optuna | sweeper / Ray Tune |", "|" + "---|" * 7]  # fmt: skip
+    lines = ["| stores | trials | workers | sweeper | Optuna + MLflowCallback | Ray Tune |"
+             " sweeper / Optuna | sweeper / Ray Tune |", "|" + "---|" * 8]  # fmt: skip
     for r in rows:
         lines.append(
-            f"| {r['trials']} | {r['workers']} | {r['sweeper']:.1f} s | {r['optuna']:.1f} s"
+            f"| {r['stores']} | {r['trials']} | {r['workers']} | {r['sweeper']:.1f} s |"
+            f" {r['optuna']:.1f} s"
             f" ({r['optuna_trials']}) | {r['ray']:.1f} s ({r['ray_trials']}) |"
             f" **{r['sweeper'] / r['optuna']:.2f}** | **{r['sweeper'] / r['ray']:.2f}** |"
         )
@@ -173,13 +195,14 @@ def _gaps(done: list) -> list[float]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| trials | workers | wall | floor | overhead | own s/trial by band | idle s between"
-             " trials by band | launcher CPU | launcher peak RSS | worker CPU/trial | after last"
-             " trial | status | report (page) | UI first page |",
-             "|" + "---|" * 14]  # fmt: skip
+    lines = ["| stores | trials | workers | wall | floor | overhead | own s/trial by band | idle s"
+             " between trials by band | launcher CPU | launcher peak RSS | worker CPU/trial |"
+             " after last trial | status | report (page) | UI first page |",
+             "|" + "---|" * 15]  # fmt: skip
     for r in rows:
         lines.append(
-            f"| {r['trials']} | {r['workers']} | {r['wall']:.1f} s | {r['floor']:.1f} s |"
+            f"| {r['stores']} | {r['trials']} | {r['workers']} | {r['wall']:.1f} s |"
+            f" {r['floor']:.1f} s |"
             f" **{r['overhead']:+.0%}** | {r['own_by_band']} | {r['gap_by_band']} |"
             f" {r['launcher_cpu']:.1f} s | {r['launcher_peak_mb']:.0f} MB |"
             f" {r['worker_cpu_per_trial']:.2f} s | {r['after_last_trial']:.1f} s |"
@@ -195,10 +218,10 @@ def write(markdown: str, args: argparse.Namespace) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())  # fmt: skip
-    section = (f"{title}\n\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}), SQLite"
-               f" and a local MLflow store, `.venv/bin/python bench/scale.py --trials"
-               f" {' '.join(map(str, args.trials))} --workers {args.workers} --trial-s"
-               f" {args.trial_s:g}`.\n\n{markdown}\n")  # fmt: skip
+    section = (
+        f"{title}\n\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}),"
+        f" `.venv/bin/python bench/scale.py {' '.join(sys.argv[1:])}`.\n\n{markdown}\n"
+    )
     text = path.read_text()
     if title in text:
         start = text.index(title)
@@ -215,11 +238,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--trial-s", type=float, default=1.0)
     parser.add_argument("--peers", action="store_true", help="also Optuna and Ray Tune")
+    parser.add_argument("--stores", choices=["sqlite", "postgres"], default="sqlite",
+                        help="SQLite files (the embedded default), or PostgreSQL databases on"
+                        " 127.0.0.1:5432 and an `mlflow server` on one of them")  # fmt: skip
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows, peers = [], []
     for trials in args.trials:
-        rows.append(one_scale(trials, args.workers, args.trial_s))
+        rows.append(one_scale(trials, args.workers, args.trial_s, args.stores))
         print(table(rows[-1:]), flush=True)
         if args.peers:
             peers.append(side_by_side(rows[-1], args.trial_s))

@@ -10,23 +10,76 @@ A trial is bench/scale_study.py's: a linear classifier on 32 tiny images (its da
 lr and weight decay sampled (TPE), one training pass that sleeps `trial_s`, then the validation
 accuracy. Each peer's wall time counts from its start to its last trial's record.
 
+With stores="postgres", each one gets fresh databases on the machine's PostgreSQL and an
+`mlflow server` on one of them (Ray Tune's, started inside its namespace, reaches PostgreSQL
+through its Unix socket).
+
     python bench/scale_peers.py optuna-worker STORAGE TRACKING_URI TRIALS TRIAL_S
-    python bench/scale_peers.py ray-tune FOLDER TRACKING_URI TRIALS WORKERS TRIAL_S
+    python bench/scale_peers.py ray-tune FOLDER TRACKING TRIALS WORKERS TRIAL_S
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "peer"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the machine's, trust auth
+SOCKET = "host=/var/run/postgresql"  # the same server, reached from a network namespace too
+
+
+def new_database(name: str) -> str:
+    """A fresh, empty PostgreSQL database; its URL as a user types it."""
+    engine = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{POSTGRES}/{name}"
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, folder: Path) -> Iterator[str]:
+    """A real `mlflow server` (2 workers, one per core) on `backend`; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(folder / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 (open while it runs)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(folder / f"artifacts-{port}"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(360):
+            if server.poll() is not None:
+                sys.exit(f"mlflow server failed: {Path(log.name).read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
 
 
 def trial_accuracy(lr: float, weight_decay: float, trial_s: float) -> float:
@@ -66,10 +119,22 @@ def prepare_stores(storage: str, tracking_uri: str) -> None:
         client.create_experiment(STUDY)
 
 
-def optuna_peer(folder: Path, trials: int, workers: int, trial_s: float) -> dict[str, float]:
-    """`workers` processes of Optuna + MLflowCallback on SQLite files; wall seconds."""
-    storage = f"sqlite:///{folder / 'optuna-peer.db'}"
-    tracking_uri = f"sqlite:///{folder / 'mlflow-peer.db'}"
+def optuna_peer(
+    folder: Path, trials: int, workers: int, trial_s: float, stores: str = "sqlite"
+) -> dict[str, float]:
+    """`workers` processes of Optuna + MLflowCallback; wall seconds."""
+    if stores == "sqlite":
+        storage = f"sqlite:///{folder / 'optuna-peer.db'}"
+        return _optuna_peer(storage, f"sqlite:///{folder / 'mlflow-peer.db'}", trials, workers,
+                            trial_s)  # fmt: skip
+    storage = new_database("scale_peer_optuna")
+    with mlflow_server(new_database("scale_peer_mlflow"), folder) as tracking_uri:
+        return _optuna_peer(storage, tracking_uri, trials, workers, trial_s)
+
+
+def _optuna_peer(
+    storage: str, tracking_uri: str, trials: int, workers: int, trial_s: float
+) -> dict[str, float]:
     prepare_stores(storage, tracking_uri)
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     started = time.perf_counter()
@@ -107,11 +172,16 @@ def optuna_worker(storage: str, tracking_uri: str, trials: int, trial_s: float) 
     study.optimize(lambda t: objective(t, trial_s), n_trials=trials, callbacks=[callback])
 
 
-def ray_peer(folder: Path, trials: int, workers: int, trial_s: float) -> dict[str, float]:
+def ray_peer(
+    folder: Path, trials: int, workers: int, trial_s: float, stores: str = "sqlite"
+) -> dict[str, float]:
     """Ray Tune in its own network namespace (only loopback up), as tests/test_ray.py runs Ray."""
-    tracking_uri = f"sqlite:///{folder / 'mlflow-ray.db'}"
+    tracking = f"sqlite:///{folder / 'mlflow-ray.db'}"
+    if stores == "postgres":  # the server starts inside, on the database's Unix socket
+        name = new_database("scale_peer_ray").rpartition("/")[2]
+        tracking = f"postgresql://postgres@/{name}?{SOCKET}"
     inside = (f"ip link set lo up && exec {sys.executable} {__file__} ray-tune {folder}"
-              f" {tracking_uri} {trials} {workers} {trial_s}")  # fmt: skip
+              f" '{tracking}' {trials} {workers} {trial_s}")  # fmt: skip
     done = subprocess.run(
         ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "bash", "-c", inside],
         capture_output=True, text=True, cwd=REPO,
@@ -121,7 +191,15 @@ def ray_peer(folder: Path, trials: int, workers: int, trial_s: float) -> dict[st
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ray_tune(folder: Path, tracking_uri: str, trials: int, workers: int, trial_s: float) -> None:
+def ray_tune(folder: Path, tracking: str, trials: int, workers: int, trial_s: float) -> None:
+    if tracking.startswith("postgresql"):
+        with mlflow_server(tracking, folder) as url:
+            _ray_tune(folder, url, trials, workers, trial_s)
+    else:
+        _ray_tune(folder, tracking, trials, workers, trial_s)
+
+
+def _ray_tune(folder: Path, tracking_uri: str, trials: int, workers: int, trial_s: float) -> None:
     import mlflow
     import ray
     from ray import tune
