@@ -98,3 +98,28 @@ def test_no_complete_trial_never_stops() -> None:
 
 def _with_trials(study: optuna.Study) -> tuple[optuna.Study, list]:
     return study, counted_trials(study)
+
+
+def test_a_claim_past_the_budget_is_surplus_and_one_below_it_reads_nothing() -> None:
+    from pathlib import Path
+
+    from sweeper.worker.objective import Objective, SurplusTrial
+
+    objective = Objective(spec=None, checkpoint_dir=Path(), tracker=None, worker="w",
+                          device="cpu", budget=2)  # fmt: skip
+    study = study_of(TrialState.COMPLETE, TrialState.FAIL)  # numbers 0 and 1
+    reads = []
+    real = study.get_trials
+    study.get_trials = lambda *a, **k: reads.append(1) or real(*a, **k)
+    objective._check_budget(study.ask())  # number 2, one counted trial before it: room
+    assert reads == [1]
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1))  # number 3
+    late = study.ask()  # number 4: two counted trials before it (0 and 3) fill the budget
+    with pytest.raises(SurplusTrial):
+        objective._check_budget(late)
+    assert late.user_attrs[Attr.SURPLUS] is True
+    reads.clear()
+    fresh = study_of()
+    fresh.get_trials = lambda *a, **k: reads.append(1) or real(*a, **k)
+    objective._check_budget(fresh.ask())  # number 0 < budget 2: nothing to read
+    assert reads == []

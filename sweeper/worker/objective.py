@@ -342,7 +342,8 @@ class Objective:
                 self.tracker.log_epoch(run_id, metrics, epoch)
 
     def _check_budget(self, trial: optuna.Trial) -> None:
-        if self.budget is None:
+        # fewer trials than its number came before it: below the budget, no read of them all
+        if self.budget is None or trial.number < self.budget:
             return
         earlier = [
             t
