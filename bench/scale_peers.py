@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def _optuna_peer(
 def optuna_worker(storage: str, tracking_uri: str, trials: int, trial_s: float) -> None:
     from optuna_integration.mlflow import MLflowCallback
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # "deprecated in v4.9.0"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a careful peer waits out SQLite's lock as sweeper does (Optuna's default gives up in 5 s)
     rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
