@@ -15,6 +15,7 @@ from sweeper.records import CHECKPOINT_FILE, Attr, StudyAttr, best_file_name, me
 from sweeper.spec.objectives import ranked
 from sweeper.stores import tracking
 from sweeper.stores.paths import SweepPaths
+from sweeper.stores.tracking import queries
 from sweeper.stores.tracking.checkpoints import reference
 
 KEEP = 3  # best weights of this many top trials stay (with the ensemble's sources and members)
@@ -43,9 +44,10 @@ def sweep_disk(
         kept |= set(ensemble.user_attrs.get(StudyAttr.PLAN, {}).get("sources", []))
         studies[members] = ensemble.get_trials(deepcopy=False)  # all of them kept
     removed = []
+    uris = queries.artifact_uris(paths.tracking_uri, name)
     for trial in studies[name]:
         if trial.number not in kept and trial.state.is_finished():
-            removed += _best_weights(trial, paths.tracking_uri, dry_run)
+            removed += _best_weights(trial, paths.tracking_uri, dry_run, uris)
     for study_name, trials in studies.items():
         removed += _stale_files(paths.checkpoints(study_name), trials, dry_run)
     return removed
@@ -56,19 +58,22 @@ def top_trials(study: optuna.Study, keep: int) -> list[FrozenTrial]:
     return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)[:keep]
 
 
-def _best_weights(trial: FrozenTrial, tracking_uri: str, dry_run: bool) -> list[Removed]:
+def _best_weights(
+    trial: FrozenTrial, tracking_uri: str, dry_run: bool, uris: dict[str, str]
+) -> list[Removed]:
     """The trial's best weights: what its `checkpoint` names, and the artifact that sweepers
-    before one-copy logged beside a local file."""
+    before one-copy logged beside a local file (`uris`: run id -> artifact URI)."""
     refs = {trial.user_attrs.get(Attr.CHECKPOINT)}
     if Attr.MLFLOW_RUN_ID in trial.user_attrs:
         file = Path(best_file_name(trial.number))
         refs.add(reference(trial.user_attrs[Attr.MLFLOW_RUN_ID], file))
     removed = []
     for ref in sorted(r for r in refs if r):
-        size = tracking.checkpoint_size(tracking_uri, ref)
+        uri = uris.get(ref.removeprefix("runs:/").split("/", 1)[0])
+        size = tracking.checkpoint_size(tracking_uri, ref, uri)
         if size is not None:
             if not dry_run:
-                tracking.delete_checkpoint(tracking_uri, ref)
+                tracking.delete_checkpoint(tracking_uri, ref, uri)
             removed.append(Removed(f"best weights of trial {trial.number}: {ref}", size))
     return removed
 

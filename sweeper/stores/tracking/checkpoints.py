@@ -31,15 +31,21 @@ def _artifact(ref: str) -> tuple[str, str] | None:
     return run_id, path
 
 
-def checkpoint_size(tracking_uri: str, ref: str) -> int | None:
-    """Bytes of the stored best weights; None where they are gone (or never were)."""
+def checkpoint_size(tracking_uri: str, ref: str, artifact_uri: str | None = None) -> int | None:
+    """Bytes of the stored best weights; None where they are gone (or never were). Given the
+    run's artifact URI, its artifacts are listed without reading the run first."""
     where = _artifact(ref)
     if where is None:
         path = Path(ref)
         return path.stat().st_size if ref and path.is_file() else None
     run_id, path = where
+    client = RetryingClient(tracking_uri)
     try:
-        listed = RetryingClient(tracking_uri).list_artifacts(run_id, posixpath.dirname(path))
+        if artifact_uri is None:
+            listed = client.list_artifacts(run_id, posixpath.dirname(path))
+        else:
+            repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+            listed = client.wait_for(repository.list_artifacts, posixpath.dirname(path))
     except MlflowException:  # the run itself was deleted
         return None
     return next((info.file_size for info in listed if info.path == path), None)
@@ -62,7 +68,7 @@ def fetch_checkpoint(tracking_uri: str, ref: str, into: Path) -> Path:
     return Path(client.download_artifacts(run_id, path, dst_path=str(folder)))
 
 
-def delete_checkpoint(tracking_uri: str, ref: str) -> None:
+def delete_checkpoint(tracking_uri: str, ref: str, artifact_uri: str | None = None) -> None:
     """Remove the stored best weights (the run keeps its metrics, plots and config)."""
     where = _artifact(ref)
     if where is None:
@@ -70,7 +76,6 @@ def delete_checkpoint(tracking_uri: str, ref: str) -> None:
         return
     run_id, path = where
     client = RetryingClient(tracking_uri)
-    repository = get_artifact_repository(
-        client.get_run(run_id).info.artifact_uri, tracking_uri=tracking_uri
-    )
+    artifact_uri = artifact_uri or client.get_run(run_id).info.artifact_uri
+    repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
     client.wait_for(repository.delete_artifacts, path)
