@@ -180,6 +180,24 @@ def test_every_trial_is_one_complete_run_on_the_server(
         assert not list(root.rglob("*.pt")), root
 
 
+def test_ui_of_a_tracking_server_is_the_servers_own(
+    topology: dict, server: MlflowServer, tmp_path: Path
+) -> None:
+    """The server already serves the UI: `sweeper ui` gives it sweeper's view and its URL."""
+    done = subprocess.run(
+        [BIN / "sweeper", "ui", "quickstart", "--tracking-uri", server.url, "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    url = done.stdout.strip().removeprefix("MLflow UI: ")
+    experiment = MlflowClient(tracking_uri=server.url).get_experiment_by_name("quickstart")
+    assert url == (f"{server.url}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey="
+                   "sweeper&compareRunsMode=CHART&workflowType=machine_learning")  # fmt: skip
+    assert "mlflow.sharedViewState.sweeper" in experiment.tags
+    with urllib.request.urlopen(server.url, timeout=30) as page:
+        assert page.status == 200
+
+
 def test_an_ensemble_on_a_host_without_the_sweep_files_reads_the_weights_from_the_server(
     topology: dict, server: MlflowServer, datasets_dir: Path, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from sweeper.errors import SweeperError
 from sweeper.interrupt import stop_on_signals
@@ -29,13 +29,16 @@ STOP_GRACE_S = 5.0
 TABLE, CHARTS = "sweeper-table", "sweeper-charts"  # the sections of the view
 
 
-def serve(sweep: SweepPaths, study: str | None, host: str, port: int, workers: int) -> NoReturn:
+def serve(sweep: SweepPaths, study: str | None, host: str, port: int, workers: int) -> int:
     """Run the MLflow UI until it is stopped (KeyboardInterrupt) or stops (SweeperError); print
-    the URL to open once it answers."""
+    the URL to open once it answers. An `mlflow server` serves its own: its URL, at once."""
     from sweeper.stores import tracking  # MLflow: loaded only now
 
     stop_on_signals()
     experiment_id = tracking.experiment_to_show(sweep.tracking_uri, study, VIEW_KEY, trials_view())
+    if sweep.tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {landing_url(sweep.tracking_uri, experiment_id)}", flush=True)
+        return 0
     _check_port(host, port)
     command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", host,
                "--port", str(port), "--workers", str(workers)]  # fmt: skip
@@ -51,7 +54,9 @@ def serve(sweep: SweepPaths, study: str | None, host: str, port: int, workers: i
                                   stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         _wait_until_answering(server, _local(host), port, log)
-        print(f"MLflow UI: {landing_url(_local(host), port, experiment_id)}", flush=True)
+        local = _local(host)
+        root = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+        print(f"MLflow UI: {landing_url(root, experiment_id)}", flush=True)
         code = server.wait()
         raise SweeperError(f"the MLflow UI stopped (exit code {code}); its log: {log}")
     finally:
@@ -90,10 +95,10 @@ def trials_view() -> dict[str, Any]:
     }
 
 
-def landing_url(host: str, port: int, experiment_id: str | None) -> str:
+def landing_url(root: str, experiment_id: str | None) -> str:
     """The runs page of the experiment in chart mode with sweeper's view, the sidebar on model
     training; the list of experiments when there is none yet."""
-    root = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    root = root.rstrip("/") + "/"
     if experiment_id is None:
         return f"{root}#/experiments"
     query = f"viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART&workflowType=machine_learning"
