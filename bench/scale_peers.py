@@ -168,7 +168,10 @@ def optuna_worker(storage: str, tracking_uri: str, trials: int, trial_s: float) 
     warnings.filterwarnings("ignore", category=FutureWarning)  # "deprecated in v4.9.0"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a careful peer waits out SQLite's lock as sweeper does (Optuna's default gives up in 5 s)
-    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
+    sqlite = storage.startswith("sqlite")
+    rdb = optuna.storages.RDBStorage(
+        storage, engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {}
+    )
     study = optuna.load_study(study_name=STUDY, storage=rdb)
     callback = MLflowCallback(tracking_uri=tracking_uri, metric_name="val_acc")
     study.optimize(lambda t: objective(t, trial_s), n_trials=trials, callbacks=[callback])
