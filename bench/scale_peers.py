@@ -187,9 +187,13 @@ def ray_peer(
         tracking = f"postgresql://postgres@/{name}?{SOCKET}"
     inside = (f"ip link set lo up && exec {sys.executable} {__file__} ray-tune {folder}"
               f" '{tracking}' {trials} {workers} {trial_s}")  # fmt: skip
+    # A home of its own: Ray writes ~/.ray/auth_token for the local cluster it makes, and a
+    # `ray start` of the same user later (tests/test_ray.py) fails on it ("InvalidAuthToken").
+    home = folder / "ray-home"
+    home.mkdir(exist_ok=True)
     done = subprocess.run(
         ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "bash", "-c", inside],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "HOME": str(home)},
     )  # fmt: skip
     if done.returncode:
         sys.exit(f"bench/scale_peers.py: the Ray Tune peer failed:\n{done.stderr[-3000:]}")
