@@ -29,7 +29,7 @@ RUN_KEYS = ["run_id", "experiment_id", RUN_TRIAL, RUN_DEVICE, "metrics.best_epoc
             "metrics.best_val_acc", "metrics.seconds"]  # fmt: skip
 # Past this many trials, the curves of the best ones and of the running ones only: MLflow has no
 # bulk read of metric histories (a call per run and metric), and no page draws thousands.
-CURVES_READ = 200
+CURVES_READ = 50
 
 
 @dataclass
