@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial
 
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr, Kind, Tag
 from sweeper.spec.budget import counted_trials
-from sweeper.spec.objectives import maximizing, metric_value
+from sweeper.spec.objectives import best_first, maximizing, metric_value
 from sweeper.stores.paths import SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
 
@@ -109,9 +109,8 @@ def _curves_to_read(trials: list[FrozenTrial], runs: pd.DataFrame, maximize: boo
     of the best CURVES_READ (by the metric, finished) and of the running trials."""
     if len(trials) <= CURVES_READ or runs.empty:
         return list(runs["run_id"])
-    sign = -1 if maximize else 1  # best first, ties by trial number as the table shows them
-    scored = sorted((sign * v, t.number) for t in trials if (v := metric_value(t)) is not None)
-    wanted = {str(number) for _, number in scored[:CURVES_READ]}
+    scored = best_first([t for t in trials if metric_value(t) is not None], maximize)
+    wanted = {str(t.number) for t in scored[:CURVES_READ]}  # ties by number, as the table
     wanted |= {str(t.number) for t in trials if t.state.name == "RUNNING"}
     return list(runs.loc[runs[RUN_TRIAL].isin(wanted), "run_id"])
 

@@ -41,7 +41,12 @@ def best_by_metric(study: optuna.Study) -> FrozenTrial | None:
 
 def ranked(trials: list[FrozenTrial], study: optuna.Study) -> list[FrozenTrial]:
     """Trials from the best metric value to the worst."""
-    return sorted(trials, key=metric_value, reverse=maximizing(study))
+    return best_first(trials, maximizing(study))
+
+
+def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    """Trials with a metric value, the best first; ties keep their order (by number)."""
+    return sorted(trials, key=metric_value, reverse=maximize)
 
 
 def behind_the_median(study: optuna.Study, number: int, epoch: int, value: float) -> bool:
