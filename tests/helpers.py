@@ -97,16 +97,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """A process's command line, its arguments joined by spaces (as `ps` shows it; a worker
+    forked from the fork server sets it whole, setproctitle); "" once it ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
+
+
 def processes_mentioning(text: str) -> list[int]:
     """The ids of the processes whose command line contains `text`."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_text():
-                found.append(int(cmdline.parent.name))
-        except OSError:  # the process ended meanwhile
-            continue
-    return found
+    pids = [int(path.name) for path in Path("/proc").glob("[0-9]*")]
+    return [pid for pid in pids if text in command_line(pid)]
 
 
 def descendants(pid: int) -> list[int]:

@@ -120,7 +120,7 @@ def kill_a_worker_mid_trial(url: str, checkpoints: Path, process: subprocess.Pop
 
     trial = wait_until("trial past its first epoch", past_first_epoch, process)[0]
     name = trial.user_attrs["worker"]
-    (pid,) = [p for p in processes_mentioning(f"--worker-name\0{name}\0") if running(p)]
+    (pid,) = [p for p in processes_mentioning(f"--worker-name {name} ") if running(p)]
     os.kill(pid, signal.SIGKILL)
     return trial.number
 
@@ -158,7 +158,7 @@ def left_behind() -> dict:
     """Ray actors of sweeper (ray::Slot) and `sweeper worker` processes still alive."""
     return {
         "actors": [p for p in processes_mentioning("ray::Slot") if running(p)],
-        "workers": [p for p in processes_mentioning("sweeper.cli\0worker") if running(p)],
+        "workers": [p for p in processes_mentioning("sweeper.cli worker") if running(p)],
     }
 
 

@@ -17,6 +17,7 @@ from helpers import (
     FINISHED,
     SWEEPER,
     TINY,
+    command_line,
     descendants,
     first_epoch_checkpoint,
     sweeper,
@@ -77,10 +78,8 @@ def kill_a_worker_past_its_first_epoch(sweep_dir: Path, launcher: subprocess.Pop
     """SIGKILL the worker of the first trial that saved an epoch checkpoint; its number."""
     number = first_epoch_checkpoint(sweep_dir, launcher, "mine")
     worker = stored(sweep_dir).trials[number].user_attrs["worker"]
-    named = f"--worker-name\0{worker}\0"
-    (pid,) = [
-        p for p in descendants(launcher.pid) if named in Path(f"/proc/{p}/cmdline").read_text()
-    ]
+    named = f"--worker-name {worker} "
+    (pid,) = [p for p in descendants(launcher.pid) if named in command_line(p)]
     os.kill(pid, signal.SIGKILL)
     return number
 

@@ -48,7 +48,8 @@ def worker_command_lines(sweep_dir: Path) -> list[list[str]]:
     found = []
     for path in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            argv = path.read_bytes().decode().split("\0")[:-1]
+            # a forked worker's title is its command line joined by spaces (setproctitle)
+            argv = path.read_bytes().decode().replace("\0", " ").split()
         except (OSError, UnicodeDecodeError):  # the process ended meanwhile
             continue
         if "worker" in argv and str(sweep_dir) in argv:

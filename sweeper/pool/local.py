@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweeper.pool.forks import Forked, warm_up
 from sweeper.pool.interface import Slots
 
 STOP_WAIT_S = 60  # a stopping worker saves and logs what it has; then it is killed
@@ -50,13 +51,11 @@ class LocalPool:
 
     @classmethod
     def of(cls, workers: int | None, trials_per_gpu: int) -> LocalPool:
+        warm_up()  # the workers' imports begin while the launcher opens its stores
         return cls(default_devices(workers, trials_per_gpu))
 
     def start(self, commands: list[list[str]]) -> None:
-        def spawn(slot: int) -> subprocess.Popen:
-            return subprocess.Popen(commands[slot], stdin=subprocess.PIPE, text=True)
-
-        self.slots = Slots(spawn, give, len(commands))
+        self.slots = Slots(lambda slot: Forked(commands[slot]), Forked.give, len(commands))
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds`, waking as soon as a worker ends (the launch goes on at once)."""
@@ -77,12 +76,3 @@ class LocalPool:
                 print(f"sweeper: worker w{i} did not stop within {STOP_WAIT_S} s: killed; its"
                       " trial resumes from its last epoch checkpoint on the next launch",
                       file=sys.stderr)  # fmt: skip
-
-
-def give(worker: subprocess.Popen, line: str) -> None:
-    """Give a worker its launch context; one that already died is started again by supervise()."""
-    try:
-        worker.stdin.write(line)
-        worker.stdin.close()
-    except (BrokenPipeError, OSError):
-        pass

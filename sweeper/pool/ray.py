@@ -10,6 +10,7 @@ server` for MLflow, and a --dir on storage that every node mounts (the epoch che
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import signal
@@ -24,7 +25,6 @@ from typing import Any
 
 from sweeper.errors import SweeperError
 from sweeper.pool.interface import MAX_WORKER_RESTARTS, Slots
-from sweeper.pool.local import give
 from sweeper.stores.paths import SweepPaths
 from sweeper.stores.storage import redact
 
@@ -187,8 +187,11 @@ class Slot:
             self.lines.append((stream, line.rstrip("\n")))
 
     def hand(self, line: str) -> None:
+        """Give the worker its launch context; one that already died is started again."""
         if self.process is not None:
-            give(self.process, line)
+            with contextlib.suppress(OSError):
+                self.process.stdin.write(line)
+                self.process.stdin.close()
 
     def poll(self) -> tuple[int | None, list[tuple[str, str]]]:
         """The worker's exit code (None while it runs) and what it wrote since the last poll."""

@@ -1,0 +1,86 @@
+"""Workers forked from the fork server behave as the processes their command lines would start:
+the launcher's folder and environment as they are when it starts them, their command line in
+`ps`, the launch context on stdin. Stand-in commands, no training: seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import command_line
+
+from sweeper.pool.forks import Forked
+
+REPORT = """
+import json, os, sys, time
+print(json.dumps({"cwd": os.getcwd(), "env": os.environ.get("SWEEPER_TEST_MARK"),
+                  "argv": sys.argv, "line": sys.stdin.readline()}), flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_forked_command_sees_the_launcher_now_and_shows_its_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEPER_TEST_MARK", "set after the fork server started")
+    command = [sys.executable, "-c", REPORT, "1.5", "--worker-name", "w3"]
+    worker = Forked(command)
+    worker.give("the context\n")
+    deadline = time.monotonic() + 60
+    while "--worker-name w3" not in command_line(worker.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert command_line(worker.pid).strip() == " ".join(command)
+    assert worker.wait(timeout=60) == 0
+    seen = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert seen == {
+        "cwd": str(tmp_path),
+        "env": "set after the fork server started",
+        "argv": ["-c", "1.5", "--worker-name", "w3"],
+        "line": "the context\n",
+    }
+
+
+def test_a_worker_whose_launcher_hands_nothing_reads_the_end_and_exit_codes_come_back(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    worker = Forked(
+        [sys.executable, "-c", "import sys; sys.exit(7 if sys.stdin.readline() == '' else 0)"]
+    )
+    worker.writer.close()  # as when the launcher dies before it made the context
+    assert worker.wait(timeout=60) == 7 and worker.poll() == 7
+    sleeper = Forked([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        sleeper.wait(timeout=0.1)
+    sleeper.kill()
+    assert sleeper.wait(timeout=60) == -9
+
+
+def test_a_script_that_starts_workers_is_not_run_again_in_them(tmp_path: Path) -> None:
+    """multiprocessing's spawn rule would import the launcher's main script in each child: a
+    script that launches a study (the Python API) would launch it again there."""
+    script = tmp_path / "launching.py"
+    runs = tmp_path / "runs"
+    script.write_text(f"""
+import pathlib, sys
+with open({str(runs)!r}, "a") as f:
+    f.write("ran\\n")
+from sweeper.pool.forks import Forked
+worker = Forked([sys.executable, "-c", "print('worker ran')"])
+sys.exit(worker.wait(timeout=60))
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "worker ran" in done.stdout
+    assert runs.read_text() == "ran\n"
+
+
+def test_a_command_of_another_program_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a command of this Python"):
+        Forked(["/bin/sleep", "1"])
