@@ -106,6 +106,11 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def workers_of(launcher: int) -> list[int]:
+    """The ids of a local launch's `sweeper worker` processes (children of its fork server)."""
+    return [pid for pid in descendants(launcher) if "sweeper.cli worker " in command_line(pid)]
+
+
 def processes_mentioning(text: str) -> list[int]:
     """The ids of the processes whose command line contains `text`."""
     pids = [int(path.name) for path in Path("/proc").glob("[0-9]*")]

@@ -17,19 +17,21 @@ from helpers import command_line
 from sweeper.pool.forks import Forked
 
 REPORT = """
-import json, os, sys, time
-print(json.dumps({"cwd": os.getcwd(), "env": os.environ.get("SWEEPER_TEST_MARK"),
-                  "argv": sys.argv, "line": sys.stdin.readline()}), flush=True)
+import json, os, pathlib, sys, time
+seen = {"cwd": os.getcwd(), "env": os.environ.get("SWEEPER_TEST_MARK"), "argv": sys.argv,
+        "line": sys.stdin.readline()}
+pathlib.Path(sys.argv[2]).write_text(json.dumps(seen))
 time.sleep(float(sys.argv[1]))
 """
 
 
 def test_a_forked_command_sees_the_launcher_now_and_shows_its_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEPER_TEST_MARK", "set after the fork server started")
-    command = [sys.executable, "-c", REPORT, "1.5", "--worker-name", "w3"]
+    out = tmp_path / "seen.json"
+    command = [sys.executable, "-c", REPORT, "1.5", str(out), "--worker-name", "w3"]
     worker = Forked(command)
     worker.give("the context\n")
     deadline = time.monotonic() + 60
@@ -37,18 +39,15 @@ def test_a_forked_command_sees_the_launcher_now_and_shows_its_command_line(
         time.sleep(0.05)
     assert command_line(worker.pid).strip() == " ".join(command)
     assert worker.wait(timeout=60) == 0
-    seen = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
-    assert seen == {
+    assert json.loads(out.read_text()) == {
         "cwd": str(tmp_path),
         "env": "set after the fork server started",
-        "argv": ["-c", "1.5", "--worker-name", "w3"],
+        "argv": ["-c", "1.5", str(out), "--worker-name", "w3"],
         "line": "the context\n",
     }
 
 
-def test_a_worker_whose_launcher_hands_nothing_reads_the_end_and_exit_codes_come_back(
-    capfd: pytest.CaptureFixture[str],
-) -> None:
+def test_a_worker_whose_launcher_hands_nothing_reads_the_end_and_exit_codes_come_back() -> None:
     worker = Forked(
         [sys.executable, "-c", "import sys; sys.exit(7 if sys.stdin.readline() == '' else 0)"]
     )

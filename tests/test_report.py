@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from helpers import REPO, SWEEPER, children, chromium, free_port, sweeper, sweeper_here
+from helpers import REPO, SWEEPER, chromium, free_port, sweeper, sweeper_here, workers_of
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
@@ -119,7 +119,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
         while not first.exists():  # trial 0 is past its first epoch
             assert time.time() < deadline and launcher.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
-        (worker,) = children(launcher.pid)
+        (worker,) = workers_of(launcher.pid)
         pause(worker)  # hold trial 0 RUNNING while the report reads it
         try:
             running = sweeper_here("report", NAME, "--dir", str(directory),

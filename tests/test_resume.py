@@ -17,12 +17,12 @@ from helpers import (
     SWEEPER,
     TINY,
     Store,
-    children,
     first_epoch_checkpoint,
     launch,
     processes_mentioning,
     sweeper,
     sweeper_here,
+    workers_of,
 )
 from mlflow import MlflowClient
 
@@ -91,7 +91,7 @@ def test_a_killed_worker_loses_no_trial(
     env = {**os.environ, "SWEEPER_HEARTBEAT_S": "1", "SWEEPER_GRACE_S": "4"}
     launcher = start_launch(tmp_path, storage, datasets_dir, "--trials", "3", env=env)
     killed_trial = first_epoch_checkpoint(tmp_path, launcher)
-    (worker,) = children(launcher.pid)
+    (worker,) = workers_of(launcher.pid)
     os.kill(worker, signal.SIGKILL)
     out, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-3000:]
