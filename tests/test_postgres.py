@@ -141,11 +141,17 @@ def test_first_opens_at_once_all_succeed(new_database: Callable[[], str]) -> Non
 
 @pytest.mark.fault
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask and report, not optimize
-def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], str]) -> None:
-    """A restart cuts the connection of a query in flight: the trial's report must not fail.
+@pytest.mark.parametrize("table", ["trial_intermediate_values", "trials"])
+def test_a_query_cut_off_mid_flight_is_asked_again(
+    new_database: Callable[[], str], table: str
+) -> None:
+    """A restart cuts the connection of a query in flight: the trial's report, or the launcher's
+    read of every trial, must not fail.
 
-    The storage's UPDATE waits on a table lock held here; its server process is then terminated
-    (as a restart does), the lock released, and the report must land on a new connection.
+    The storage's query waits on a table lock held here (the report's UPDATE; the read's SELECT,
+    which Optuna answers with a second query on the cut session); its server process is then
+    terminated (as a restart does), the lock released, and the query must land on a new
+    connection.
     """
     url = new_database()
     storage = make_storage(url)
@@ -154,17 +160,21 @@ def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], st
     trial.report(0.25, 1)
     holder = sa.create_engine(url, poolclass=sa.pool.NullPool)
     errors: list[BaseException] = []
+    read: list[int] = []
 
-    def report() -> None:
+    def query() -> None:
         try:
-            trial.report(0.5, 2)
+            if table == "trials":
+                read.append(len(storage.get_all_trials(study._study_id)))
+            else:
+                trial.report(0.5, 2)
         except BaseException as error:
             errors.append(error)
 
     with holder.connect() as lock, holder.connect() as killer:
-        lock.execute(sa.text("LOCK TABLE trial_intermediate_values IN ACCESS EXCLUSIVE MODE"))
-        reporter = threading.Thread(target=report)
-        reporter.start()
+        lock.execute(sa.text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        asking = threading.Thread(target=query)
+        asking.start()
         waiting = sa.text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND wait_event_type = 'Lock'"
@@ -174,15 +184,16 @@ def test_a_query_cut_off_mid_flight_is_asked_again(new_database: Callable[[], st
             if pids:
                 break
             time.sleep(0.05)
-        assert len(pids) == 1, "the report never waited on the lock"
+        assert len(pids) == 1, "the query never waited on the lock"
         ended = sa.text("SELECT pg_terminate_backend(:pid, 30000)")  # waits until it is gone
         assert killer.execute(ended, {"pid": pids[0]}).scalar() is True
         killer.commit()
         lock.rollback()  # releases the lock
-        reporter.join(timeout=60)
-    assert not reporter.is_alive() and not errors, errors
+        asking.join(timeout=60)
+    assert not asking.is_alive() and not errors, errors
     stored = optuna.load_study(study_name="cut", storage=make_storage(url)).trials[0]
-    assert stored.intermediate_values == {1: 0.25, 2: 0.5}
+    assert stored.intermediate_values == ({1: 0.25} if table == "trials" else {1: 0.25, 2: 0.5})
+    assert read == ([1] if table == "trials" else [])
     storage.engine.dispose()
     holder.dispose()
 

@@ -176,7 +176,11 @@ def _cut_off(error: Exception) -> bool:
     if not isinstance(error, sqlalchemy.exc.DBAPIError | optuna.exceptions.StorageInternalError):
         return False
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-    return isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    # Optuna's _get_trials answers an OperationalError (the cut) with a second query on the same
+    # session, which then fails as PendingRollbackError: a cut as well.
+    return isinstance(cause, sqlalchemy.exc.PendingRollbackError) or (
+        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    )
 
 
 # What Optuna's cached storage and a worker call while a trial runs, create_new_trial excepted.
