@@ -45,7 +45,7 @@ sys.exit(exits[min(starts, len(exits)) - 1])
     return [sys.executable, "-c", code]
 
 
-def test_every_worker_reads_the_context_the_launcher_made_after_starting_it(tmp_path: Path) -> None:
+def test_every_worker_reads_the_one_context_the_launcher_made(tmp_path: Path) -> None:
     outs = [tmp_path / f"w{i}" for i in range(3)]
     made = []
 
@@ -153,8 +153,15 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_wait(
     assert "worker w0 did not stop within 0.5 s: killed" in capsys.readouterr().err
 
 
-def test_a_failed_setup_stops_the_workers_it_started(tmp_path: Path) -> None:
-    pool = LocalPool(["cpu"])
+class StartsFirst(LocalPool):
+    """A pool whose workers start before the stores open, as Ray actors do."""
+
+    local = False
+
+
+@pytest.mark.parametrize("pool_class", [LocalPool, StartsFirst])
+def test_a_failed_setup_leaves_no_worker_running(tmp_path: Path, pool_class: type) -> None:
+    pool = pool_class(["cpu"])
 
     def setup() -> LaunchContext:
         raise SweeperError("cannot open the study")
@@ -162,7 +169,8 @@ def test_a_failed_setup_stops_the_workers_it_started(tmp_path: Path) -> None:
     with pytest.raises(SweeperError, match="cannot open the study"):
         supervisor.supervise(pool, [stand_in(tmp_path / "w0", [0], sleep=60)], setup,
                              lambda: True)  # fmt: skip
-    assert pool.slots.processes[0].poll() is not None
+    assert all(process.poll() is not None for process in pool.slots.processes)
+    assert len(pool.slots.processes) == (0 if pool.local else 1)  # a local pool forks after
 
 
 def test_the_local_pool_shares_the_cpu_and_packs_shared_gpus(tmp_path: Path) -> None:

@@ -23,17 +23,20 @@ def supervise(
     """Run the workers until every one has ended; False if interrupted (Ctrl-C, SIGTERM). Whether
     they all gave up is pool.slots.all_gave_up() then.
 
-    The workers start first: while they import torch and MLflow (seconds), setup() opens what
-    they work on and returns the launch context each reads on its stdin. Each callback of
+    While the workers import torch and MLflow (seconds), setup() opens what they work on and
+    returns the launch context each reads on its stdin. Each callback of
     `each_poll` runs at every poll and once after the workers ended.
 
     On Ctrl-C, on_interrupt() lets go of what the launcher held when the interrupt came (a
     database transaction it cut, which the stopping workers wait for) before the workers are
     stopped and waited for."""
+    # A local pool's fork server has been importing torch since the pool was made, and its first
+    # fork waits for that: the stores open meanwhile. Ray actors start only now: they start first.
+    context = setup() if pool.local else None
     pool.start(commands)
     interrupted = False
     try:
-        pool.slots.hand(setup().line())
+        pool.slots.hand((context or setup()).line())
         while pool.slots.supervise(work_remains):
             for callback in each_poll:
                 callback()
