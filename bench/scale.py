@@ -54,6 +54,17 @@ def launcher_sample(pid: int) -> tuple[float, int]:
     return cpu, int(peak.group(1)) * 1024 if peak else 0
 
 
+def fork_server_cpu(launcher: int) -> float:
+    """CPU seconds of the launcher's fork server and of the workers it reaped, from /proc: it
+    ends after the launcher, unwaited, so RUSAGE_CHILDREN never sees it."""
+    for task in Path(f"/proc/{launcher}/task").glob("*"):
+        for pid in (task / "children").read_text().split():
+            if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -124,17 +135,19 @@ def launched(folder: Path, trials: int, workers: int, trial_s: float, flags: lis
              "--trials", str(trials), "--no-progress", *flags],
             stdout=subprocess.DEVNULL, stderr=err, env=env,
         )  # fmt: skip
-        cpu, peak = 0.0, 0
+        cpu, peak, forks = 0.0, 0, 0.0
         while launcher.poll() is None:
             with contextlib.suppress(OSError, IndexError):  # it is ending
                 cpu, now = launcher_sample(launcher.pid)
                 peak = max(peak, now)  # a zombie launcher shows no VmHWM
+                forks = max(forks, fork_server_cpu(launcher.pid))
             time.sleep(0.2)
     wall = time.perf_counter() - started
     if launcher.returncode:
         sys.exit(f"the launch failed:\n{(folder / 'launch.err').read_text()[-3000:]}")
+    all_cpu = children_cpu() - before + forks
     return {"workers": workers, "wall": wall, "ended": time.time(), "launcher_cpu": cpu,
-            "launcher_peak_mb": peak / 2**20, "all_cpu": children_cpu() - before}  # fmt: skip
+            "launcher_peak_mb": peak / 2**20, "all_cpu": all_cpu}  # fmt: skip
 
 
 def _trial_times(storage: str, trial_s: float, ended: float) -> dict[str, float | str]:

@@ -39,9 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         print("sweeper: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     if argv is None and args.command in ("launch", "worker"):
-        from sweeper.pool import forks
-
-        forks.stop()  # a launcher waits for its workers' fork server (a worker has none)
         # Everything is stored by now; skip the second or more of tearing down torch and MLflow.
         sys.stdout.flush()
         sys.stderr.flush()

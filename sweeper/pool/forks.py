@@ -35,16 +35,6 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def stop() -> None:
-    """End the fork server now and wait for it (it ends by itself once this process ends, but
-    unwaited: its CPU time and its workers' would count for nobody)."""
-    from multiprocessing import forkserver
-
-    stopping = getattr(forkserver._forkserver, "_stop", None)  # private, Python 3.8 to 3.14
-    if stopping is not None:
-        stopping()
-
-
 class Forked:
     """A command of this Python (`[sys.executable, "-m" | "-c", target, *args]`) run in a child
     of the fork server; the supervisor sees it as it sees a subprocess.Popen."""
