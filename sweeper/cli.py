@@ -14,6 +14,7 @@ from typing import Any
 
 from sweeper.errors import SweeperError, bad_value
 from sweeper.interrupt import EXIT_INTERRUPTED
+from sweeper.pool import forks
 from sweeper.pool.interface import Pool
 from sweeper.spec.study import load_by_name_or_file, load_study
 from sweeper.stores.paths import MLFLOW_URL, SweepPaths
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print("sweeper: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     if argv is None and args.command in ("launch", "worker"):
+        if args.command == "launch":  # its workers have ended: their fork server may go
+            forks.end_before_exit()
         # Everything is stored by now; skip the second or more of tearing down torch and MLflow.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -83,3 +83,27 @@ sys.exit(worker.wait(timeout=60))
 def test_a_command_of_another_program_is_refused() -> None:
     with pytest.raises(ValueError, match="not a command of this Python"):
         Forked(["/bin/sleep", "1"])
+
+
+def test_a_launcher_at_its_exit_ends_its_fork_server_at_once(tmp_path: Path) -> None:
+    """No second of tearing torch down. In a process of its own: this one's other tests share
+    their fork server."""
+    script = tmp_path / "ending.py"
+    script.write_text("""
+import sys, time
+from multiprocessing import forkserver
+from helpers import running
+from sweeper.pool.forks import Forked, end_before_exit
+assert Forked([sys.executable, "-c", "pass"]).wait(timeout=60) == 0
+server = forkserver._forkserver._forkserver_pid
+assert running(server)
+end_before_exit()
+deadline = time.monotonic() + 5
+while running(server):
+    assert time.monotonic() < deadline, "the fork server is still there"
+    time.sleep(0.05)
+""")
+    path = os.pathsep.join([os.getcwd(), str(Path(__file__).parent)])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
