@@ -29,8 +29,8 @@ os.environ.setdefault("SWEEPER_DATA_DIR", str(DATASETS))  # as `make test` sets 
 
 # The tiers (pytest -m): e2e launches real sweeps, fault breaks processes and servers on purpose,
 # cluster starts a Ray cluster; the fast tier is the rest (`make test-fast`, seconds to a minute).
-E2E_MODULES = {"test_launch", "test_resume", "test_server", "test_report", "test_retrain",
-               "test_postgres", "test_proxy", "test_ui", "test_ensemble",
+E2E_MODULES = {"test_launch", "test_resume", "test_resume_ctrl_c", "test_server", "test_report",
+               "test_retrain", "test_postgres", "test_proxy", "test_ui", "test_ensemble",
                "test_custom", "test_notebook"}  # fmt: skip
 CLUSTER_MODULES = {"test_ray"}
 

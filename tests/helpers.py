@@ -155,3 +155,24 @@ def chromium(
     command = [binary, *CHROMIUM, f"--virtual-time-budget={budget_ms}",
                f"--user-data-dir={profile}", *args, target]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def start_launch(
+    sweep_dir: Path, storage: Store, data_dir: Path, *args: str, env=None, group: bool = False
+):
+    """A launch of 3 epochs on 1 worker; `group`: in a process group of its own, as a terminal
+    starts it (Ctrl-C signals the whole group)."""
+    command = [SWEEPER, "launch", QUICKSTART, "--dir", str(sweep_dir), *storage.flags,
+               "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+               "--no-ensemble", "--data-dir", str(data_dir), *args]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=group)  # fmt: skip
+
+
+def stop_line(err: str) -> str:
+    """The launcher's one line on stderr after Ctrl-C. Nothing else may be there but the report
+    Python itself prints when the interrupt lands in a garbage-collection callback ("Exception
+    ignored in", rare): the training loop then notices the stop at its next batch."""
+    *before, line = err.strip().splitlines() or [""]
+    assert not before or before[0].startswith("Exception ignored in"), err[-3000:]
+    return line

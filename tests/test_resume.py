@@ -1,6 +1,6 @@
 """End to end: a launch resumes what it did not finish, over SQLite and PostgreSQL (the `store`
-fixture): launched again, interrupted by Ctrl-C or by a library's error, a worker killed, a
-launcher that fails before it hands over, a launch without its data."""
+fixture): launched again, interrupted by a library's error, a worker killed, a launcher that
+fails before it hands over, a launch without its data. Ctrl-C: test_resume_ctrl_c.py."""
 
 import os
 import signal
@@ -14,12 +14,12 @@ from helpers import (
     FINISHED,
     QUICKSTART,
     SMALL,
-    SWEEPER,
     TINY,
     Store,
     first_epoch_checkpoint,
     launch,
     processes_mentioning,
+    start_launch,
     sweeper,
     sweeper_here,
     workers_of,
@@ -47,27 +47,6 @@ def test_launching_again_resumes_without_rerunning(
     more = launch(tmp_path, storage, datasets_dir, "--trials", "3", *TINY)
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(storage.load().get_trials()) == 3
-
-
-def start_launch(
-    sweep_dir: Path, storage: Store, data_dir: Path, *args: str, env=None, group: bool = False
-):
-    """A launch of 3 epochs on 1 worker; `group`: in a process group of its own, as a terminal
-    starts it (Ctrl-C signals the whole group)."""
-    command = [SWEEPER, "launch", QUICKSTART, "--dir", str(sweep_dir), *storage.flags,
-               "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
-               "--no-ensemble", "--data-dir", str(data_dir), *args]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=group)  # fmt: skip
-
-
-def stop_line(err: str) -> str:
-    """The launcher's one line on stderr after Ctrl-C. Nothing else may be there but the report
-    Python itself prints when the interrupt lands in a garbage-collection callback ("Exception
-    ignored in", rare): the training loop then notices the stop at its next batch."""
-    *before, line = err.strip().splitlines() or [""]
-    assert not before or before[0].startswith("Exception ignored in"), err[-3000:]
-    return line
 
 
 def worker_here(paths: SweepPaths, datasets_dir: Path, epochs: int) -> int:
@@ -106,60 +85,6 @@ def test_a_killed_worker_loses_no_trial(
     assert retry.user_attrs["mlflow_run_id"] == failed.user_attrs["mlflow_run_id"]
     runs = tracking.runs_of_study(default_tracking_uri(tmp_path), "quickstart")
     assert len(runs) == 3  # the retry continued the killed trial's run
-
-
-def test_ctrl_c_keeps_the_running_trial_for_the_next_launch(
-    tmp_path: Path, datasets_dir: Path, store: Callable[[Path], Store]
-) -> None:
-    storage = store(tmp_path)
-    launcher = start_launch(tmp_path, storage, datasets_dir, "--trials", "2")
-    first_epoch_checkpoint(tmp_path, launcher)
-    launcher.send_signal(signal.SIGINT)
-    out, err = launcher.communicate(timeout=120)
-    assert launcher.returncode == 130, err[-3000:]
-    assert stop_line(err).startswith("sweeper: stopped;"), err[-3000:]
-    trials = storage.load().get_trials()
-    assert not [t for t in trials if t.state.name == "RUNNING"]
-    (waiting,) = [t for t in trials if t.state.name == "WAITING"]
-    interrupted = waiting.system_attrs["failed_trial"]
-    assert (tmp_path / "checkpoints" / "quickstart" / f"trial-{interrupted}-last.pt").exists()
-    again = start_launch(tmp_path, storage, datasets_dir, "--trials", "2")
-    _, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err[-3000:]
-    trials = storage.load().get_trials()
-    (resumed,) = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted]
-    assert resumed.state.name in FINISHED
-    assert resumed.user_attrs["resumed_from_epoch"] >= 1
-    assert len([t for t in trials if t.state.name in FINISHED]) == 2
-    assert list((tmp_path / "checkpoints" / "quickstart").iterdir()) == []  # both tries' dropped
-
-
-def test_ctrl_c_at_a_terminal_stops_quietly_and_the_cut_trial_resumes(
-    tmp_path: Path, datasets_dir: Path
-) -> None:
-    """Ctrl-C at a terminal signals the launcher and its workers at once (their process group),
-    and each worker gets its launcher's SIGTERM too, often before Python ran the first one's
-    handler: one line says what was kept (no traceback), the trial is interrupted, not failed,
-    and the next launch resumes it."""
-    storage = Store("sqlite", f"sqlite:///{tmp_path / 'optuna.db'}", ())  # the default
-    launcher = start_launch(tmp_path, storage, datasets_dir, "--trials", "2", group=True)
-    try:
-        first_epoch_checkpoint(tmp_path, launcher)
-        os.killpg(launcher.pid, signal.SIGINT)
-        out, err = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-    assert launcher.returncode == 130, err[-3000:]
-    assert stop_line(err).startswith("sweeper: stopped; 0 of 2 trials done and kept; the 1 cut")
-    (cut,) = [t for t in storage.load().trials if t.state.name == "FAIL"]
-    assert out.splitlines()[-1] == f"trial {cut.number} INTERRUPTED value=-"
-    again = start_launch(tmp_path, storage, datasets_dir, "--trials", "2")
-    _, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err[-3000:]
-    trials = storage.load().trials
-    (resumed,) = [t for t in trials if t.system_attrs.get("failed_trial") == cut.number]
-    assert resumed.state.name in FINISHED and resumed.user_attrs["resumed_from_epoch"] >= 1
 
 
 def test_a_trial_cut_before_it_trains_is_queued_again(
