@@ -107,3 +107,28 @@ while running(server):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_fork_server_that_dies_importing_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A broken install kills the server as it imports: the launcher says so in one line."""
+    (tmp_path / "brokenmod.py").write_text("raise RuntimeError('a broken torch')\n")
+    script = tmp_path / "forking.py"
+    script.write_text("""
+import sys
+from sweeper.errors import SweeperError
+from sweeper.pool import forks
+forks.PRELOAD.append("brokenmod")
+try:
+    forks.Forked([sys.executable, "-c", "pass"])
+except SweeperError as error:
+    sys.exit(f"sweeper: error: {error}")
+""")
+    path = os.pathsep.join([os.getcwd(), str(tmp_path)])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "RuntimeError: a broken torch" in done.stderr  # the server's own error, above
+    assert done.stderr.strip().splitlines()[-1] == (
+        "sweeper: error: the workers' fork server ended before it started a worker; its error"
+        " is above"
+    )

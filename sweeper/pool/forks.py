@@ -23,6 +23,8 @@ from typing import Any
 
 from setproctitle import setproctitle
 
+from sweeper.errors import SweeperError
+
 PRELOAD = ["sweeper.worker.loop", "torch._dynamo"]  # torch.optim imports dynamo at first step
 FORKS = multiprocessing.get_context("forkserver")
 
@@ -61,6 +63,10 @@ class Forked:
         sys.modules["__main__"] = types.ModuleType("__main__")
         try:
             self.process.start()
+        except (EOFError, ConnectionError) as error:  # it died importing (a broken install)
+            raise SweeperError(
+                "the workers' fork server ended before it started a worker; its error is above"
+            ) from error
         finally:
             sys.modules["__main__"] = main
         reader.close()
