@@ -2,11 +2,13 @@
 and almost no CPU (bench/scale_study.py) through the whole path, on the embedded default.
 
     .venv/bin/python bench/scale.py [--trials 100 1000] [--workers 16] [--trial-s 1]
-                                    [--no-write]
+                                    [--peers] [--stores sqlite|postgres] [--tiny] [--no-write]
 
 For each trial count, a fresh `sweeper launch bench/scale_study.py --workers W --trials N
 --no-progress` in a temporary --dir. It prints:
 - wall time against the floor (trials x trial seconds / workers) and the overhead over it;
+- the CPU floor: all the CPU seconds the launch used (launcher, workers, fork server) over the
+  machine's cores, the wall time it would take with every core busy all along;
 - per-trial overhead (a trial's own wall time beyond its sleep) by trial-number band, and the
   gap between one trial's end and the next one's start on the same worker, by band;
 - the launcher's CPU seconds and peak RSS (sampled from /proc every 0.2 s); the workers' CPU
@@ -17,7 +19,9 @@ For each trial count, a fresh `sweeper launch bench/scale_study.py --workers W -
 With --peers, the same trials also run through Optuna + MLflowCallback in W processes and Ray
 Tune with W concurrent trials (bench/scale_peers.py), one after the other on fresh SQLite
 stores in the same folder, and a second table gives the three wall times and their ratios.
-PostgreSQL with an `mlflow server` is not measured here yet (see BENCHMARKS.md).
+With --stores postgres, every run gets fresh PostgreSQL databases and a real `mlflow server`.
+With --tiny, the trials are bench/tiny_study.py's instead (one epoch of a 3072-32-10 MLP on 512
+CIFAR-10 images from ../shared/datasets, a few tens of milliseconds of work; --trial-s 0).
 """
 
 from __future__ import annotations
@@ -32,16 +36,20 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import optuna
 import scale_peers
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "bench" / "scale_study.py"
+TINY_STUDY = REPO / "bench" / "tiny_study.py"
+CIFAR = Path(os.environ.get("SWEEPER_DATA_DIR", REPO.parent / "shared" / "datasets"))
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 BANDS = 5
 
@@ -98,7 +106,32 @@ def ui_first_answer(sweep_dir: Path, flags: list[str], env: dict[str, str]) -> f
         server.wait(timeout=60)
 
 
-def one_scale(trials: int, workers: int, trial_s: float, stores: str) -> dict[str, float | str]:
+def tiny_images(per_class: int = 104) -> Path:
+    """The first `per_class` test images of each CIFAR-10 class from the JPEG tarball, shuffled,
+    in a .npz that bench/tiny_study.py and the peers read ($SWEEPER_BENCH_IMAGES)."""
+    from PIL import Image
+
+    classes: dict[str, list[np.ndarray]] = {}
+    with tarfile.open(CIFAR / "cifar10-jpeg.tar.gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) != 3 or parts[0] != "test" or not member.isfile():
+                continue
+            images = classes.setdefault(parts[1], [])
+            if len(images) < per_class:
+                images.append(np.asarray(Image.open(tar.extractfile(member)).convert("RGB")))
+            if len(classes) == 10 and all(len(i) == per_class for i in classes.values()):
+                break
+    x = np.stack([image for name in sorted(classes) for image in classes[name]])
+    y = np.repeat(np.arange(len(classes)), per_class)
+    order = np.random.default_rng(0).permutation(len(x))
+    path = Path(tempfile.mkdtemp(prefix="tiny-images-")) / "images.npz"
+    np.savez(path, x=x[order].transpose(0, 3, 1, 2), y=y[order])
+    return path
+
+
+def one_scale(trials: int, workers: int, trial_s: float, stores: str,
+              study: Path) -> dict[str, float | str]:  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix=f"scale-{trials}-"))
     with contextlib.ExitStack() as servers:
         storage, tracking = f"sqlite:///{folder / 'optuna.db'}", ""
@@ -107,11 +140,12 @@ def one_scale(trials: int, workers: int, trial_s: float, stores: str) -> dict[st
             backend = scale_peers.new_database("scale_sweeper_mlflow")
             tracking = servers.enter_context(scale_peers.mlflow_server(backend, folder))
         flags = ["--storage", storage, "--tracking-uri", tracking] if tracking else []
-        row = launched(folder, trials, workers, trial_s, flags)
+        row = launched(folder, trials, workers, trial_s, flags, study)
         row.update(_trial_times(storage, trial_s, row["ended"]))
         row["floor"] = row["trials"] * trial_s / workers
         row["overhead"] = row["wall"] / row["floor"] - 1
         row["worker_cpu_per_trial"] = (row["all_cpu"] - row["launcher_cpu"]) / row["trials"]
+        row["cpu_floor"] = row["all_cpu"] / (os.cpu_count() or 1)  # all cores busy all along
         env = {**os.environ, "SWEEPER_CACHE_DIR": str(folder / "cache")}
         row["status_s"], _ = timed([SWEEPER, "status", "scale", "--dir", str(folder), *flags[:2]],
                                    env)  # fmt: skip
@@ -123,7 +157,9 @@ def one_scale(trials: int, workers: int, trial_s: float, stores: str) -> dict[st
     return row
 
 
-def launched(folder: Path, trials: int, workers: int, trial_s: float, flags: list[str]) -> dict:
+def launched(
+    folder: Path, trials: int, workers: int, trial_s: float, flags: list[str], study: Path
+) -> dict:
     """`sweeper launch` of the scale study: its wall time, CPU, peak RSS and workers' CPU."""
     env = {**os.environ, "SWEEPER_BENCH_TRIAL_S": str(trial_s),
            "SWEEPER_CACHE_DIR": str(folder / "cache")}  # fmt: skip
@@ -131,7 +167,7 @@ def launched(folder: Path, trials: int, workers: int, trial_s: float, flags: lis
     started = time.perf_counter()
     with open(folder / "launch.err", "w") as err:
         launcher = subprocess.Popen(
-            [SWEEPER, "launch", str(STUDY), "--dir", str(folder), "--workers", str(workers),
+            [SWEEPER, "launch", str(study), "--dir", str(folder), "--workers", str(workers),
              "--trials", str(trials), "--no-progress", *flags],
             stdout=subprocess.DEVNULL, stderr=err, env=env,
         )  # fmt: skip
@@ -208,15 +244,16 @@ def _gaps(done: list) -> list[float]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stores | trials | workers | wall | floor | overhead | own s/trial by band | idle s"
-             " between trials by band | launcher CPU | launcher peak RSS | worker CPU/trial |"
-             " after last trial | status | report (page) | UI first page |",
-             "|" + "---|" * 15]  # fmt: skip
+    lines = ["| stores | trials | workers | wall | floor | overhead | CPU / cores | own s/trial"
+             " by band | idle s between trials by band | launcher CPU | launcher peak RSS |"
+             " worker CPU/trial | after last trial | status | report (page) | UI first page |",
+             "|" + "---|" * 16]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['stores']} | {r['trials']} | {r['workers']} | {r['wall']:.1f} s |"
             f" {r['floor']:.1f} s |"
-            f" **{r['overhead']:+.0%}** | {r['own_by_band']} | {r['gap_by_band']} |"
+            f" **{r['overhead']:+.0%}** | {r['cpu_floor']:.1f} s | {r['own_by_band']} |"
+            f" {r['gap_by_band']} |"
             f" {r['launcher_cpu']:.1f} s | {r['launcher_peak_mb']:.0f} MB |"
             f" {r['worker_cpu_per_trial']:.2f} s | {r['after_last_trial']:.1f} s |"
             f" {r['status_s']:.1f} s | {r['report_s']:.1f} s ({r['report_mb']:.1f} MB) |"
@@ -254,11 +291,18 @@ def main() -> None:
     parser.add_argument("--stores", choices=["sqlite", "postgres"], default="sqlite",
                         help="SQLite files (the embedded default), or PostgreSQL databases on"
                         " 127.0.0.1:5432 and an `mlflow server` on one of them")  # fmt: skip
+    parser.add_argument(
+        "--tiny", action="store_true", help="bench/tiny_study.py's MLP trials, not waiting ones"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.tiny:
+        os.environ["SWEEPER_BENCH_IMAGES"] = str(tiny_images())
+        args.trial_s = 0.0
+    study = TINY_STUDY if args.tiny else STUDY
     rows, peers = [], []
     for trials in args.trials:
-        rows.append(one_scale(trials, args.workers, args.trial_s, args.stores))
+        rows.append(one_scale(trials, args.workers, args.trial_s, args.stores, study))
         print(table(rows[-1:]), flush=True)
         if args.peers:
             peers.append(side_by_side(rows[-1], args.trial_s))

@@ -8,7 +8,9 @@ sweeper (issue 24), on the same kind of stores.
 
 A trial is bench/scale_study.py's: a linear classifier on 32 tiny images (its data function),
 lr and weight decay sampled (TPE), one training pass that sleeps `trial_s`, then the validation
-accuracy. Each peer's wall time counts from its start to its last trial's record.
+accuracy. With $SWEEPER_BENCH_IMAGES set (bench/scale.py --tiny), it is bench/tiny_study.py's
+instead: one epoch of a 3072-32-10 MLP on 512 of those CIFAR-10 images, validated on 512 more,
+dropout sampled too. Each peer's wall time counts from its start to its last trial's record.
 
 With stores="postgres", each one gets fresh databases on the machine's PostgreSQL and an
 `mlflow server` on one of them (Ray Tune's, started inside its namespace, reaches PostgreSQL
@@ -21,6 +23,7 @@ through its Unix socket).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -33,6 +36,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy
 
@@ -103,9 +107,48 @@ def trial_accuracy(lr: float, weight_decay: float, trial_s: float) -> float:
     return float((predicted == val_y).float().mean())
 
 
+def mlp_accuracy(lr: float, weight_decay: float, dropout: float) -> float:
+    """bench/tiny_study.py's trial without sweeper, as a notebook writes it: one epoch of SGD
+    (momentum 0.9, batches of 128) on the first 512 images, accuracy on the next 512."""
+    import torch
+
+    x, y = _tiny_images()
+    train_x, train_y, val_x, val_y = x[:512], y[:512], x[512:1024], y[512:1024]
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3072, 32), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+        torch.nn.Linear(32, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+                                weight_decay=weight_decay)  # fmt: skip
+    for batch in torch.randperm(len(train_x)).split(128):
+        loss = torch.nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return float((model(val_x).argmax(1) == val_y).float().mean())
+
+
+@functools.cache
+def _tiny_images():
+    """The images of $SWEEPER_BENCH_IMAGES, normalized by their channels' mean and std."""
+    import torch
+
+    images = np.load(os.environ["SWEEPER_BENCH_IMAGES"])
+    x = torch.as_tensor(images["x"]).float() / 255
+    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+    return (x - mean) / std, torch.as_tensor(images["y"]).long()
+
+
+TINY = bool(os.environ.get("SWEEPER_BENCH_IMAGES"))  # bench/tiny_study.py's trials
+
+
 def objective(trial: optuna.Trial, trial_s: float) -> float:
     lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
     weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True)
+    if TINY:
+        return mlp_accuracy(lr, weight_decay, trial.suggest_float("dropout", 0.0, 0.5))
     return trial_accuracy(lr, weight_decay, trial_s)
 
 
@@ -219,9 +262,15 @@ def _ray_tune(folder: Path, tracking_uri: str, trials: int, workers: int, trial_
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
 
     def trainable(config: dict) -> None:
-        tune.report({"val_acc": trial_accuracy(config["lr"], config["weight_decay"], trial_s)})
+        if TINY:
+            accuracy = mlp_accuracy(config["lr"], config["weight_decay"], config["dropout"])
+        else:
+            accuracy = trial_accuracy(config["lr"], config["weight_decay"], trial_s)
+        tune.report({"val_acc": accuracy})
 
     space = {"lr": tune.loguniform(1e-3, 1e-1), "weight_decay": tune.loguniform(1e-6, 1e-3)}
+    if TINY:
+        space["dropout"] = tune.uniform(0.0, 0.5)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
