@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 from sweeper.records import Attr, best_file_name
 from sweeper.stores import tracking
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
-from sweeper.sweep.retention import describe, sweep_disk, top_trials
+from sweeper.sweep.retention import FreeingWhileRunning, describe, sweep_disk, top_trials
 
 TINY = ["--epochs", "1", "--train-size", "300", "--no-progress", "--no-ensemble"]
 
@@ -133,3 +133,42 @@ def test_the_rule_on_local_files_keeps_what_may_resume_and_the_top(tmp_path: Pat
                     "trial-5-last.pt"]  # fmt: skip
     assert sum(r.size for r in removed) == 100 + 100 + 10 + 10  # 0 and 3, 1-last, 9-best
     assert describe(removed) == "freed 0.0 MB in 4 file(s)"
+
+
+def test_best_weights_go_while_the_sweep_runs_as_trials_leave_the_top(tmp_path: Path) -> None:
+    """FreeingWhileRunning at the launcher's polls: a complete or pruned trial outside the top
+    `keep` loses its best weights once; failed ones (a retry may run) wait for the end, and the
+    end's pass does not count again what already went."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    paths = SweepPaths(tmp_path, "", default_tracking_uri(tmp_path), None)
+    folder = paths.checkpoints("s")
+    folder.mkdir(parents=True)
+    lr = {"lr": FloatDistribution(0, 1)}
+
+    def ended(state: TrialState, value: float | None) -> None:
+        best = folder / best_file_name(len(study.trials))
+        best.write_bytes(b"w" * 100)
+        attrs = {Attr.CHECKPOINT: str(best)}
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.1},
+                                     distributions=lr, user_attrs=attrs))  # fmt: skip
+
+    def left() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    freeing = FreeingWhileRunning(storage, paths, keep=2, every_s=0)
+    for value in (0.5, 0.7):
+        ended(TrialState.COMPLETE, value)
+    freeing(study, study.trials)
+    assert left() == ["trial-0-best.pt", "trial-1-best.pt"]  # the top 2 so far
+    ended(TrialState.COMPLETE, 0.9)  # 2 pushes 0 out of the top
+    ended(TrialState.PRUNED, None)  # 3
+    ended(TrialState.FAIL, None)  # 4: its retry may resume it
+    freeing.budget_s = 0  # one trial a call, the next poll goes on
+    freeing(study, study.trials)
+    assert left() == ["trial-1-best.pt", "trial-2-best.pt", "trial-3-best.pt", "trial-4-best.pt"]
+    freeing(study, study.trials)
+    assert left() == ["trial-1-best.pt", "trial-2-best.pt", "trial-4-best.pt"]
+    assert freeing.freed == {0, 3} and [r.size for r in freeing.removed] == [100, 100]
+    removed = sweep_disk(storage, "s", paths, keep=2, done=freeing.freed)
+    assert [r.what for r in removed] == [f"best weights of trial 4: {folder / 'trial-4-best.pt'}"]

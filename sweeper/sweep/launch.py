@@ -53,8 +53,14 @@ def launch(
 
     def setup() -> tuple[optuna.Study, LaunchContext]:
         nonlocal opened
-        opened = open_launch(spec, paths, len(pool.devices))
+        opened = open_launch(spec, paths, len(pool.devices), kept_top(ensemble))
         return opened.study, opened.context
+
+    def tend(study: optuna.Study, trials: list | None = None, final: bool = False) -> None:
+        """At every poll: the finished trials' figures, and the disk they no longer need."""
+        opened.figures(study, trials=trials, final=final)
+        if trials is not None:
+            opened.freeing(study, trials)
 
     ended: dict[str, str] = {}  # tags of the launch run that say how it ended
     status = "FAILED"
@@ -62,8 +68,7 @@ def launch(
         flags = worker_flags(pool, budget, deadline, overrides)
         commands = worker_commands(spec.file, paths, pool.devices, flags)
         work = Work(budget, deadline, spec.stop_rule)
-        if not run_phase(pool, commands, setup, work, progress=progress,
-                         figures=lambda *a, **k: opened.figures(*a, **k)):  # fmt: skip
+        if not run_phase(pool, commands, setup, work, progress=progress, figures=tend):
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -80,11 +85,11 @@ def launch(
                 return EXIT_INTERRUPTED
         from sweeper.report.render import write_report  # pandas and plotly: only now
 
-        status, study = "FINISHED", opened.study
+        status, study, freeing = "FINISHED", opened.study, opened.freeing
         end_run(paths, opened, status, ended)  # before the report, which shows it ended
         opened = None  # nothing left for `finally` to end
         files, _ = write_report(spec.name, paths)
-        freed = free_disk(spec, paths, ensemble)
+        freed = free_disk(spec, paths, freeing)
         print_summary(spec, study, paths, built, files[0], time.time() - started, freed)
         return 0
     finally:
@@ -99,11 +104,12 @@ def end_run(paths: SweepPaths, opened: Opened | None, status: str, tags: dict[st
         tracking.end_run(paths.tracking_uri, opened.context.parent_run_id, status, tags)
 
 
-def open_launch(spec: Study, paths: SweepPaths, workers: int) -> Opened:
+def open_launch(spec: Study, paths: SweepPaths, workers: int, keep: int) -> Opened:
     """The Optuna study (its warm start queued) and the MLflow launch run, made while the
-    workers load torch."""
+    workers load torch; the best weights of all but the top `keep` trials go as they end."""
     from sweeper.stores import tracking  # MLflow loads here, while the workers start
     from sweeper.stores.tracking.figures import FigureDrawer
+    from sweeper.sweep.retention import FreeingWhileRunning
 
     storage = make_storage(paths.storage_url)
     study = open_study(spec, storage)
@@ -116,7 +122,8 @@ def open_launch(spec: Study, paths: SweepPaths, workers: int) -> Opened:
     run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, spec.name, tags)
     context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
     preload_the_end()
-    return Opened(study, context, FigureDrawer(paths.tracking_uri))
+    drawer, freeing = FigureDrawer(paths.tracking_uri), FreeingWhileRunning(storage, paths, keep)
+    return Opened(study, context, drawer, freeing)
 
 
 def preload_the_end() -> None:
@@ -135,16 +142,25 @@ def stopped_early(spec: Study, study: optuna.Study) -> str | None:
     return rule.reason(study, counted_trials(study)) if rule else None
 
 
-def free_disk(spec: Study, paths: SweepPaths, ensemble: dict[str, Any] | None) -> str:
-    """Delete the checkpoints that the top trials and the ensemble do not need (`sweeper gc`);
-    say how much that freed. A sweep that ended well still ends well if this fails."""
+def kept_top(ensemble: dict[str, Any] | None) -> int:
+    """How many of the top trials keep their best weights: enough for the ensemble."""
+    from sweeper.sweep.retention import KEEP
+
+    return max(KEEP, (ensemble or {}).get("k") or 0)
+
+
+def free_disk(spec: Study, paths: SweepPaths, freeing: Any) -> str:
+    """Delete the checkpoints that the top trials and the ensemble do not need (`sweeper gc`),
+    but for the best weights that went while the sweep ran (`freeing`, a FreeingWhileRunning);
+    say how much that freed in all. A sweep that ended well still ends well if this fails."""
     from sweeper.sweep import retention  # MLflow: already loaded by setup()
 
-    keep = max(retention.KEEP, (ensemble or {}).get("k") or 0)
+    storage, keep = make_storage(paths.storage_url), freeing.keep
     try:
-        removed = retention.sweep_disk(make_storage(paths.storage_url), spec.name, paths, keep)
+        removed = retention.sweep_disk(storage, spec.name, paths, keep, done=freeing.freed)
     except Exception as error:
         return f"nothing freed ({first_line(error)}); try `sweeper gc {spec.name}`"
+    removed += freeing.removed
     return f"{retention.describe(removed)}; the best weights of the top {keep} trials stay"
 
 

@@ -45,6 +45,7 @@ class Opened:
     study: optuna.Study
     context: LaunchContext
     figures: Any  # a tracking.figures.FigureDrawer: finished trials' figures, while workers run
+    freeing: Any = None  # a retention.FreeingWhileRunning: their disk, while workers run
 
 
 def stopped(study: optuna.Study, budget: int | None, what: str) -> str:

@@ -1,10 +1,13 @@
 """What a sweep keeps on disk: the best weights of the top trials, of the ensemble's sources and
-of its members, and the epoch checkpoints of trials that may yet resume. The rest goes, at the
-end of each launch and on `sweeper gc`."""
+of its members, and the epoch checkpoints of trials that may yet resume. The rest goes: the
+best weights of finished trials while the sweep runs, everything else at the end of each launch
+and on `sweeper gc`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -30,21 +33,24 @@ class Removed:
 
 
 def sweep_disk(
-    storage: BaseStorage, name: str, paths: SweepPaths, keep: int = KEEP, dry_run: bool = False
+    storage: BaseStorage,
+    name: str,
+    paths: SweepPaths,
+    keep: int = KEEP,
+    dry_run: bool = False,
+    done: set[int] = frozenset(),
 ) -> list[Removed]:
-    """Delete what the study `name` and its ensemble no longer need; return what went."""
+    """Delete what the study `name` and its ensemble no longer need; return what went. `done`:
+    trials whose best weights already went (FreeingWhileRunning's)."""
     study = optuna.load_study(study_name=name, storage=storage)
     studies = {name: study.get_trials(deepcopy=False)}
-    kept = {trial.number for trial in top_trials(study, keep)}
-    if len(study.directions) > 1:  # a study scored on cost: its front, for export --pick
-        kept |= {trial.number for trial in study.best_trials}
-    members = member_study_name(name)
-    if members in [s.study_name for s in storage.get_all_studies()]:
-        ensemble = optuna.load_study(study_name=members, storage=storage)
-        kept |= set(ensemble.user_attrs.get(StudyAttr.PLAN, {}).get("sources", []))
-        studies[members] = ensemble.get_trials(deepcopy=False)  # all of them kept
+    sources, members = ensemble_trials(storage, name)
+    if members is not None:
+        studies[member_study_name(name)] = members  # all of them kept
+    kept = kept_numbers(study, studies[name], keep) | sources
     removed = []
     uris = queries.artifact_uris(paths.tracking_uri, name)
+    kept |= done
     for trial in studies[name]:
         if trial.number not in kept and trial.state.is_finished():
             removed += _best_weights(trial, paths.tracking_uri, dry_run, uris)
@@ -56,6 +62,63 @@ def sweep_disk(
 def top_trials(study: optuna.Study, keep: int) -> list[FrozenTrial]:
     """The `keep` best complete trials by the objective."""
     return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study)[:keep]
+
+
+def kept_numbers(study: optuna.Study, trials: list[FrozenTrial], keep: int) -> set[int]:
+    """The trials whose best weights stay: the top `keep`, and in a study scored on cost its
+    Pareto front too (for export --pick)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    kept = {trial.number for trial in ranked(complete, study)[:keep]}
+    if len(study.directions) > 1:
+        kept |= {trial.number for trial in study.best_trials}
+    return kept
+
+
+def ensemble_trials(storage: BaseStorage, name: str) -> tuple[set[int], list[FrozenTrial] | None]:
+    """The trial numbers an ensemble of the study was built from, and its members' trials (None
+    where it has none yet)."""
+    members = member_study_name(name)
+    if members not in [s.study_name for s in storage.get_all_studies()]:
+        return set(), None
+    ensemble = optuna.load_study(study_name=members, storage=storage)
+    sources = set(ensemble.user_attrs.get(StudyAttr.PLAN, {}).get("sources", []))
+    return sources, ensemble.get_trials(deepcopy=False)
+
+
+@dataclass
+class FreeingWhileRunning:
+    """Called at the launcher's polls while the sweep runs: the best weights of complete and
+    pruned trials outside the top `keep` go, so a sweep of thousands of trials holds a few on
+    disk, and its end has little left to do. A trial that left the top never comes back to it,
+    so each is looked at once. Every `every_s` at most, for at most `budget_s` (the next call
+    goes on), so the launcher's polls stay light. Failed trials wait for the end: a retry of
+    theirs may still run."""
+
+    storage: BaseStorage
+    paths: SweepPaths
+    keep: int
+    every_s: float = 5.0
+    budget_s: float = 0.3
+    freed: set[int] = field(default_factory=set)  # trial numbers looked at
+    removed: list[Removed] = field(default_factory=list)
+    sources: set[int] | None = None  # of an ensemble built before this launch
+    last_s: float = -math.inf
+
+    def __call__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        started = time.monotonic()
+        if started - self.last_s < self.every_s:
+            return
+        self.last_s = started
+        if self.sources is None:
+            self.sources = ensemble_trials(self.storage, study.study_name)[0]
+        passed = kept_numbers(study, trials, self.keep) | self.sources | self.freed
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        for trial in trials:
+            if trial.state in finished and trial.number not in passed:
+                self.freed.add(trial.number)
+                self.removed += _best_weights(trial, self.paths.tracking_uri, False, {})
+                if time.monotonic() - started > self.budget_s:
+                    return
 
 
 def _best_weights(
