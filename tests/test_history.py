@@ -4,7 +4,7 @@ that keeps the best and an even spread past it."""
 import optuna
 import pytest
 
-from sweeper.spec.history import BoundedHistory, sampler_name, window
+from sweeper.spec.history import FINISHED, BoundedHistory, Window, sampler_name, window
 from sweeper.spec.study import Study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,3 +77,23 @@ def test_sweeper_tpe_is_bounded_unless_told_otherwise() -> None:
     assert isinstance(make(history=50, multivariate=True).sampler._multivariate, bool)
     with pytest.raises(ValueError, match="history=True"):
         make(history=True)
+
+
+def test_the_window_shows_what_the_whole_read_would() -> None:
+    """Window.shown finds the trials by index; a read with a gap in its numbers (as a study's
+    could be mid-write) is filtered one by one: both show the same."""
+    study = filled(300, optuna.samplers.RandomSampler(seed=0))
+    running = [study.ask() for _ in range(3)]  # 300, 301, 302
+    trials = study.get_trials(deepcopy=False)
+    numbers = window(trials, 100, optuna.study.StudyDirection.MINIMIZE)
+    chosen = Window.over(trials, numbers)
+    assert chosen.horizon == 302 and chosen.pending == [300, 301, 302]
+    study.tell(running[1], 0.5)  # finished since, not kept: no longer shown
+    later = [study.ask() for _ in range(2)]  # past the horizon: shown
+    now = study.get_trials(deepcopy=False)
+    expected = [t.number for t in now if t.number in numbers or t.number > chosen.horizon
+                or t.state not in FINISHED]  # fmt: skip
+    assert [t.number for t in chosen.shown(now)] == expected
+    assert {300, 302, *(t.number for t in later)} <= set(expected) and 301 not in expected
+    gap = [t for t in now if t.number != 150]
+    assert [t.number for t in chosen.shown(gap)] == [n for n in expected if n != 150]

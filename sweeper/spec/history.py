@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Container, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -41,19 +42,44 @@ def window(
     return kept
 
 
-class _WindowedStudy:
-    """The study as the sampler sees it, for one trial: the finished trials numbered up to
-    `horizon` and not `kept` left out (those after it and the unfinished shown), all else the
-    study's own."""
+@dataclass
+class Window:
+    """The finished trials to learn from, chosen over the trials numbered up to `horizon`: the
+    `kept` ones, and the numbers of those that were still unfinished then (`pending`)."""
 
-    def __init__(
-        self, study: optuna.Study, number: int, kept: set[int] | None, horizon: int
-    ) -> None:
+    kept: list[FrozenTrial]  # finished: they do not change
+    horizon: int
+    pending: list[int]
+
+    @classmethod
+    def over(cls, trials: list[FrozenTrial], numbers: set[int]) -> Window:
+        horizon = trials[-1].number if trials else -1
+        kept = [t for t in trials if t.number in numbers]
+        return cls(kept, horizon, [t.number for t in trials if t.state not in FINISHED])
+
+    def shown(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        """What the sampler sees of `trials` (all of the study's, by number): the kept ones,
+        those still unfinished, and all after the horizon. Found by index, as a study's trials
+        are numbered 0, 1, ... without a gap; read one by one where they are not."""
+        if not trials or trials[-1].number != len(trials) - 1 or len(trials) <= self.horizon:
+            kept = {t.number for t in self.kept}
+            return [t for t in trials if t.number > self.horizon or t.state not in FINISHED
+                    or t.number in kept]  # fmt: skip
+        unfinished = [trials[n] for n in self.pending if trials[n].state not in FINISHED]
+        early = sorted(self.kept + unfinished, key=lambda t: t.number) if unfinished else self.kept
+        return early + trials[self.horizon + 1 :]
+
+
+class _WindowedStudy:
+    """The study as the sampler sees it, for one trial: past the limit, only the trials its
+    `window` shows; all else the study's own. The trials are read once for the trial (Optuna
+    sorts all of them at each read)."""
+
+    def __init__(self, study: optuna.Study, number: int, window: Window | None) -> None:
         self._study = study
         self._number = number  # the trial's
-        self._kept = kept
-        self._horizon = horizon
-        self._read: dict[Any, list[FrozenTrial]] = {}  # what the sampler asked for this trial
+        self._window = window
+        self._shown: list[FrozenTrial] | None = None  # what the sampler sees for this trial
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -64,15 +90,13 @@ class _WindowedStudy:
         states: Container[TrialState] | None = None,
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
-        key = (tuple(states) if states is not None else None, use_cache)
-        if key not in self._read:
-            trials = self._study._get_trials(deepcopy=False, states=states, use_cache=use_cache)
-            if self._kept is not None:
-                kept, horizon = self._kept, self._horizon
-                trials = [t for t in trials if t.number in kept or t.number > horizon
-                          or t.state not in FINISHED]  # fmt: skip
-            self._read[key] = trials
-        return copy.deepcopy(self._read[key]) if deepcopy else self._read[key]
+        if self._shown is None:
+            trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)
+            self._shown = trials if self._window is None else self._window.shown(trials)
+        shown = self._shown
+        if states is not None:
+            shown = [t for t in shown if t.state in states]
+        return copy.deepcopy(shown) if deepcopy else shown
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -93,7 +117,7 @@ class BoundedHistory(optuna.samplers.BaseSampler):
                              " (None: every trial)")  # fmt: skip
         self.sampler = sampler
         self.limit = limit
-        self._kept: set[int] | None = None
+        self._window: Window | None = None
         self._horizon = -1  # the last trial number the window was chosen over
         self._view: _WindowedStudy | None = None
 
@@ -106,9 +130,10 @@ class BoundedHistory(optuna.samplers.BaseSampler):
         if trial.number - self._horizon > self.limit // 20:
             trials = study._get_trials(deepcopy=False, use_cache=True)
             direction = None if study._is_multi_objective() else study.direction
-            self._kept = window(trials, self.limit, direction)
+            numbers = window(trials, self.limit, direction)
+            self._window = None if numbers is None else Window.over(trials, numbers)
             self._horizon = trials[-1].number if trials else -1
-        self._view = _WindowedStudy(study, trial.number, self._kept, self._horizon)
+        self._view = _WindowedStudy(study, trial.number, self._window)
         return self._view
 
     def infer_relative_search_space(
