@@ -31,7 +31,7 @@ from sweeper.report import studydata
 from sweeper.report.render import load_dashboard, render
 from sweeper.report.studydata import StudyData, _curves, _settings
 from sweeper.stores import tracking
-from sweeper.stores.paths import default_tracking_uri
+from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.tracking import queries
 
 NAME = "reportcheck"
@@ -358,6 +358,22 @@ def test_compare_mismatches_are_one_line(
         assert main(["report", *args, "--dir", str(compared)]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("sweeper: error: ") and expected in line, line
+
+
+def test_past_curves_read_the_rows_come_from_the_trials_and_say_the_same(
+    sweep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of trials: the report reads the runs of the best and running trials from
+    MLflow, the others' columns from their trials (MLflow's search reads every param and tag of
+    every run). On the real sweep (complete, failed, pruned), read both ways: the same rows."""
+    paths = SweepPaths.existing(sweep)
+    full = studydata.collect(NAME, paths, "http://m").settings
+    monkeypatch.setattr(studydata, "CURVES_READ", 2)
+    few = studydata.collect(NAME, paths, "http://m").settings
+    columns = ["trial", "state", "device", "gpu", "best_epoch", "val_acc", "mlflow_run", "run_id"]
+    assert len(full) == 5
+    pd.testing.assert_frame_equal(few[columns], full[columns])
+    assert few["train_minutes"].notna().sum() == full["train_minutes"].notna().sum()
 
 
 def test_dashboard_serves_the_study_on_localhost(sweep: Path) -> None:

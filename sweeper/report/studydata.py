@@ -87,7 +87,10 @@ def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
     study = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
     trials = counted_trials(study)
     uri = paths.tracking_uri
-    runs = queries.runs_of_study(uri, name)
+    if len(trials) <= CURVES_READ:
+        runs = queries.runs_of_study(uri, name)
+    else:
+        runs = _few_runs(uri, study, trials)
     read = _curves_to_read(trials, runs, maximizing(study))
     curves = _curves(trials, runs, queries.metric_histories(uri, read, CURVE_METRICS))
     ensemble = queries.latest_run(uri, name, Kind.ENSEMBLE)
@@ -104,14 +107,58 @@ def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
     )
 
 
+def _few_runs(uri: str, study: optuna.Study, trials: list[FrozenTrial]) -> pd.DataFrame:
+    """Past CURVES_READ trials, the runs of the best and of the running trials as MLflow has
+    them; the others' columns (RUN_KEYS) from their trials, so that a study of thousands of
+    trials reads tens of runs. Their val_acc is their metric's (or its best epoch's, pruned)
+    where the metric is val_acc, their seconds an epoch their wall time over their epochs."""
+    from sweeper.stores.tracking import queries
+
+    named = {t.number: t.user_attrs[Attr.MLFLOW_RUN_ID] for t in trials
+             if Attr.MLFLOW_RUN_ID in t.user_attrs}  # fmt: skip
+    wanted = _wanted(trials, maximizing(study))
+    runs, experiment = queries.runs_by_id(uri, study.study_name, sorted(
+        {named[n] for n in wanted if n in named}))  # fmt: skip
+    accuracy = (study.metric_names or ["val_acc"])[0] == "val_acc"
+    read, others = set(runs["run_id"]), {}  # run id -> its row: a retry's, past its first try's
+    for t in trials:
+        if t.number in named and named[t.number] not in read:
+            others[named[t.number]] = _run_row(t, experiment, accuracy)
+    return pd.concat([runs, pd.DataFrame(list(others.values()), columns=RUN_KEYS)],
+                     ignore_index=True)  # fmt: skip
+
+
+def _run_row(t: FrozenTrial, experiment: str | None, accuracy: bool) -> dict[str, Any]:
+    """The RUN_KEYS of a trial's run, from the trial (see _few_runs)."""
+    best = metric_value(t) if t.state.name == "COMPLETE" else None
+    if t.state.name == "PRUNED" and t.intermediate_values:
+        best = max(t.intermediate_values.values())
+    epochs = t.user_attrs.get(Attr.EPOCHS_RUN)
+    seconds = t.duration.total_seconds() / epochs if t.duration and epochs else None
+    return {
+        "run_id": t.user_attrs[Attr.MLFLOW_RUN_ID],
+        "experiment_id": experiment,
+        RUN_TRIAL: str(t.number),
+        RUN_DEVICE: t.user_attrs.get(Attr.CONFIG, {}).get("device", ""),
+        "metrics.best_epoch": t.user_attrs.get(Attr.BEST_EPOCH),
+        "metrics.best_val_acc": best if accuracy else None,
+        "metrics.seconds": seconds,
+    }
+
+
+def _wanted(trials: list[FrozenTrial], maximize: bool) -> set[int]:
+    """The numbers of the best CURVES_READ finished trials (ties by number) and the running."""
+    scored = best_first([t for t in trials if metric_value(t) is not None], maximize)
+    wanted = {t.number for t in scored[:CURVES_READ]}
+    return wanted | {t.number for t in trials if t.state.name == "RUNNING"}
+
+
 def _curves_to_read(trials: list[FrozenTrial], runs: pd.DataFrame, maximize: bool) -> list[str]:
     """The runs whose metric histories the report reads: all, or past CURVES_READ trials those
     of the best CURVES_READ (by the metric, finished) and of the running trials."""
     if len(trials) <= CURVES_READ or runs.empty:
         return list(runs["run_id"])
-    scored = best_first([t for t in trials if metric_value(t) is not None], maximize)
-    wanted = {str(t.number) for t in scored[:CURVES_READ]}  # ties by number, as the table
-    wanted |= {str(t.number) for t in trials if t.state.name == "RUNNING"}
+    wanted = {str(number) for number in _wanted(trials, maximize)}  # ties by number, as the table
     return list(runs.loc[runs[RUN_TRIAL].isin(wanted), "run_id"])
 
 
