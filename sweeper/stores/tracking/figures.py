@@ -6,6 +6,7 @@ is time nobody waits for."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import tempfile
@@ -44,8 +45,12 @@ class FigureDrawer:
             trials = study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in FINISHED]
         sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-        finished.sort(key=lambda t: sign * t.values[0] if t.values else math.inf)  # best first
-        for trial in finished[: self.top]:
+
+        def rank(t: optuna.trial.FrozenTrial) -> float:  # best first
+            return sign * t.values[0] if t.values else math.inf
+
+        best = heapq.nsmallest(self.top, finished, key=rank)  # no sort of thousands a poll
+        for trial in best:
             run_id = trial.user_attrs.get(Attr.MLFLOW_RUN_ID)
             if run_id is None or run_id in self.drawn:
                 continue
