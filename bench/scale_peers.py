@@ -23,7 +23,6 @@ through its Unix socket).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -130,15 +129,19 @@ def mlp_accuracy(lr: float, weight_decay: float, dropout: float) -> float:
         return float((model(val_x).argmax(1) == val_y).float().mean())
 
 
-@functools.cache
+_IMAGES: list = []  # read once a process (not functools.cache: Ray pickles this module's code)
+
+
 def _tiny_images():
     """The images of $SWEEPER_BENCH_IMAGES, normalized by their channels' mean and std."""
     import torch
 
-    images = np.load(os.environ["SWEEPER_BENCH_IMAGES"])
-    x = torch.as_tensor(images["x"]).float() / 255
-    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
-    return (x - mean) / std, torch.as_tensor(images["y"]).long()
+    if not _IMAGES:
+        images = np.load(os.environ["SWEEPER_BENCH_IMAGES"])
+        x = torch.as_tensor(images["x"]).float() / 255
+        mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+        _IMAGES.append(((x - mean) / std, torch.as_tensor(images["y"]).long()))
+    return _IMAGES[0]
 
 
 TINY = bool(os.environ.get("SWEEPER_BENCH_IMAGES"))  # bench/tiny_study.py's trials
