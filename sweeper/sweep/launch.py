@@ -56,19 +56,14 @@ def launch(
         opened = open_launch(spec, paths, len(pool.devices), kept_top(ensemble))
         return opened.study, opened.context
 
-    def tend(study: optuna.Study, trials: list | None = None, final: bool = False) -> None:
-        """At every poll: the finished trials' figures, and the disk they no longer need."""
-        opened.figures(study, trials=trials, final=final)
-        if trials is not None:
-            opened.freeing(study, trials)
-
     ended: dict[str, str] = {}  # tags of the launch run that say how it ended
     status = "FAILED"
     try:
         flags = worker_flags(pool, budget, deadline, overrides)
         commands = worker_commands(spec.file, paths, pool.devices, flags)
         work = Work(budget, deadline, spec.stop_rule)
-        if not run_phase(pool, commands, setup, work, progress=progress, figures=tend):
+        if not run_phase(pool, commands, setup, work, progress=progress,
+                         figures=lambda *a, **k: opened.tend(*a, **k)):  # fmt: skip
             status = "KILLED"
             print(stopped(opened.study, budget, "trials"), file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -47,6 +47,12 @@ class Opened:
     figures: Any  # a tracking.figures.FigureDrawer: finished trials' figures, while workers run
     freeing: Any = None  # a retention.FreeingWhileRunning: their disk, while workers run
 
+    def tend(self, study: optuna.Study, trials: list | None = None, final: bool = False) -> None:
+        """At every poll: the finished trials' figures, and the disk they no longer need."""
+        self.figures(study, trials=trials, final=final)
+        if trials is not None and self.freeing is not None:
+            self.freeing(study, trials)
+
 
 def stopped(study: optuna.Study, budget: int | None, what: str) -> str:
     """The one line of a launch stopped by Ctrl-C: what was kept and how to go on."""
