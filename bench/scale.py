@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import re
@@ -204,14 +205,15 @@ def _trial_times(storage: str, trial_s: float, ended: float) -> dict[str, float 
     }  # fmt: skip
 
 
-def side_by_side(row: dict, trial_s: float) -> dict[str, float | str]:
+def side_by_side(row: dict, trial_s: float, names: list[str]) -> dict[str, float | str]:
     """The same trials through the peers, in the sweeper run's folder, one after the other."""
     folder, workers, trials = Path(str(row["folder"])), int(row["workers"]), int(row["trials"])
     stores = str(row["stores"])
     peers = {"optuna": scale_peers.optuna_peer, "ray": scale_peers.ray_peer}
     out: dict[str, float | str] = {"trials": trials, "workers": workers, "sweeper": row["wall"],
-                                   "stores": stores}  # fmt: skip
-    for name, run in peers.items():
+                                   "stores": stores, "optuna": math.nan, "ray": math.nan,
+                                   "optuna_trials": "-", "ray_trials": "-"}  # fmt: skip
+    for name, run in ((name, peers[name]) for name in names):
         result = run(folder, trials, workers, trial_s, stores)
         out[name], out[f"{name}_trials"] = result["wall"], result["trials"]
     return out
@@ -287,7 +289,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--trial-s", type=float, default=1.0)
-    parser.add_argument("--peers", action="store_true", help="also Optuna and Ray Tune")
+    parser.add_argument("--peers", nargs="*", choices=["optuna", "ray"],
+                        help="also Optuna and Ray Tune (both, or those named)")  # fmt: skip
     parser.add_argument("--stores", choices=["sqlite", "postgres"], default="sqlite",
                         help="SQLite files (the embedded default), or PostgreSQL databases on"
                         " 127.0.0.1:5432 and an `mlflow server` on one of them")  # fmt: skip
@@ -303,9 +306,9 @@ def main() -> None:
     rows, peers = [], []
     for trials in args.trials:
         rows.append(one_scale(trials, args.workers, args.trial_s, args.stores, study))
-        print(table(rows[-1:]), flush=True)
-        if args.peers:
-            peers.append(side_by_side(rows[-1], args.trial_s))
+        print(table(rows[-1:]), f"\n(in {rows[-1]['folder']})", flush=True)
+        if args.peers is not None:
+            peers.append(side_by_side(rows[-1], args.trial_s, args.peers or ["optuna", "ray"]))
             print(peers_table(peers[-1:]), flush=True)
     markdown = table(rows) + (f"\n\nSide by side:\n\n{peers_table(peers)}" if peers else "")
     print(markdown)
