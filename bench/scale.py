@@ -144,7 +144,7 @@ def one_scale(trials: int, workers: int, trial_s: float, stores: str,
         row = launched(folder, trials, workers, trial_s, flags, study)
         row.update(_trial_times(storage, trial_s, row["ended"]))
         row["floor"] = row["trials"] * trial_s / workers
-        row["overhead"] = row["wall"] / row["floor"] - 1
+        row["overhead"] = row["wall"] / row["floor"] - 1 if row["floor"] else math.nan
         row["worker_cpu_per_trial"] = (row["all_cpu"] - row["launcher_cpu"]) / row["trials"]
         row["cpu_floor"] = row["all_cpu"] / (os.cpu_count() or 1)  # all cores busy all along
         env = {**os.environ, "SWEEPER_CACHE_DIR": str(folder / "cache")}

@@ -60,7 +60,9 @@ def ui_sorted(folder: Path, study: str, profile: Path) -> str:
         ui.communicate(timeout=60)
     parser = Rows()
     parser.feed(done.stdout)
-    listed = list(dict.fromkeys(a["row-id"] for a, _ in parser.rows if a.get("row-id")))
+    listed = list(
+        dict.fromkeys(a["row-id"] for a, _ in parser.rows if len(a.get("row-id", "")) == 32)
+    )  # run ids, not "load_more"
     client = MlflowClient(default_tracking_uri(folder))
     experiment = client.get_experiment_by_name(study)
     best = {}
