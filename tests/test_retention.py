@@ -102,14 +102,22 @@ def test_gc_of_an_unknown_study_or_a_bad_keep_is_one_line(swept: tuple[Path, Sto
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and text in done.stderr
 
 
-def test_the_rule_on_local_files_keeps_what_may_resume_and_the_top(tmp_path: Path) -> None:
-    """sweep_disk without a launch: best weights named by local paths (as when logging them
-    failed), epoch checkpoints of finished and resumable tries, files of killed workers."""
+def local_study(
+    tmp_path: Path,
+) -> tuple[optuna.storages.BaseStorage, optuna.Study, SweepPaths, Path]:
+    """A study "s" in memory, and the sweep folder with its (empty) checkpoint folder."""
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     paths = SweepPaths(tmp_path, "", default_tracking_uri(tmp_path), None)
     folder = paths.checkpoints("s")
     folder.mkdir(parents=True)
+    return storage, study, paths, folder
+
+
+def test_the_rule_on_local_files_keeps_what_may_resume_and_the_top(tmp_path: Path) -> None:
+    """sweep_disk without a launch: best weights named by local paths (as when logging them
+    failed), epoch checkpoints of finished and resumable tries, files of killed workers."""
+    storage, study, paths, folder = local_study(tmp_path)
     lr = {"lr": FloatDistribution(0, 1)}
     for number, value in enumerate([0.5, 0.9, 0.7, 0.6]):
         best = folder / best_file_name(number)
@@ -139,11 +147,7 @@ def test_best_weights_go_while_the_sweep_runs_as_trials_leave_the_top(tmp_path: 
     """FreeingWhileRunning at the launcher's polls: a complete or pruned trial outside the top
     `keep` loses its best weights once; failed ones (a retry may run) wait for the end, and the
     end's pass does not count again what already went."""
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    paths = SweepPaths(tmp_path, "", default_tracking_uri(tmp_path), None)
-    folder = paths.checkpoints("s")
-    folder.mkdir(parents=True)
+    storage, study, paths, folder = local_study(tmp_path)
     lr = {"lr": FloatDistribution(0, 1)}
 
     def ended(state: TrialState, value: float | None) -> None:
