@@ -10,7 +10,7 @@ from tqdm.auto import tqdm  # a notebook (sweeper.run_study) gets its own bar
 
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
 from sweeper.spec.budget import counted_trials
-from sweeper.spec.objectives import maximizing, metric_value
+from sweeper.spec.objectives import best_of, maximizing, metric_value
 
 if TYPE_CHECKING:  # pandas loads with the first table: the launcher starts its workers sooner
     import pandas as pd
@@ -146,13 +146,6 @@ class Progress:
         counts = shown.select_dtypes("Int64").columns  # their <NA> is no number: leave it blank
         shown[counts] = shown[counts].astype("string").fillna("")
         print(shown.to_string(index=False, na_rep="", float_format="{:.4g}".format))
-
-
-def best_of(trials: list[FrozenTrial], study: optuna.Study) -> FrozenTrial | None:
-    """ranked(trials, study)[0] in one pass (a poll of thousands of trials sorts none)."""
-    if not trials:
-        return None
-    return (max if maximizing(study) else min)(trials, key=metric_value)
 
 
 def interrupted(trial: FrozenTrial) -> bool:

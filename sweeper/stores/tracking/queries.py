@@ -53,13 +53,6 @@ def runs_by_id(
     return runs_frame(ordered), experiment.experiment_id
 
 
-def artifact_uris(tracking_uri: str, study_name: str) -> dict[str, str]:
-    """Run id -> artifact URI of the study's trial runs, from pages of search_runs (MLflow would
-    otherwise read each run to find it)."""
-    return {run.info.run_id: run.info.artifact_uri
-            for run in _search(tracking_uri, study_name, Kind.TRIAL)}  # fmt: skip
-
-
 def latest_run(tracking_uri: str, study_name: str, kind: str) -> pd.Series | None:
     """The newest run of a study tagged sweeper.kind == kind ("launch", "ensemble"), or None."""
     runs = _search(tracking_uri, study_name, kind, ["attributes.start_time DESC"])
