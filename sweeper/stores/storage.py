@@ -25,6 +25,7 @@ from optuna.storages._rdb import models  # Optuna's own tables (tests/test_optun
 from optuna.storages._rdb.storage import _create_scoped_session
 
 from sweeper.errors import SweeperError, first_line
+from sweeper.stores import sqlite_wal  # noqa: F401  (every SQLite connection in WAL mode)
 from sweeper.stores.retry import retried
 
 # Heartbeats and retries are marked experimental in Optuna, yet they are its supported way.

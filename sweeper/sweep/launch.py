@@ -26,6 +26,7 @@ from sweeper.spec.objectives import best_by_metric, metric_value
 from sweeper.spec.study import Study, open_study
 from sweeper.spec.userfile import reference
 from sweeper.spec.warmstart import enqueue_warm_start
+from sweeper.stores import sqlite_wal
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import make_storage, note_limits
 from sweeper.sweep.ensemble import build_ensemble
@@ -89,6 +90,7 @@ def launch(
         return 0
     finally:
         end_run(paths, opened, status, ended)
+        sqlite_wal.close_all()  # the logs into the store files: the command ends with os._exit
 
 
 def end_run(paths: SweepPaths, opened: Opened | None, status: str, tags: dict[str, str]) -> None:

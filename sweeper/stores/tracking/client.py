@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -29,6 +30,7 @@ from requests.exceptions import RequestException  # noqa: E402
 
 from sweeper.errors import first_line  # noqa: E402
 from sweeper.records import Tag  # noqa: E402
+from sweeper.stores import sqlite_wal  # noqa: E402, F401  (SQLite stores in WAL mode)
 from sweeper.stores.paths import cache_dir  # noqa: E402
 from sweeper.stores.retry import retried  # noqa: E402
 
@@ -58,16 +60,23 @@ def new_sqlite_store(database: Path, artifact_root: str) -> None:
     if not template.exists():
         template.parent.mkdir(parents=True, exist_ok=True)
         fresh = template.with_name(f"{template.name}.{uuid.uuid4().hex}")
-        MlflowClient(f"sqlite:///{fresh}").search_experiments()  # MLflow creates the tables
+        client = MlflowClient(f"sqlite:///{fresh}")
+        client.search_experiments()  # MLflow creates the tables
+        # closed before the rename: the last connection moves the write-ahead log into the file
+        client._tracking_client.store.engine.dispose()
         os.replace(fresh, template)
     copy = database.with_name(f"{database.name}.{uuid.uuid4().hex}")
-    with sqlite3.connect(template) as source, sqlite3.connect(copy) as target:
+    with (
+        contextlib.closing(sqlite3.connect(template)) as source,
+        contextlib.closing(sqlite3.connect(copy)) as target,
+    ):
         source.backup(target)
         now = int(time.time() * 1000)  # the Default experiment, as MLflow would have made it here
         target.execute(
             "UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ?"
             " WHERE experiment_id = 0", (f"{artifact_root}/0", now, now),
         )  # fmt: skip
+        target.commit()
     try:
         os.link(copy, database)  # only if no other process made the store first
     except FileExistsError:
