@@ -11,12 +11,14 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweeper.stores import sqlite_wal
 from sweeper.stores.storage import make_storage
 
 # Each process asks for queued trials until the queue is empty, as ensemble workers do.
 ASK_ALL = """
 import json, sys, time
 import optuna
+from sweeper.stores import sqlite_wal
 from sweeper.stores.storage import make_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="queue", storage=make_storage(sys.argv[1]))
@@ -47,3 +49,27 @@ def test_two_workers_never_pop_the_same_queued_trial_from_sqlite(tmp_path: Path)
     ]
     popped = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
     assert sorted(popped[0] + popped[1]) == list(range(60))  # each member once, none twice
+
+
+def test_sqlite_stores_keep_a_write_ahead_log_and_fold_it_in_at_the_end(tmp_path: Path) -> None:
+    """Commits append to a log without a sync to disk (sweeper/stores/sqlite_wal.py); another
+    process reads every committed trial meanwhile, and closing leaves the one file."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="wal", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert (tmp_path / "optuna.db-wal").exists()
+    count = "import optuna, sys; print(len(optuna.load_study(study_name='wal', storage=sys.argv[1])"
+    count += ".trials))"
+    read = subprocess.run([sys.executable, "-c", count, url], capture_output=True, text=True)
+    assert read.stdout.strip() == "3"
+    first = study.trials[0]
+    assert storage.trial_state(first._trial_id) == optuna.trial.TrialState.COMPLETE
+    with pytest.raises(KeyError):
+        storage.trial_state(10_000)
+    sqlite_wal.close_all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
+    assert len(optuna.load_study(study_name="wal", storage=url).trials) == 3

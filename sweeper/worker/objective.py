@@ -86,12 +86,18 @@ logging.getLogger("optuna.study._optimize").addFilter(_OneLineFailures())
 
 def earlier_tries(trial: optuna.Trial) -> list[int]:
     """The numbers of a retried trial's earlier tries, the first first (none for a first try)."""
-    return RetryHeartbeatStaleTrialCallback.retry_history(trial.storage.get_trial(trial._trial_id))
+    # what the trial was created with, as Optuna's own fixed_params are read
+    return RetryHeartbeatStaleTrialCallback.retry_history(trial._cached_frozen_trial)
+
+
+def _backend(trial: optuna.Trial) -> Any:
+    """The trial's storage under Optuna's cache: sweeper's RetryingStorage, or a proxy client."""
+    return getattr(trial.storage, "_backend", trial.storage)
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several user attributes at once: one storage transaction where the storage can."""
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
+    backend = _backend(trial)
     if not hasattr(backend, "set_trial_user_attrs"):  # the gRPC proxy's client
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -101,7 +107,10 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 
 def still_running(trial: optuna.Trial) -> bool:
-    """Whether the storage still holds the trial as RUNNING (one read of one trial)."""
+    """Whether the storage still holds the trial as RUNNING (one read of its state)."""
+    backend = _backend(trial)
+    if hasattr(backend, "trial_state"):
+        return backend.trial_state(trial._trial_id) == optuna.trial.TrialState.RUNNING
     return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
 
 
