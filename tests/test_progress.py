@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.records import Attr
-from sweeper.sweep.progress import Progress, duration, status_text
+from sweeper.stores.storage import make_storage
+from sweeper.sweep.progress import Progress, duration, status_text, trials_frame, trials_table
 
 HOUR = 3600.0
 
@@ -139,3 +142,48 @@ def test_status_of_a_long_study_shows_the_best_and_counts_all(tmp_path: Path) ->
                         " shows all, --csv or --json every row")  # fmt: skip
     assert len(status_text(study, "text", top=0).splitlines()) == 33
     assert len(status_text(study, "csv", top=5).splitlines()) == 33
+
+
+def test_status_of_the_best_reads_two_columns_of_all_and_the_best_trials_whole(
+    tmp_path: Path,
+) -> None:
+    """On sweeper's storage `status` ranks an index of the trials (RetryingStorage.trial_index)
+    and reads only the rows it shows, yet prints what the whole table says."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="vgg", direction="maximize", storage=storage)
+    for value in (0.3, float("inf"), 0.9, 0.1, 0.5, 0.7):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value,
+                                     params={"lr": min(value, 1)},
+                                     distributions={"lr": FloatDistribution(0, 1)}))  # fmt: skip
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={Attr.INTERRUPTED: True}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={Attr.SURPLUS: True}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={Attr.FAIL_REASON: "disk"}))
+    study.enqueue_trial({})
+    whole = trials_table(study)  # every trial read whole
+    expected = (f"{whole.head(4).to_string(index=False, na_rep='')}\n... the best 4 of 9 trials"
+                " (6 complete, 1 interrupted, 1 fail, 1 waiting); --top 0 shows all, --csv or"
+                " --json every row")  # fmt: skip
+    study._storage.get_all_trials = None  # not called again
+
+    def cells(text: str) -> list[list[str]]:  # column widths follow the rows shown
+        return [line.split() for line in text.splitlines()]
+
+    assert cells(status_text(study, "text", top=4)) == cells(expected)
+    assert [row[0] for row in cells(expected)[1:5]] == ["1", "2", "5", "4"]
+    everything = whole.to_string(index=False, na_rep="")
+    assert cells(status_text(study, "text", top=20)) == cells(everything)
+
+
+def test_the_table_has_the_columns_of_optunas_trials_dataframe(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "seconds"])
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.5, 2.0], params={"x": 1},
+                                 distributions={"x": IntDistribution(0, 3)},
+                                 user_attrs={"worker": "w0"}, system_attrs={"s": [1]}))  # fmt: skip
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "disk"}))
+    study.enqueue_trial({"x": 2})
+    ours = trials_frame(study, study.trials)
+    optunas = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params",
+                                            "user_attrs", "system_attrs"))  # fmt: skip
+    assert sorted(ours.columns) == sorted(optunas.columns)
+    pd.testing.assert_frame_equal(ours[optunas.columns], optunas, check_dtype=False)

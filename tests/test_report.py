@@ -84,7 +84,8 @@ study = Study(
 
 
 def pause(pid: int) -> None:
-    """SIGSTOP a worker outside any SQLite write (it holds no POSIX lock), so reads go on."""
+    """SIGSTOP a worker outside any SQLite write (it holds no POSIX write lock), so the others
+    go on: in write-ahead-log mode each open connection keeps read locks, which block nobody."""
     for _ in range(200):
         os.kill(pid, signal.SIGSTOP)
         while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
@@ -92,7 +93,7 @@ def pause(pid: int) -> None:
         locks = [
             line.replace("->", "").split() for line in Path("/proc/locks").read_text().splitlines()
         ]
-        if not [f for f in locks if f[1] == "POSIX" and f[4] == str(pid)]:
+        if not [f for f in locks if f[1] == "POSIX" and f[3] == "WRITE" and f[4] == str(pid)]:
             return
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.05)

@@ -11,7 +11,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import sqlalchemy
@@ -119,6 +119,16 @@ def _lost_table_race(error: Exception) -> bool:
     return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
 
 
+class IndexedTrial(NamedTuple):
+    """A trial as RetryingStorage.trial_index reads it."""
+
+    trial_id: int
+    number: int
+    state: optuna.trial.TrialState
+    value: float | None  # the first objective's
+    flags: frozenset[str]  # the boolean user attributes asked for that it holds true
+
+
 class RetryingStorage(RDBStorage):
     """RDBStorage that waits out a database restart instead of failing the trial in progress.
 
@@ -164,6 +174,38 @@ class RetryingStorage(RDBStorage):
             raise KeyError(f"no trial with id {trial_id}")
         return state
 
+    def trial_index(self, study_id: int, flags: tuple[str, ...]) -> list[IndexedTrial]:
+        """Every trial of a study as three columns, its first value, and which of the boolean
+        user attributes `flags` it holds true: two queries, where get_all_trials builds 10,000
+        whole trials from over 100,000 rows (a status of the best 20 needs only this)."""
+        values = models.TrialValueModel
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel.trial_id, models.TrialModel.number,
+                              models.TrialModel.state, values.value, values.value_type)
+                .outerjoin(values, (values.trial_id == models.TrialModel.trial_id)
+                           & (values.objective == 0))
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )  # fmt: skip
+            attrs = models.TrialUserAttributeModel
+            flagged = (
+                session.query(attrs.trial_id, attrs.key)
+                .join(models.TrialModel, models.TrialModel.trial_id == attrs.trial_id)
+                .filter(models.TrialModel.study_id == study_id, attrs.key.in_(flags),
+                        attrs.value_json == "true")
+                .all()
+            )  # fmt: skip
+        held: dict[int, set[str]] = {}
+        for trial_id, key in flagged:
+            held.setdefault(trial_id, set()).add(key)
+        return [
+            IndexedTrial(trial_id, number, state,
+                         None if kind is None else values.stored_repr_to_value(value, kind),
+                         frozenset(held.get(trial_id, ())))
+            for trial_id, number, state, value, kind in rows
+        ]  # fmt: skip
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
@@ -202,7 +244,7 @@ REPEATED_METHODS = (
     "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials",
     "_get_best_trial_id", "_get_stale_trial_ids", "_set_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "set_trial_user_attrs", "trial_state",
+    "set_trial_user_attrs", "trial_state", "trial_index",
 )  # fmt: skip
 for _name in REPEATED_METHODS:
     setattr(RetryingStorage, _name, _repeated_when_cut_off(getattr(RetryingStorage, _name)))

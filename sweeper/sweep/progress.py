@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm  # a notebook (sweeper.run_study) gets its own bar
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
 from sweeper.spec.budget import counted_trials
 from sweeper.spec.objectives import best_of, maximizing, metric_value
+from sweeper.stores.storage import IndexedTrial
 
 if TYPE_CHECKING:  # pandas loads with the first table: the launcher starts its workers sooner
     import pandas as pd
@@ -29,11 +31,10 @@ INTERRUPTED = f"user_attrs_{Attr.INTERRUPTED}"
 HINT_AFTER_S = 3 * 3600  # a sweep that would take longer here says how to make it shorter
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial (surplus claims left out), best first."""
-    frame = study.trials_dataframe(
-        attrs=("number", "state", "value", "duration", "params", "user_attrs", "system_attrs")
-    )
+def trials_table(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> pd.DataFrame:
+    """One row per trial (surplus claims left out), best first: of all the study's trials, or
+    of those given."""
+    frame = trials_frame(study, study.get_trials(deepcopy=False) if trials is None else trials)
     if SURPLUS in frame:
         frame = frame[frame[SURPLUS] != True]  # noqa: E712 (NaN for the others)
     if frame.empty:
@@ -53,12 +54,42 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     table["seconds"] = table["seconds"].dt.total_seconds()
     table = table.astype({"best_epoch": "Int64", "epochs_run": "Int64", "retry_of": "Int64"})
     ascending = not maximizing(study)
-    return table.sort_values("value", ascending=ascending, na_position="last", ignore_index=True)
+    return table.sort_values(
+        "value", ascending=ascending, na_position="last", ignore_index=True, kind="stable"
+    )  # ties in trial order, as `status` ranks them
+
+
+def trials_frame(study: optuna.Study, trials: list[FrozenTrial]) -> pd.DataFrame:
+    """Optuna's trials_dataframe() columns (number, state, value or values_NAME, duration,
+    params_, user_attrs_, system_attrs_) of the trials given, not necessarily all of them."""
+    import pandas as pd
+
+    names = study.metric_names or [str(i) for i in range(len(study.directions))]
+    rows = []
+    for trial in trials:
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+        values = trial.values or [None] * len(names)
+        if len(names) == 1:
+            row["value"] = values[0]
+        else:
+            row.update({f"values_{name}": v for name, v in zip(names, values, strict=True)})
+        complete, start = trial.datetime_complete, trial.datetime_start
+        row["duration"] = complete - start if complete and start else pd.NaT
+        for prefix, attrs in (("params", trial.params), ("user_attrs", trial.user_attrs),
+                              ("system_attrs", trial.system_attrs)):  # fmt: skip
+            row.update({f"{prefix}_{key}": value for key, value in attrs.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if "duration" in frame:
+        frame["duration"] = pd.to_timedelta(frame["duration"])
+    return frame
 
 
 def status_text(study: optuna.Study, fmt: str, top: int = 0) -> str:
     """`sweeper status`: the trials table as text (its `top` rows, best first, and the counts
     of all, where there are more), "json" (one object per trial) or "csv"."""
+    if fmt == "text" and top > 0:
+        return _top_text(study, _trial_index(study), top)
     table = trials_table(study)
     if fmt == "json":
         return table.to_json(orient="records")
@@ -66,12 +97,38 @@ def status_text(study: optuna.Study, fmt: str, top: int = 0) -> str:
         return table.to_csv(index=False).rstrip("\n")
     if table.empty:
         return "no trials yet"
-    if top <= 0 or len(table) <= top:
-        return table.to_string(index=False, na_rep="")
-    counts = table["state"].value_counts()
-    states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
-    shown = table.head(top).to_string(index=False, na_rep="")
-    return (f"{shown}\n... the best {top} of {len(table)} trials ({states}); --top 0 shows all,"
+    return table.to_string(index=False, na_rep="")
+
+
+def _trial_index(study: optuna.Study) -> list[IndexedTrial]:
+    """The study's trials in three columns each (RetryingStorage.trial_index), surplus claims
+    left out; from a storage that cannot (a proxy's client), from all its trials read whole."""
+    flags = (Attr.SURPLUS, Attr.INTERRUPTED)
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    if hasattr(backend, "trial_index"):
+        index = backend.trial_index(study._study_id, flags)
+    else:
+        index = [IndexedTrial(t._trial_id, t.number, t.state, t.values[0] if t.values else None,
+                              frozenset(f for f in flags if t.user_attrs.get(f) is True))
+                 for t in study.get_trials(deepcopy=False)]  # fmt: skip
+    return [t for t in index if Attr.SURPLUS not in t.flags]
+
+
+def _top_text(study: optuna.Study, index: list[IndexedTrial], top: int) -> str:
+    """The best `top` trials in full, read one by one, and the counts of all by state."""
+    if not index:
+        return "no trials yet"
+    sign = -1 if maximizing(study) else 1
+    ranked = sorted(index, key=lambda t: (t.value is None, sign * (t.value or 0), t.number))
+    trials = [study._storage.get_trial(t.trial_id) for t in ranked[:top]]
+    shown = trials_table(study, trials).to_string(index=False, na_rep="")
+    if len(index) <= top:
+        return shown
+    cut = TrialState.FAIL  # failed in Optuna, but their retries resume them
+    counts = Counter("INTERRUPTED" if t.state == cut and Attr.INTERRUPTED in t.flags
+                     else t.state.name for t in index)  # fmt: skip
+    states = ", ".join(f"{n} {state.lower()}" for state, n in counts.most_common())
+    return (f"{shown}\n... the best {top} of {len(index)} trials ({states}); --top 0 shows all,"
             " --csv or --json every row")  # fmt: skip
 
 
