@@ -23,8 +23,8 @@ demo: $(INSTALLED)
 # servers and worker processes as much as they compute), then the fault suite beside the Ray
 # cluster, one file a worker: their timings (grace periods, killed workers) need the CPU.
 test: $(INSTALLED)
-	$(VENV)/bin/pytest -q -n 3 --dist loadfile -m "not fault and not cluster"
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "fault or cluster"
+	$(VENV)/bin/pytest -q -n 3 --dist loadfile -m "not fault and not cluster" --durations 15
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "fault or cluster" --durations 10
 
 # The fast tier: every unit of the orchestration, no real sweep (well under 2 minutes).
 test-fast: $(INSTALLED)
