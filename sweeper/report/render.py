@@ -23,6 +23,7 @@ from sweeper.stores.paths import MLFLOW_URL, SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage
 
 if TYPE_CHECKING:  # pandas loads only for a report: the CLI, a launcher's start, stay quick
+    import optuna
     import pandas as pd
 
     from sweeper.report.studydata import StudyData
@@ -226,11 +227,12 @@ tr.RUNNING td, tr.WAITING td { background: #fff6d6; font-style: italic; }
 
 def write_report(
     names: str | list[str], stores: SweepPaths, dashboard: str | None = None,
-    out: str | None = None, mlflow_url: str = MLFLOW_URL,
+    out: str | None = None, mlflow_url: str = MLFLOW_URL, study: optuna.Study | None = None,
 ) -> tuple[list[Path], dict[str, str | None]]:  # fmt: skip
     """The dashboard of one study or several as an HTML page (and its table as CSV), logged to
     each study's launch run; return the files and, per study, the URL of the launch run it was
-    logged to (None: the study has no launch run)."""
+    logged to (None: the study has no launch run). `study`: the one study as the launcher holds
+    it (a second copy of 10,000 trials would double the launcher's memory at its end)."""
     from sweeper.report.studydata import collect, run_url
 
     names = [names] if isinstance(names, str) else names
@@ -239,7 +241,8 @@ def write_report(
     page_path = Path(out) if out else stores.report("-vs-".join(names), board.file.stem)
     if page_path.suffix.lower() not in (".html", ".htm"):
         raise SweeperError(f"--out {page_path}: the report is HTML; name a .html file")
-    studies = [collect(name, stores, mlflow_url) for name in names]
+    studies = [collect(name, stores, mlflow_url, study if len(names) == 1 else None)
+               for name in names]  # fmt: skip
     page, table = render(board, studies if board.several else studies[0])
     page_path.parent.mkdir(parents=True, exist_ok=True)
     page_path.write_text(page, encoding="utf-8")

@@ -80,11 +80,15 @@ class StudyData:
         return done.loc[done["value"].idxmax() if self.maximize else done["value"].idxmin()]
 
 
-def collect(name: str, paths: SweepPaths, mlflow_url: str) -> StudyData:
-    """Read the study, its trial runs and their metric histories, and the ensemble run."""
+def collect(
+    name: str, paths: SweepPaths, mlflow_url: str, study: optuna.Study | None = None
+) -> StudyData:
+    """Read the study (unless given, as a launcher holds it: its finished trials are not read
+    again), its trial runs and their metric histories, and the ensemble run."""
     from sweeper.stores.tracking import queries  # loaded on demand: the CLI stays quick
 
-    study = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
+    if study is None:
+        study = load_stored_study(name, make_storage(paths.storage_url), paths.storage_url)
     trials = counted_trials(study)
     uri = paths.tracking_uri
     if len(trials) <= CURVES_READ:

@@ -84,7 +84,7 @@ def launch(
         status, study, freeing = "FINISHED", opened.study, opened.freeing
         end_run(paths, opened, status, ended)  # before the report, which shows it ended
         opened = None  # nothing left for `finally` to end
-        files, _ = write_report(spec.name, paths)
+        files, _ = write_report(spec.name, paths, study=study)
         freed = free_disk(spec, paths, freeing)
         print_summary(spec, study, paths, built, files[0], time.time() - started, freed)
         return 0
