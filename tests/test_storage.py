@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -70,6 +71,12 @@ def test_sqlite_stores_keep_a_write_ahead_log_and_fold_it_in_at_the_end(tmp_path
     assert storage.trial_state(first._trial_id) == optuna.trial.TrialState.COMPLETE
     with pytest.raises(KeyError):
         storage.trial_state(10_000)
+    held = make_storage(url)  # a second engine on the file: both close, then the file turns back
+    held.get_all_studies()
     sqlite_wal.close_all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
+    # back in SQLite's default mode: a finished sweep's folder opens on a read-only disk
+    assert sqlite3.connect(tmp_path / "optuna.db").execute("PRAGMA journal_mode").fetchone() == (
+        "delete",
+    )
     assert len(optuna.load_study(study_name="wal", storage=url).trials) == 3

@@ -47,8 +47,19 @@ def _remember(connection: sqlalchemy.Connection) -> None:
 
 @atexit.register
 def close_all() -> None:
-    """The last connection to close moves the log into the database file and deletes it: a
-    finished sweep leaves its folder with one file a store, as in SQLite's default mode."""
+    """Close every SQLite connection of the process and put each file back in SQLite's default
+    mode where no other process has it open: the last close folds the log into the file, and a
+    finished sweep's folder holds one plain file a store, which opens on a read-only disk too
+    (a file in WAL mode cannot: its readers write the `-shm` index). The next process to open
+    it turns the log on again."""
     for engine in list(_engines):
         with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError, sqlite3.Error):
             engine.dispose()
+        database = engine.url.database
+        if not database or database == ":memory:":
+            continue
+        with (
+            contextlib.suppress(sqlite3.Error),  # busy: another process has it open
+            contextlib.closing(sqlite3.connect(database, timeout=0)) as connection,
+        ):
+            connection.execute("PRAGMA journal_mode=DELETE")

@@ -30,7 +30,7 @@ from requests.exceptions import RequestException  # noqa: E402
 
 from sweeper.errors import first_line  # noqa: E402
 from sweeper.records import Tag  # noqa: E402
-from sweeper.stores import sqlite_wal  # noqa: E402, F401  (SQLite stores in WAL mode)
+from sweeper.stores import sqlite_wal  # noqa: E402  (SQLite stores in WAL mode)
 from sweeper.stores.paths import cache_dir  # noqa: E402
 from sweeper.stores.retry import retried  # noqa: E402
 
@@ -60,10 +60,8 @@ def new_sqlite_store(database: Path, artifact_root: str) -> None:
     if not template.exists():
         template.parent.mkdir(parents=True, exist_ok=True)
         fresh = template.with_name(f"{template.name}.{uuid.uuid4().hex}")
-        client = MlflowClient(f"sqlite:///{fresh}")
-        client.search_experiments()  # MLflow creates the tables
-        # closed before the rename: the last connection moves the write-ahead log into the file
-        client._tracking_client.store.engine.dispose()
+        MlflowClient(f"sqlite:///{fresh}").search_experiments()  # MLflow creates the tables
+        sqlite_wal.close_all()  # before the rename: the last close folds the log into the file
         os.replace(fresh, template)
     copy = database.with_name(f"{database.name}.{uuid.uuid4().hex}")
     with (
