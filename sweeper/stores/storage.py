@@ -119,6 +119,12 @@ def _lost_table_race(error: Exception) -> bool:
     return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
 
 
+def backend_of(storage: BaseStorage) -> BaseStorage:
+    """The storage under Optuna's cache (its `_CachedStorage`): sweeper's RetryingStorage, or
+    a proxy's client; a storage not under the cache is its own."""
+    return getattr(storage, "_backend", storage)
+
+
 class IndexedTrial(NamedTuple):
     """A trial as RetryingStorage.trial_index reads it."""
 

@@ -21,6 +21,7 @@ from sweeper.pool.supervisor import supervise
 from sweeper.spec.budget import Budget, budget_state
 from sweeper.spec.stopping import StopRule
 from sweeper.stores.paths import SweepPaths
+from sweeper.stores.storage import backend_of
 from sweeper.sweep.progress import Progress
 
 
@@ -108,7 +109,7 @@ def run_phase(
 def release(study: optuna.Study | None) -> None:
     """Close this thread's session of the study's storage: a transaction that Ctrl-C cut in the
     middle would hold SQLite's lock while the stopping workers wait for it."""
-    backend = getattr(getattr(study, "_storage", None), "_backend", None)
+    backend = backend_of(study._storage) if study is not None else None
     if hasattr(backend, "remove_session"):
         backend.remove_session()
 

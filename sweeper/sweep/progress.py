@@ -12,7 +12,7 @@ from tqdm.auto import tqdm  # a notebook (sweeper.run_study) gets its own bar
 from sweeper.records import RETRY_OF_SYSTEM_ATTR, Attr
 from sweeper.spec.budget import counted_trials
 from sweeper.spec.objectives import best_of, maximizing, metric_value
-from sweeper.stores.storage import IndexedTrial
+from sweeper.stores.storage import IndexedTrial, backend_of
 
 if TYPE_CHECKING:  # pandas loads with the first table: the launcher starts its workers sooner
     import pandas as pd
@@ -104,7 +104,7 @@ def _trial_index(study: optuna.Study) -> list[IndexedTrial]:
     """The study's trials in three columns each (RetryingStorage.trial_index), surplus claims
     left out; from a storage that cannot (a proxy's client), from all its trials read whole."""
     flags = (Attr.SURPLUS, Attr.INTERRUPTED)
-    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    backend = backend_of(study._storage)
     if hasattr(backend, "trial_index"):
         index = backend.trial_index(study._study_id, flags)
     else:

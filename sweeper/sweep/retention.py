@@ -128,10 +128,8 @@ class FreeingWhileRunning:
 def _artifact_uris(tracking_uri: str, name: str, trials: list[FrozenTrial]) -> dict[str, str]:
     """Run id -> artifact URI of the trials' runs, from searches of those runs only (MLflow would
     read each run to find it, and a search of all reads every param and tag of thousands)."""
-    runs = {
-        t.user_attrs[Attr.MLFLOW_RUN_ID]: None for t in trials if Attr.MLFLOW_RUN_ID in t.user_attrs
-    }
-    found, _ = queries.runs_by_id(tracking_uri, name, list(runs))
+    runs = [t.user_attrs[Attr.MLFLOW_RUN_ID] for t in trials if Attr.MLFLOW_RUN_ID in t.user_attrs]
+    found, _ = queries.runs_by_id(tracking_uri, name, runs)
     return dict(zip(found["run_id"], found["artifact_uri"], strict=True))
 
 

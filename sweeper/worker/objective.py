@@ -21,6 +21,7 @@ from sweeper.spec.budget import counted_trials
 from sweeper.spec.history import sampler_name
 from sweeper.spec.objectives import behind_the_median, measure_costs
 from sweeper.spec.study import Study
+from sweeper.stores.storage import backend_of
 from sweeper.stores.tracking import TrialTracker
 from sweeper.training.batches import PaceCallback
 from sweeper.training.config import TrainConfig
@@ -90,14 +91,9 @@ def earlier_tries(trial: optuna.Trial) -> list[int]:
     return RetryHeartbeatStaleTrialCallback.retry_history(trial._cached_frozen_trial)
 
 
-def _backend(trial: optuna.Trial) -> Any:
-    """The trial's storage under Optuna's cache: sweeper's RetryingStorage, or a proxy client."""
-    return getattr(trial.storage, "_backend", trial.storage)
-
-
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several user attributes at once: one storage transaction where the storage can."""
-    backend = _backend(trial)
+    backend = backend_of(trial.storage)
     if not hasattr(backend, "set_trial_user_attrs"):  # the gRPC proxy's client
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -108,7 +104,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 def still_running(trial: optuna.Trial) -> bool:
     """Whether the storage still holds the trial as RUNNING (one read of its state)."""
-    backend = _backend(trial)
+    backend = backend_of(trial.storage)
     if hasattr(backend, "trial_state"):
         return backend.trial_state(trial._trial_id) == optuna.trial.TrialState.RUNNING
     return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
