@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
 import subprocess
 import sys
@@ -80,3 +81,20 @@ def test_sqlite_stores_keep_a_write_ahead_log_and_fold_it_in_at_the_end(tmp_path
         "delete",
     )
     assert len(optuna.load_study(study_name="wal", storage=url).trials) == 3
+
+
+def _open(url: str) -> str:
+    try:
+        make_storage(url)
+    except Exception as exc:  # noqa: BLE001 - the message is the result
+        return str(exc)
+    return "opened"
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """A launch creating its tables while `sweeper status` (or a second launch) opens the file
+    met "table studies already exists": the loser of the race tries again."""
+    urls = [f"sqlite:///{tmp_path / f'optuna{round}.db'}" for round in range(3)]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for url in urls:
+            assert pool.map(_open, [url] * 4) == ["opened"] * 4

@@ -71,7 +71,7 @@ def make_storage(url: str) -> BaseStorage:
             sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
         return storage
 
-    try:  # two first launches on PostgreSQL create the tables at once: the loser tries again
+    try:  # two first opens of one database create its tables at once: the loser tries again
         return retried(open_storage, retry=_lost_table_race, wait_s=10, max_pause=1)
     except Exception as exc:  # a typo'd URL, a wrong password, an unreachable host
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
@@ -116,6 +116,8 @@ def note_limits(url: str) -> None:
 
 
 def _lost_table_race(error: Exception) -> bool:
+    if isinstance(error, sqlalchemy.exc.OperationalError):  # SQLite: "table studies already exists"
+        return "already exists" in str(error)
     return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
 
 
