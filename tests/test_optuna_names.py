@@ -13,8 +13,12 @@ from optuna.storages import RDBStorage
 from sweeper.stores import storage
 from sweeper.worker.objective import TrialDiverged, set_user_attrs, still_running
 
+PRIVATE_METHODS = sorted(
+    {n for n in storage.REPEATED_METHODS + storage.READ_METHODS if n.startswith("_")}
+)
 
-@pytest.mark.parametrize("name", [n for n in storage.REPEATED_METHODS if n.startswith("_")])
+
+@pytest.mark.parametrize("name", PRIVATE_METHODS)
 def test_the_private_storage_methods_sweeper_repeats_exist(name: str) -> None:
     assert callable(getattr(RDBStorage, name, None)), f"RDBStorage.{name} is gone"
     assert getattr(storage.RetryingStorage, name) is not getattr(RDBStorage, name)

@@ -7,6 +7,7 @@ import multiprocessing
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,3 +99,31 @@ def test_processes_opening_one_new_sqlite_file_at_once_all_open_it(tmp_path: Pat
     with multiprocessing.get_context("fork").Pool(4) as pool:
         for url in urls:
             assert pool.map(_open, [url] * 4) == ["opened"] * 4
+
+
+def test_sqlite_reads_neither_wait_for_a_writer_nor_hold_one_up(tmp_path: Path) -> None:
+    """Only a storage method that may write takes SQLite's one write lock (_begin_immediate):
+    sixteen workers' and the launcher's reads go on while another process writes."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="locks", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    trial_id = study.trials[0]._trial_id
+    other = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker, mid-write
+
+    def reads() -> None:
+        assert len(storage.get_all_trials(study._study_id)) == 2
+        assert storage.trial_state(trial_id) == optuna.trial.TrialState.COMPLETE
+        assert storage.get_trial(trial_id).params == study.trials[0].params
+
+    reader = threading.Thread(target=reads)
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    writer = threading.Thread(target=storage.set_study_user_attr, args=(study._study_id, "k", 1))
+    writer.start()
+    writer.join(timeout=1)
+    assert writer.is_alive()  # a write waits for the lock
+    other.execute("COMMIT")
+    writer.join(timeout=60)
+    assert storage.get_study_user_attrs(study._study_id) == {"k": 1}

@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import sys
+import threading
 import time
 import urllib.parse
 import warnings
@@ -77,11 +78,17 @@ def make_storage(url: str) -> BaseStorage:
         raise SweeperError(f"--storage: cannot open {redact(url)}: {first_line(exc)}") from None
 
 
+_reading = threading.local()  # set while this thread runs a storage method that only reads
+
+
 def _begin_immediate(connection: sqlalchemy.Connection) -> None:
-    """Every SQLite transaction takes the write lock when it begins. SQLite has no row locks, so
-    Optuna's "WAITING -> RUNNING unless another worker got it first" (its SELECT ... FOR UPDATE)
-    would otherwise let two workers take one queued trial, as ensemble members are."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    """A SQLite transaction that may write takes the write lock when it begins. SQLite has no row
+    locks, so Optuna's "WAITING -> RUNNING unless another worker got it first" (its SELECT ...
+    FOR UPDATE) would otherwise let two workers take one queued trial, as ensemble members are.
+    A method that only reads begins a plain transaction: in the write-ahead log it reads a
+    snapshot and neither waits for the writer nor makes the writer wait (SQLite's wait for a
+    lock is a sleep of 1 to 100 ms, so sixteen workers' reads queued behind each other's)."""
+    connection.exec_driver_sql("BEGIN" if getattr(_reading, "now", False) else "BEGIN IMMEDIATE")
 
 
 def proxy_client(url: str) -> GrpcStorageProxy:
@@ -254,8 +261,32 @@ REPEATED_METHODS = (
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "set_trial_user_attrs", "trial_state", "trial_index",
 )  # fmt: skip
+# The methods among them that only read: on SQLite they take no write lock (_begin_immediate).
+READ_METHODS = (
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_trial_param",
+    "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials", "_get_best_trial_id",
+    "_get_stale_trial_ids", "trial_state", "trial_index",
+)  # fmt: skip
+
+
+def _only_reading(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def reading(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        before, _reading.now = getattr(_reading, "now", False), True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _reading.now = before
+
+    return reading
+
+
 for _name in REPEATED_METHODS:
     setattr(RetryingStorage, _name, _repeated_when_cut_off(getattr(RetryingStorage, _name)))
+for _name in READ_METHODS:
+    setattr(RetryingStorage, _name, _only_reading(getattr(RetryingStorage, _name)))
 
 
 def _waiting_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
