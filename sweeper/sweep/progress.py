@@ -167,12 +167,13 @@ class Progress:
         self.bar.set_postfix(postfix)
         self._say_pace(running, left)
         if self.bar.disable:  # no terminal: one line per trial that ended
-            for t in trials:
-                if t.state.is_finished() and t.number not in self.seen:
-                    self.seen.add(t.number)
-                    value = _values(t, self.study.metric_names)
-                    state = "INTERRUPTED" if interrupted(t) else t.state.name
-                    print(f"trial {t.number} {state} value={value}", flush=True)
+            ended = [t for t in trials if t.state.is_finished() and t.number not in self.seen]
+            names = self.study.metric_names if ended else None  # a read of the storage
+            for t in ended:
+                self.seen.add(t.number)
+                value = _values(t, names)
+                state = "INTERRUPTED" if interrupted(t) else t.state.name
+                print(f"trial {t.number} {state} value={value}", flush=True)
 
     def _say_pace(self, running: list[FrozenTrial], left: float | None) -> None:
         """Once a trial's pace is known: without a terminal, one line for it; and once a
