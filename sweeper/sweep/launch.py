@@ -85,7 +85,7 @@ def launch(
         end_run(paths, opened, status, ended)  # before the report, which shows it ended
         opened = None  # nothing left for `finally` to end
         files, _ = write_report(spec.name, paths, study=study)
-        freed = free_disk(spec, paths, freeing)
+        freed = free_disk(spec, paths, freeing, study)
         print_summary(spec, study, paths, built, files[0], time.time() - started, freed)
         return 0
     finally:
@@ -146,15 +146,17 @@ def kept_top(ensemble: dict[str, Any] | None) -> int:
     return max(KEEP, (ensemble or {}).get("k") or 0)
 
 
-def free_disk(spec: Study, paths: SweepPaths, freeing: Any) -> str:
+def free_disk(spec: Study, paths: SweepPaths, freeing: Any, study: optuna.Study) -> str:
     """Delete the checkpoints that the top trials and the ensemble do not need (`sweeper gc`),
     but for the best weights that went while the sweep ran (`freeing`, a FreeingWhileRunning);
-    say how much that freed in all. A sweep that ended well still ends well if this fails."""
+    say how much that freed in all. A sweep that ended well still ends well if this fails.
+    `study`: as the launcher holds it, whose cached trials a new storage would read again (10,000
+    of them: seconds, and a third of a GB at the launcher's end)."""
     from sweeper.sweep import retention  # MLflow: already loaded by setup()
 
-    storage, keep = make_storage(paths.storage_url), freeing.keep
+    keep = freeing.keep
     try:
-        removed = retention.sweep_disk(storage, spec.name, paths, keep, done=freeing.freed)
+        removed = retention.sweep_disk(study._storage, spec.name, paths, keep, done=freeing.freed)
     except Exception as error:
         return f"nothing freed ({first_line(error)}); try `sweeper gc {spec.name}`"
     removed += freeing.removed
