@@ -25,7 +25,11 @@ from setproctitle import setproctitle
 
 from sweeper.errors import SweeperError
 
-PRELOAD = ["sweeper.worker.loop", "torch._dynamo"]  # torch.optim imports dynamo at first step
+# torch.optim imports dynamo at its first step; a worker's first MLflow client on a SQLite store,
+# and Optuna's RDB storage, import the rest (a CPU second a worker, sixteen at once otherwise).
+PRELOAD = ["sweeper.worker.loop", "torch._dynamo", "mlflow.store.tracking.sqlalchemy_store",
+           "mlflow.store.tracking.sqlalchemy_workspace_store", "alembic.command", "alembic.config",
+           "alembic.migration", "alembic.script"]  # fmt: skip
 FORKS = multiprocessing.get_context("forkserver")
 
 
