@@ -4,21 +4,27 @@ may start another, and when a study stops paying. No training, no processes."""
 from __future__ import annotations
 
 import datetime
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
 from sweeper.records import Attr
-from sweeper.spec.budget import Budget, budget_state, counted_trials
+from sweeper.spec.budget import Budget, budget_state, counted_trials, state_counts
 from sweeper.spec.stopping import StopRule
+from sweeper.stores.storage import make_storage
 
 T0 = datetime.datetime(2026, 1, 1)
 
 
-def study_of(*states: TrialState, surplus: int = 0, direction: str = "maximize") -> optuna.Study:
+def study_of(
+    *states: TrialState, surplus: int = 0, direction: str = "maximize", storage: Any = None
+) -> optuna.Study:
     """A study holding one trial per state given, then `surplus` failed surplus claims."""
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction=direction, storage=storage)
     for state in states:
         value = 0.5 if state == TrialState.COMPLETE else None
         study.add_trial(create_trial(state=state, value=value))
@@ -57,15 +63,23 @@ C, P, F, R, W = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialS
         ((C, P, F, R), None, Budget.RUN),  # no trial budget: a timeout ends it
     ],
 )
-def test_budget_state(states: tuple[TrialState, ...], budget: int | None, expected: Budget) -> None:
+def test_budget_state(
+    states: tuple[TrialState, ...], budget: int | None, expected: Budget, tmp_path: Path
+) -> None:
     assert budget_state(study_of(*states), budget) == expected
+    # on sweeper's storage the states are counted by one query (RetryingStorage.trial_counts)
+    stored = study_of(*states, surplus=2, storage=make_storage(f"sqlite:///{tmp_path}/o.db"))
+    assert budget_state(stored, budget) == expected
 
 
-def test_surplus_claims_do_not_count_and_are_left_out() -> None:
+def test_surplus_claims_do_not_count_and_are_left_out(tmp_path: Path) -> None:
     study = study_of(C, P, surplus=2)
     assert len(counted_trials(study)) == 2
     assert counted_trials(study, (TrialState.FAIL,)) == []
     assert budget_state(study, 3) == Budget.RUN
+    stored = study_of(C, P, W, surplus=2, storage=make_storage(f"sqlite:///{tmp_path}/o.db"))
+    assert state_counts(stored) == {C: 1, P: 1, W: 1}
+    assert state_counts(stored) == Counter(t.state for t in counted_trials(stored))
 
 
 def test_a_stop_rule_ends_the_budget_early() -> None:
@@ -101,8 +115,6 @@ def _with_trials(study: optuna.Study) -> tuple[optuna.Study, list]:
 
 
 def test_a_claim_past_the_budget_is_surplus_and_one_below_it_reads_nothing() -> None:
-    from pathlib import Path
-
     from sweeper.worker.objective import Objective, SurplusTrial
 
     objective = Objective(spec=None, checkpoint_dir=Path(), tracker=None, worker="w",
