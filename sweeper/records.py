@@ -41,6 +41,9 @@ class StudyAttr:
     STUDY_FILE_HASH = "study_file_hash"
     PLAN = "plan"  # an ensemble's member study: its EnsemblePlan as a dict
     EPOCHS = "epochs"  # an ensemble's member study: the members' epoch budget
+    # What the last whole pass of retention left: {"through": N, "kept": [numbers]}; every trial
+    # numbered N or less but the kept ones has no best weights left to free
+    FREED = "freed"
 
 
 # Optuna's own system attribute on a retried trial: the number of the trial it retries.

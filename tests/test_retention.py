@@ -176,3 +176,34 @@ def test_best_weights_go_while_the_sweep_runs_as_trials_leave_the_top(tmp_path: 
     assert freeing.freed == {0, 3} and [r.size for r in freeing.removed] == [100, 100]
     removed = sweep_disk(storage, "s", paths, keep=2, done=freeing.freed)
     assert [r.what for r in removed] == [f"best weights of trial 4: {folder / 'trial-4-best.pt'}"]
+
+
+def test_a_later_pass_looks_again_only_at_new_trials_and_those_that_left_the_top(
+    tmp_path: Path,
+) -> None:
+    """A whole pass records how far it went (StudyAttr.FREED): the end of the next launch of a
+    study of 10,000 trials does not list 10,000 runs' artifacts again."""
+    storage, study, paths, folder = local_study(tmp_path)
+    lr = {"lr": FloatDistribution(0, 1)}
+
+    def ended(value: float, state: TrialState = TrialState.COMPLETE) -> Path:
+        best = folder / best_file_name(len(study.trials))
+        best.write_bytes(b"w" * 100)
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.1}, distributions=lr,
+                                     user_attrs={Attr.CHECKPOINT: str(best)}))  # fmt: skip
+        return best
+
+    first = [ended(v) for v in (0.5, 0.9, 0.7, 0.6)]
+    study.add_trial(create_trial(state=TrialState.RUNNING))  # 4: the pass stops before it
+    assert len(sweep_disk(storage, "s", paths, keep=2, dry_run=True)) == 2
+    assert "freed" not in study.user_attrs  # a dry run records nothing
+    assert len(sweep_disk(storage, "s", paths, keep=2)) == 2  # 0 and 3
+    assert study.user_attrs["freed"] == {"through": 3, "kept": [1, 2]}
+    first[0].write_bytes(b"w" * 100)  # were 0 looked at again, this would go
+    ended(0.95)  # 5 pushes 2 out of the top
+    removed = sweep_disk(storage, "s", paths, keep=2)
+    assert [r.what for r in removed] == [f"best weights of trial 2: {first[2]}"]
+    assert first[0].exists()
+    freeing = FreeingWhileRunning(storage, paths, keep=2, every_s=0)
+    freeing(study, study.trials)  # a later launch's polls start where the passes stopped
+    assert {0, 3} <= freeing.freed and first[0].exists()
