@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
-from sweeper.stores import sqlite_wal
+from sweeper.stores import sqlite_wal, trial_rows
 from sweeper.stores.storage import make_storage
 
 # Each process asks for queued trials until the queue is empty, as ensemble workers do.
@@ -127,3 +131,77 @@ def test_sqlite_reads_neither_wait_for_a_writer_nor_hold_one_up(tmp_path: Path) 
     other.execute("COMMIT")
     writer.join(timeout=60)
     assert storage.get_study_user_attrs(study._study_id) == {"k": 1}
+
+
+def _rich_study(storage: optuna.storages.BaseStorage, name: str, directions: list[str]) -> None:
+    """Trials in every state, with every kind of param, value and attribute Optuna stores."""
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study.enqueue_trial({"x": 0.5, "kind": "b"}, user_attrs={"queued": True})
+
+    def objective(trial: optuna.Trial) -> Any:
+        x = trial.suggest_float("x", 1e-3, 1.0, log=True)
+        trial.suggest_categorical("kind", ["a", "b", None])
+        trial.suggest_int("n", 1, 9, step=2)
+        trial.set_user_attr("nested", {"list": [1, 2.5, "s"], "flag": False})
+        trial.storage.set_trial_system_attr(trial._trial_id, "mark", [trial.number])
+        if len(directions) == 1:
+            trial.report(float("inf") if trial.number == 2 else x, 0)
+            trial.report(float("nan"), 1)
+        if trial.number == 3:
+            raise optuna.TrialPruned()
+        if trial.number == 4:
+            raise ValueError("failed")
+        value = float("-inf") if trial.number == 5 else x
+        return value if len(directions) == 1 else (value, -x)
+
+    study.optimize(objective, n_trials=7, catch=(ValueError,))
+    study.ask()  # running
+    study.enqueue_trial({"x": 0.1})  # waiting
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_trials_read_from_rows_are_optunas_own(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RetryingStorage._get_trials builds the trials from plain rows (stores/trial_rows.py):
+    every filter Optuna's cache asks for gives what Optuna's own ORM read gives."""
+    url = (f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite"
+           else request.getfixturevalue("new_database")())  # fmt: skip
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"  # times are stored in UTC and read in local time
+    time.tzset()
+    try:
+        _compare_reads(url, monkeypatch)
+    finally:
+        os.environ.pop("TZ") if zone is None else os.environ.update(TZ=zone)
+        time.tzset()
+
+
+def _compare_reads(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = make_storage(url)
+    for name, directions in (("one", ["maximize"]), ("two", ["maximize", "minimize"])):
+        _rich_study(storage, name, directions)
+        study_id = storage.get_study_id_from_name(name)
+        ids = [t._trial_id for t in storage.get_all_trials(study_id)]
+        for states, included, above in (
+            (None, set(), -1),
+            ((TrialState.COMPLETE, TrialState.PRUNED), set(), -1),
+            ((TrialState.WAITING,), set(), -1),
+            (None, {ids[1], ids[4]}, ids[6]),
+            (None, set(), ids[5]),
+            (None, set(ids[:6]), ids[6]),
+        ):
+            for limit in (trial_rows.INCLUDED_IN_QUERY, 2):  # 2: the ids are picked out here
+                monkeypatch.setattr(trial_rows, "INCLUDED_IN_QUERY", limit)
+                ours = storage._get_trials(study_id, states, included, above)
+                theirs = RDBStorage._get_trials(storage, study_id, states, included, above)
+                assert [_fields(t) for t in ours] == [_fields(t) for t in theirs]
+                assert ours, (states, included, above)
+    with pytest.raises(KeyError):
+        storage._get_trials(10_000, None, set(), -1)
+
+
+def _fields(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's fields, its dicts in key order (a database returns rows in any order), nan too."""
+    return repr({key: sorted(value.items(), key=str) if isinstance(value, dict) else value
+                 for key, value in vars(trial).items()})  # fmt: skip
