@@ -106,7 +106,7 @@ def test_processes_opening_one_new_sqlite_file_at_once_all_open_it(tmp_path: Pat
 
 
 def test_sqlite_reads_neither_wait_for_a_writer_nor_hold_one_up(tmp_path: Path) -> None:
-    """Only a storage method that may write takes SQLite's one write lock (_begin_immediate):
+    """Only a storage method that may write takes SQLite's one write lock (_begin):
     sixteen workers' and the launcher's reads go on while another process writes."""
     storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="locks", storage=storage)

@@ -68,7 +68,7 @@ def make_storage(url: str) -> BaseStorage:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
         if url.startswith("sqlite"):
-            sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+            sqlalchemy.event.listen(storage.engine, "begin", _begin)
         else:  # opened once: from now on, wait out restarts
             sqlalchemy.event.listen(storage.engine, "do_connect", _waiting_connect)
             sqlalchemy.event.listen(storage.engine, "invalidate", storage.note_lost)
@@ -83,7 +83,7 @@ def make_storage(url: str) -> BaseStorage:
 _reading = threading.local()  # set while this thread runs a storage method that only reads
 
 
-def _begin_immediate(connection: sqlalchemy.Connection) -> None:
+def _begin(connection: sqlalchemy.Connection) -> None:
     """A SQLite transaction that may write takes the write lock when it begins. SQLite has no row
     locks, so Optuna's "WAITING -> RUNNING unless another worker got it first" (its SELECT ...
     FOR UPDATE) would otherwise let two workers take one queued trial, as ensemble members are.
@@ -292,7 +292,7 @@ REPEATED_METHODS = (
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "set_trial_user_attrs", "trial_state", "trial_index", "trial_counts",
 )  # fmt: skip
-# The methods among them that only read: on SQLite they take no write lock (_begin_immediate).
+# The methods among them that only read: on SQLite they take no write lock (_begin).
 READ_METHODS = (
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",

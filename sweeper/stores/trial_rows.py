@@ -9,6 +9,7 @@ and of the memory."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Container, Iterable
 from typing import Any
@@ -20,6 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 INCLUDED_IN_QUERY = 500  # more trial ids than this are picked out here, not in an IN (...)
+
+# One object per distinct distribution, shared by every trial that has it (Optuna never changes
+# a distribution in place): a study has a handful, its trials thousands of params.
+_distribution = functools.lru_cache(maxsize=4096)(distributions.json_to_distribution)
 
 
 def read_trials(
@@ -38,9 +43,14 @@ def read_trials(
         assert isinstance(states, Iterable)
         where.append(trials.state.in_(list(states)))
     included = {i for i in included_trial_ids if i <= trial_id_greater_than}
-    if trial_id_greater_than > -1 and len(included) <= INCLUDED_IN_QUERY:
+    if trial_id_greater_than > -1:
         above = trials.trial_id > trial_id_greater_than
-        where.append(sqlalchemy.or_(trials.trial_id.in_(included), above) if included else above)
+        if len(included) > INCLUDED_IN_QUERY:  # those from the first of them on: picked out below
+            where.append(trials.trial_id >= min(included))
+        else:
+            where.append(
+                sqlalchemy.or_(trials.trial_id.in_(included), above) if included else above
+            )
     stored = trials.__table__.c  # Optuna keeps the two times as naive UTC in these columns
     columns = (trials.trial_id, trials.number, trials.state, stored.datetime_start,
                stored.datetime_complete)  # fmt: skip
@@ -74,18 +84,14 @@ def _related(session: Session, ids: sqlalchemy.Select) -> dict[str, dict[int, li
         for row in session.execute(query if order is None else query.order_by(order)):
             by_trial.setdefault(row[0], []).append(row[1:])
         related[name] = by_trial
-    related["distributions"] = {}  # one object per distinct distribution JSON
     return related
 
 
 def _frozen(head: Any, related: dict[str, dict[int, Any]]) -> FrozenTrial:
     trial_id, number, state, started, completed = head
-    shared = related["distributions"]
     params, dists = {}, {}
     for name, value, stored in related["params"].get(trial_id, ()):
-        dist = shared.get(stored) or shared.setdefault(
-            stored, distributions.json_to_distribution(stored)
-        )
+        dist = _distribution(stored)
         params[name], dists[name] = dist.to_external_repr(value), dist
     scored = related["values"].get(trial_id)
     values = None
