@@ -136,7 +136,9 @@ def sweep_facts(url: str, tracking_uri: str) -> dict:
         "states": {t.number: t.state.name for t in stored},
         "finished": len(finished),
         "distinct_configs": len({json.dumps(t.params, sort_keys=True) for t in finished}),
-        "nodes": sorted({t.user_attrs.get("node") for t in finished}),
+        # the nodes trials trained on: the killed worker's trial counts, as its node's new
+        # worker may start after the other node took the trials that were left
+        "nodes": sorted({t.user_attrs["node"] for t in stored if t.user_attrs.get("node")}),
         "retries": {
             t.number: t.system_attrs.get("failed_trial")
             for t in stored
