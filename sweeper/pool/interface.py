@@ -31,6 +31,7 @@ class LaunchContext:
     parent_run_id: str | None = None  # the launch run the trial runs hang under
     storage_url: str | None = None  # the Optuna storage
     tracking_uri: str | None = None  # the MLflow store
+    keep: int | None = None  # only trials that end in the top `keep` store their best weights
 
     def line(self) -> str:
         return json.dumps(asdict(self)) + "\n"

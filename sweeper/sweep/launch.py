@@ -117,7 +117,7 @@ def open_launch(spec: Study, paths: SweepPaths, workers: int, keep: int) -> Open
     experiment_id = tracking.experiment_for(paths.tracking_uri, spec.name, paths.artifact_root)
     tags = {Tag.STUDY_FILE_HASH: spec.file_hash, Tag.WORKERS: str(workers)}
     run_id = tracking.start_launch_run(paths.tracking_uri, experiment_id, spec.name, tags)
-    context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri)
+    context = LaunchContext(experiment_id, run_id, paths.storage_url, paths.tracking_uri, keep)
     preload_the_end()
     drawer, freeing = FigureDrawer(paths.tracking_uri), FreeingWhileRunning(storage, paths, keep)
     return Opened(study, context, drawer, freeing)

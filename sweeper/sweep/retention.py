@@ -49,7 +49,7 @@ def sweep_disk(
         studies[member_study_name(name)] = members  # all of them kept
     kept = kept_numbers(study, studies[name], keep) | sources
     passed = kept | set(done) | freed_before(study)
-    due = [t for t in studies[name] if t.number not in passed and t.state.is_finished()]
+    due = [t for t in studies[name] if t.number not in passed and _may_hold_weights(t)]
     uris = _artifact_uris(paths.tracking_uri, name, due)
     removed = []
     for trial in due:
@@ -134,7 +134,8 @@ class FreeingWhileRunning:
             self.freed |= freed_before(study)  # by an earlier launch
         passed = kept_numbers(study, trials, self.keep) | self.sources | self.freed
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
-        due = [t for t in trials if t.state in finished and t.number not in passed][: self.batch]
+        due = [t for t in trials if t.state in finished and t.number not in passed]
+        due = [t for t in due if _may_hold_weights(t)][: self.batch]
         if not due:
             return
         uris = _artifact_uris(self.paths.tracking_uri, study.study_name, due)
@@ -143,6 +144,15 @@ class FreeingWhileRunning:
             self.removed += _best_weights(trial, self.paths.tracking_uri, False, uris)
             if time.monotonic() - started > self.budget_s:
                 return
+
+
+def _may_hold_weights(trial: FrozenTrial) -> bool:
+    """A finished trial that may have stored best weights: one that names them, or one that
+    failed (it may have logged them first). A complete or pruned trial that names none ended
+    outside the top, and its worker stored none (Objective._may_stay)."""
+    return trial.state == TrialState.FAIL or (
+        trial.state.is_finished() and Attr.CHECKPOINT in trial.user_attrs
+    )
 
 
 def _artifact_uris(tracking_uri: str, name: str, trials: list[FrozenTrial]) -> dict[str, str]:

@@ -71,7 +71,7 @@ def join(
         experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
         budget=budget if budget is not None else spec.trials,
         deadline=deadline or (time.time() + timeout if timeout else None),
-        overrides=overrides, tags=tags, packed=packed,
+        overrides=overrides, tags=tags, packed=packed, keep=context.keep,
     )  # fmt: skip
 
 
@@ -88,6 +88,7 @@ def run_worker(
     overrides: dict[str, Any],
     tags: dict[str, str] | None = None,
     packed: bool = False,
+    keep: int | None = None,
 ) -> int:
     """Run trials until the budget is spent or the deadline passes; return an exit code."""
     stop_on_signals()
@@ -110,6 +111,7 @@ def run_worker(
         tags=tags or {},
         lock_dir=paths.locks,
         packed=packed,
+        keep=keep,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

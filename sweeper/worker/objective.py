@@ -14,12 +14,13 @@ import numpy as np
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from sweeper.interrupt import STOPPING
 from sweeper.records import Attr, Tag, best_file_name, epoch_file_name
 from sweeper.spec.budget import counted_trials
 from sweeper.spec.history import sampler_name
-from sweeper.spec.objectives import behind_the_median, measure_costs
+from sweeper.spec.objectives import behind_the_median, maximizing, measure_costs
 from sweeper.spec.study import Study
 from sweeper.stores.storage import backend_of
 from sweeper.stores.tracking import TrialTracker
@@ -124,6 +125,7 @@ class Objective:
     tags: dict[str, str] = field(default_factory=dict)
     lock_dir: Path = Path("locks")
     packed: bool = False  # several trials share this GPU
+    keep: int | None = None  # best weights stored only for a trial that ends in the top `keep`
     failures_in_a_row: int = 0
     last_failure: str = ""
     taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
@@ -285,8 +287,11 @@ class Objective:
             raise TrialDiverged(
                 f"diverged: the loss became NaN or inf in epoch {len(result.history) + 1}"
             )
+        value = None if pruned else float(result.history[result.best_epoch - 1][self.spec.metric])
         best = self.checkpoint_dir / best_file_name(trial.number)
-        save_best(best, result, config, data)
+        stored = self._may_stay(trial, value)
+        if stored:
+            save_best(best, result, config, data)
         predictions = result.val_predictions  # None when the best epoch came before a resume
         if predictions is None:
             predictions = predict_arrays(result, data.val_x, config.eval_batch_size).argmax(1)
@@ -299,15 +304,29 @@ class Objective:
         logged = self.tracker.finish(run_id, "PRUNED" if pruned else "COMPLETE",
                                      classes=data.classes, val_labels=data.val_y,
                                      val_predictions=predictions.cpu().numpy().astype(np.int64),
-                                     checkpoint=best, summary=summary)  # fmt: skip
+                                     checkpoint=best if stored else None,
+                                     summary=summary)  # fmt: skip
         # One copy of the best weights: the run's artifact; the local file only if logging failed.
-        outcome[Attr.CHECKPOINT] = logged or str(best)
+        if stored:
+            outcome[Attr.CHECKPOINT] = logged or str(best)
         set_user_attrs(trial, {**outcome, **({Attr.COSTS: costs} if costs else {})})
-        drop_files([best, *epoch_files] if logged else epoch_files)
+        drop_files([best, *epoch_files] if logged or not stored else epoch_files)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        value = float(result.history[result.best_epoch - 1][self.spec.metric])
         return [value, *(costs[name] for name in self.spec.costs)] if costs else value
+
+    def _may_stay(self, trial: optuna.Trial, value: float | None) -> bool:
+        """Whether the trial's best weights may be kept (see sweep.retention): it ends in the
+        top `keep` by the metric, or the study also weighs costs (its Pareto front stays too).
+        A pruned trial, or one that ends behind `keep` better ones, never gets back in: its
+        weights would be uploaded only to be deleted, two calls of a tracking server each."""
+        if self.keep is None or len(trial.study.directions) > 1:
+            return True
+        if value is None:
+            return False
+        sign = 1 if maximizing(trial.study) else -1
+        complete = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return sum(sign * t.values[0] > sign * value for t in complete) < self.keep
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
