@@ -318,15 +318,18 @@ class Objective:
     def _may_stay(self, trial: optuna.Trial, value: float | None) -> bool:
         """Whether the trial's best weights may be kept (see sweep.retention): it ends in the
         top `keep` by the metric, or the study also weighs costs (its Pareto front stays too).
-        A pruned trial, or one that ends behind `keep` better ones, never gets back in: its
-        weights would be uploaded only to be deleted, two calls of a tracking server each."""
+        A pruned trial, or one that ends behind `keep` others (better, or as good and earlier),
+        never gets back in: its weights would be uploaded only to be deleted."""
         if self.keep is None or len(trial.study.directions) > 1:
             return True
         if value is None:
             return False
-        sign = 1 if maximizing(trial.study) else -1
-        complete = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return sum(sign * t.values[0] > sign * value for t in complete) < self.keep
+        sign = 1 if maximizing(trial.study) else -1  # ties rank by number, as retention's
+        ahead = (  # of this trial in the ranking
+            (sign * t.values[0], -t.number) > (sign * value, -trial.number)
+            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        )
+        return sum(ahead) < self.keep
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
