@@ -40,6 +40,9 @@ import optuna
 import sqlalchemy
 
 REPO = Path(__file__).resolve().parents[1]
+# As sweeper does: MLflow's telemetry thread (no use without a network) changes os.environ while
+# the client reads it; one peer worker of 16 died of that KeyError on PostgreSQL.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 STUDY = "peer"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the machine's, trust auth
 SOCKET = "host=/var/run/postgresql"  # the same server, reached from a network namespace too
