@@ -85,8 +85,7 @@ def add_launch(commands: Any) -> None:
 
 
 def add_ensemble(commands: Any) -> None:
-    ensemble = command(commands, "ensemble", "retrain the top configs with seeds, average",
-                       cmd_ensemble)  # fmt: skip
+    ensemble = command(commands, "ensemble", "retrain top configs with seeds", cmd_ensemble)
     ensemble.add_argument("study", help="the study file (or its name, once launched)")
     add_sweep_flags(ensemble)
     ensemble.add_argument("--k", type=int, help="top configs to retrain (study default: 3)")
@@ -116,6 +115,7 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
     parser.add_argument("--epochs", type=int, help="maximum epochs per trial")
     parser.add_argument("--train-size", type=int, help="a deterministic slice of the train split")
+    parser.add_argument("--val-size", type=float, help="validation images (or a fraction below 1)")
     parser.add_argument("--data-dir", help="where datasets are found (default: $SWEEPER_DATA_DIR)")
 
 
@@ -146,8 +146,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export(commands: Any) -> None:
-    export = command(commands, "export", "write the study's registered ensemble to a file",
-                     cmd_export)  # fmt: skip
+    export = command(commands, "export", "write the registered ensemble to a file", cmd_export)
     export.add_argument("study", help="the study name (or file)")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "mlflow"])
     export.add_argument("--out", required=True, help="output file (.pt, .onnx) or directory")
@@ -161,8 +160,7 @@ def add_export(commands: Any) -> None:
 
 
 def add_predict(commands: Any) -> None:
-    predict = command(commands, "predict", "classify image files with an exported model",
-                      cmd_predict)  # fmt: skip
+    predict = command(commands, "predict", "classify images with an exported model", cmd_predict)
     predict.add_argument("model", help="a .pt or .onnx export, or an MLflow model directory")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--top", type=int, default=1, help="classes to show per image")
@@ -256,11 +254,13 @@ def check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise bad_value("", f"--{key.replace('_', '-')}", value, "it must be 1 or more")
+    if getattr(args, "val_size", None) is not None:  # else every trial would fail on it
+        TrainConfig(val_size=args.val_size).validate("--val-size")
 
 
 def sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys a sweep's flags set for every trial."""
-    keys = ("epochs", "train_size", "data_dir", "threads")
+    keys = ("epochs", "train_size", "val_size", "data_dir", "threads")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -29,8 +29,10 @@ CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
             "--hide-scrollbars"]  # fmt: skip
 
 
-SMALL = ["--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble"]
-TINY = ["--epochs", "1", "--train-size", "500", "--no-progress", "--no-ensemble"]
+SMALL = ["--epochs", "2", "--train-size", "1000", "--val-size", "500",
+         "--no-progress", "--no-ensemble"]  # fmt: skip
+TINY = ["--epochs", "1", "--train-size", "500", "--val-size", "500",
+        "--no-progress", "--no-ensemble"]  # fmt: skip
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -163,7 +165,8 @@ def start_launch(
     """A launch of 3 epochs on 1 worker; `group`: in a process group of its own, as a terminal
     starts it (Ctrl-C signals the whole group)."""
     command = [SWEEPER, "launch", QUICKSTART, "--dir", str(sweep_dir), *storage.flags,
-               "--workers", "1", "--epochs", "3", "--train-size", "3000", "--no-progress",
+               "--workers", "1", "--epochs", "3", "--train-size", "3000",
+               "--val-size", "500", "--no-progress",
                "--no-ensemble", "--data-dir", str(data_dir), *args]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=group)  # fmt: skip

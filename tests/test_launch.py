@@ -115,7 +115,8 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
 ) -> None:
     storage = Store("sqlite", f"sqlite:///{tmp_path / 'optuna.db'}", ())
     done = launch(tmp_path, storage, datasets_dir, "--trials", "2", "--workers", "2",
-                  "--epochs", "1", "--train-size", "500", "--no-progress")  # fmt: skip
+                  "--epochs", "1", "--train-size", "500",
+                  "--val-size", "500", "--no-progress")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout[done.stdout.index("sweeper: quickstart done in") :].splitlines()
     best = storage.load().best_trial
@@ -164,7 +165,8 @@ def test_a_study_that_stops_improving_ends_early_and_says_why(
     study_file = tmp_path / "stalling.py"
     study_file.write_text(STALLING)
     done = sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
-                   str(datasets_dir), "--workers", "1", "--train-size", "500", "--no-progress",
+                   str(datasets_dir), "--workers", "1", "--train-size", "500",
+                   "--val-size", "500", "--no-progress",
                    "--no-ensemble")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -205,6 +207,7 @@ def test_a_new_study_trains_the_best_configs_of_an_earlier_one_and_a_csv_first(
         study_file.write_text(WARM.format(name=name, trials=trials, warm=warm, momentum=extra))
         return sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
                        str(datasets_dir), "--workers", "1", "--train-size", "500",
+                       "--val-size", "500",
                        "--no-progress", "--no-ensemble")  # fmt: skip
 
     assert run("first", 3, [], momentum=True).returncode == 0

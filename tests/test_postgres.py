@@ -26,7 +26,8 @@ from helpers import QUICKSTART, SWEEPER, descendants, sweeper
 from sweeper.stores import storage as storage_module
 from sweeper.stores.storage import make_storage
 
-SMALL = ["--epochs", "1", "--train-size", "500", "--no-ensemble", "--no-progress"]
+SMALL = ["--epochs", "1", "--train-size", "500", "--val-size", "500",
+         "--no-ensemble", "--no-progress"]  # fmt: skip
 FINISHED = ("COMPLETE", "PRUNED")
 SECRET = "s3cret-Pw-4711"
 
@@ -119,7 +120,8 @@ def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_line
     # By hand, a worker and `sweeper status` take the URL from $SWEEPER_STORAGE instead of a flag.
     env = {**os.environ, "SWEEPER_STORAGE": storage}
     worker = sweeper("worker", QUICKSTART, "--dir", str(tmp_path), "--data-dir", str(datasets_dir),
-                     "--trials", "3", "--epochs", "1", "--train-size", "500", env=env)  # fmt: skip
+                     "--trials", "3", "--epochs", "1", "--train-size", "500",
+                     "--val-size", "500", env=env)  # fmt: skip
     assert worker.returncode == 0, worker.stderr[-3000:]
     status = sweeper("status", "quickstart", "--dir", str(tmp_path), "--csv", env=env)
     assert status.returncode == 0 and len(status.stdout.splitlines()) == 4, status.stderr

@@ -13,7 +13,8 @@ import optuna
 import pytest
 from helpers import QUICKSTART, SWEEPER, free_port, sweeper, sweeper_here
 
-TINY = ["--epochs", "1", "--train-size", "500", "--no-progress"]
+TINY = ["--epochs", "1", "--train-size", "500", "--val-size", "500",
+        "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     with open(log, "w") as out:
         launcher = subprocess.Popen(
             [SWEEPER, "launch", str(study_file), "--dir", str(directory), "--workers", "1",
-             "--train-size", "2000", "--no-progress", "--data-dir", str(datasets_dir)],
+             "--train-size", "2000",
+             "--val-size", "500", "--no-progress", "--data-dir", str(datasets_dir)],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # the same CPU trials everywhere
         )  # fmt: skip
@@ -153,7 +154,8 @@ def compared(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Pa
         ))  # fmt: skip
         done = sweeper(
             "launch", str(study_file), "--dir", str(directory), "--workers", "1",
-            "--train-size", "500", "--no-progress", "--data-dir", str(datasets_dir),
+            "--train-size", "500",
+            "--val-size", "500", "--no-progress", "--data-dir", str(datasets_dir),
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
@@ -499,7 +501,8 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
     count, the launch naming the front, the report drawing it with a row per trial on it."""
     done = sweeper(
         "launch", str(REPO / "studies" / "pareto.py"), "--dir", str(tmp_path), "--workers", "1",
-        "--trials", "4", "--epochs", "1", "--train-size", "500", "--no-progress",
+        "--trials", "4", "--epochs", "1", "--train-size", "500",
+        "--val-size", "500", "--no-progress",
         "--data-dir", str(datasets_dir), env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,7 +16,8 @@ from sweeper.stores import tracking
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.sweep.retention import FreeingWhileRunning, describe, sweep_disk, top_trials
 
-TINY = ["--epochs", "1", "--train-size", "300", "--no-progress", "--no-ensemble"]
+TINY = ["--epochs", "1", "--train-size", "300", "--val-size", "500",
+        "--no-progress", "--no-ensemble"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

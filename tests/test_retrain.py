@@ -24,14 +24,15 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     sweep_dir = tmp_path_factory.mktemp("ensemble")
     launched = sweeper(
         "launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "3", "--workers", "2",
-        "--epochs", "2", "--train-size", "1000", "--no-progress", "--no-ensemble",
+        "--epochs", "2", "--train-size", "1000",
+        "--val-size", "500", "--no-progress", "--no-ensemble",
         "--data-dir", str(datasets_dir),
     )  # fmt: skip
     assert launched.returncode == 0, launched.stderr[-3000:]
     built = sweeper(
         "ensemble", QUICKSTART, "--dir", str(sweep_dir), "--k", "2", "--seeds", "2",
         "--workers", "2", "--greedy", "--no-progress", "--data-dir", str(datasets_dir),
-        "--train-size", "1000",
+        "--train-size", "1000", "--val-size", "500",
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     assert "ensemble on the test split" in built.stdout

@@ -32,7 +32,8 @@ from sweeper.sweep.retention import top_trials
 
 BIN = Path(sys.executable).parent
 SECRET = "pg-Secret-0815"  # trust auth ignores it; it must show up nowhere
-SMALL = ["--epochs", "2", "--train-size", "500", "--data-dir"]
+SMALL = ["--epochs", "2", "--train-size", "500", "--val-size", "500",
+         "--data-dir"]  # fmt: skip
 
 
 class MlflowServer:
@@ -207,7 +208,8 @@ def test_an_ensemble_on_a_host_without_the_sweep_files_reads_the_weights_from_th
     flags = ["--storage", topology["storage"], "--tracking-uri", server.url, "--dir", str(tmp_path)]
     done = subprocess.run(
         [BIN / "sweeper", "ensemble", "quickstart", "--k", "2", "--seeds", "2", "--epochs", "2",
-         "--train-size", "500", "--data-dir", str(datasets_dir), "--no-progress", *flags],
+         "--train-size", "500",
+         "--val-size", "500", "--data-dir", str(datasets_dir), "--no-progress", *flags],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -77,6 +77,24 @@ def test_launch_of_a_broken_study_exits_2_before_any_worker(tmp_path: Path) -> N
     assert not (tmp_path / "sweep" / "optuna.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--val-size", "2.5"], "--val-size: val_size=2.5 is invalid; give a fraction below 1"),
+        (["--val-size", "-1"], "--val-size: val_size=-1.0 is invalid; it must be 0 or more"),
+        (["--epochs", "0"], "--epochs=0 is invalid; it must be 1 or more"),
+    ],
+)
+def test_a_bad_scale_down_flag_is_one_line_before_any_worker(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    """Not a failed trial per worker until every worker gives up: one line, nothing made."""
+    done = sweeper_here("launch", QUICKSTART, "--dir", str(tmp_path / "sweep"), *flags)
+    assert done.returncode == 2
+    assert done.stderr == f"sweeper: error: {expected}" + done.stderr.split(expected, 1)[1]
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "sweep").exists()
+
+
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:
     done = sweeper_here("launch", QUICKSTART, "--storage",
                    "postgresql://postgres:secret@127.0.0.1:1/none")  # fmt: skip
