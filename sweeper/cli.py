@@ -85,7 +85,7 @@ def add_launch(commands: Any) -> None:
 
 
 def add_ensemble(commands: Any) -> None:
-    ensemble = command(commands, "ensemble", "retrain top configs with seeds", cmd_ensemble)
+    ensemble = command(commands, "ensemble", "retrain top configs, average the seeds", cmd_ensemble)
     ensemble.add_argument("study", help="the study file (or its name, once launched)")
     add_sweep_flags(ensemble)
     ensemble.add_argument("--k", type=int, help="top configs to retrain (study default: 3)")
@@ -249,7 +249,7 @@ def add_store_flags(parser: argparse.ArgumentParser, storage: bool = True, track
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """Counts given as flags (--trials, --workers, ...) are 1 or more."""
+    """Counts given as flags (--trials, --workers, ...) are 1 or more; --val-size is valid."""
     for key in ("trials", "epochs", "train_size", "threads", "workers", "k", "seeds"):
         value = getattr(args, key, None)
         if value is not None and value < 1:
