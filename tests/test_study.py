@@ -83,8 +83,14 @@ def test_launch_of_a_broken_study_exits_2_before_any_worker(tmp_path: Path) -> N
         (["--val-size", "2.5"], "--val-size: val_size=2.5 is invalid; give a fraction below 1"),
         (["--val-size", "-1"], "--val-size: val_size=-1.0 is invalid; it must be 0 or more"),
         (["--epochs", "0"], "--epochs=0 is invalid; it must be 1 or more"),
+        # sizes the dataset (CIFAR-10: 50,000 training images) cannot hold
+        (["--train-size", "60000"],
+         "train_size=60000 is larger than the 50000 training images; lower it"),
+        (["--val-size", "60000"], "val_size=60000 must be smaller than the 50000 training images"),
+        (["--val-size", "500", "--train-size", "49600"],
+         "train_size=49600 is larger than the 49500 training images left after val_size=500"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_scale_down_flag_is_one_line_before_any_worker(
     tmp_path: Path, flags: list[str], expected: str
 ) -> None:
@@ -92,7 +98,8 @@ def test_a_bad_scale_down_flag_is_one_line_before_any_worker(
     done = sweeper_here("launch", QUICKSTART, "--dir", str(tmp_path / "sweep"), *flags)
     assert done.returncode == 2
     assert done.stderr == f"sweeper: error: {expected}" + done.stderr.split(expected, 1)[1]
-    assert done.stderr.count("\n") == 1 and not (tmp_path / "sweep").exists()
+    assert done.stderr.count("\n") == 1
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no store, no sweep file
 
 
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:

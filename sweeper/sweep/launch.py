@@ -31,7 +31,7 @@ from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import make_storage, note_limits
 from sweeper.sweep.ensemble import build_ensemble
 from sweeper.sweep.phase import Opened, Work, run_phase, stopped, worker_commands, worker_flags
-from sweeper.training.data import load_images
+from sweeper.training.data import load_images, val_count
 
 
 def launch(
@@ -194,9 +194,12 @@ def print_summary(
 
 
 def prefetch_data(spec: Study, overrides: dict[str, Any]) -> None:
-    """Decode the dataset once here, so the workers all start from the cache."""
+    """Decode the dataset once here, so the workers all start from the cache; sizes given as
+    flags that do not fit it fail here, once, rather than in every trial."""
     values = {**spec.fixed, **overrides}
     dataset = values.get("dataset", "cifar10")
     if callable(dataset):  # your own data function
         dataset = reference(dataset, "dataset")
-    load_images(dataset, values.get("data_dir"), values.get("image_size"))
+    images = load_images(dataset, values.get("data_dir"), values.get("image_size"))
+    if {"val_size", "train_size"} & overrides.keys():  # flags: every trial trains on these sizes
+        val_count(len(images.train_y), overrides.get("val_size"), overrides.get("train_size"))

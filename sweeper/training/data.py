@@ -192,17 +192,10 @@ def split(
 ) -> SplitData:
     """Deterministic train/validation split of the train set, from the seed alone."""
     n = len(images.train_y)
-    count = round(val_size * n) if val_size < 1 else int(val_size)  # a fraction, or images
-    if count >= n:
-        raise SweeperError(f"val_size={val_size:g} must be smaller than the {n} training images")
+    count = val_count(n, val_size, train_size)
     order = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = order[:count], order[count:]
     if train_size is not None:
-        if train_size > len(train_idx):
-            raise SweeperError(
-                f"train_size={train_size} is larger than the {len(train_idx)} training images "
-                f"left after val_size={val_size:g}; lower one of them"
-            )
         train_idx = train_idx[:train_size]
     hashed = (train_idx, val_idx, images.train_x[:16])  # same indices over other images differ
     digest = hashlib.sha256(b"".join(a.tobytes() for a in hashed))
@@ -217,6 +210,20 @@ def split(
         images.classes,
         digest.hexdigest()[:12],
     )
+
+
+def val_count(n: int, val_size: float | None, train_size: int | None = None) -> int:
+    """How many of `n` training images validate; raises when the sizes do not fit in `n`.
+    val_size None: not known yet (a study's space may set it), so train_size must fit in all n."""
+    count = 0 if val_size is None else round(val_size * n) if val_size < 1 else int(val_size)
+    if count >= n:
+        raise SweeperError(f"val_size={val_size:g} must be smaller than the {n} training images")
+    if train_size is not None and train_size > n - count:
+        left = f" left after val_size={val_size:g}; lower one of them" if count else "; lower it"
+        raise SweeperError(
+            f"train_size={train_size} is larger than the {n - count} training images{left}"
+        )
+    return count
 
 
 def split_of(config: TrainConfig) -> SplitData:
