@@ -213,3 +213,27 @@ def test_a_later_pass_looks_again_only_at_new_trials_and_those_that_left_the_top
     freeing = FreeingWhileRunning(storage, paths, keep=2, every_s=0)
     freeing(study, study.trials)  # a later launch's polls start where the passes stopped
     assert {0, 3} <= freeing.freed and first[0].exists()
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_worker_stores_weights_only_in_the_top_and_counts_again_only_for_one_that_beats_it(
+    direction: str,
+) -> None:
+    from sweeper.worker.objective import Objective
+
+    objective = Objective(spec=None, checkpoint_dir=Path(), tracker=None, worker="w",
+                          device="cpu", keep=3)  # fmt: skip
+    study = optuna.create_study(direction=direction)
+    reads = []
+    real = study.get_trials
+    study.get_trials = lambda *a, **k: reads.append(1) or real(*a, **k)
+    sign = 1 if direction == "maximize" else -1
+    values = [0.5, 0.5, 0.4, 0.6, 0.5, 0.6, 0.3, 0.7, 0.5, 0.6, 0.6, 0.8, 0.2, 0.1, 0.7, 0.9, 0.4]
+    for value in [sign * v for v in values]:  # ties on purpose: they rank by number
+        trial = study.ask()
+        complete = real(states=(TrialState.COMPLETE,))
+        ahead = [t for t in complete if sign * t.value >= sign * value]  # all have lower numbers
+        assert objective._may_stay(trial, value) == (len(ahead) < 3), (trial.number, value)
+        study.tell(trial, value)
+    assert objective._may_stay(study.ask(), None) is False  # pruned
+    assert 0 < len(reads) < len(values) - 3  # a trial behind the last count reads nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -129,6 +130,7 @@ class Objective:
     failures_in_a_row: int = 0
     last_failure: str = ""
     taken_over: str = ""  # why the last trial was taken over by its retry (see TrialTakenOver)
+    kept_floor: tuple[float, int] | None = None  # the `keep`-th best ranking key last counted
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.taken_over = ""
@@ -324,12 +326,15 @@ class Objective:
             return True
         if value is None:
             return False
-        sign = 1 if maximizing(trial.study) else -1  # ties rank by number, as retention's
-        ahead = (  # of this trial in the ranking
-            (sign * t.values[0], -t.number) > (sign * value, -trial.number)
-            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        )
-        return sum(ahead) < self.keep
+        sign = 1 if maximizing(trial.study) else -1
+        key = (sign * value, -trial.number)  # ties rank by number, as retention's
+        # A complete trial stays complete: the `keep` ahead at the last count are ahead still,
+        # so only a trial that beats them counts again (at 10,000 trials a count is 10 ms).
+        if self.kept_floor is None or key > self.kept_floor:
+            complete = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            top = heapq.nlargest(self.keep, ((sign * t.values[0], -t.number) for t in complete))
+            self.kept_floor = top[-1] if len(top) == self.keep else None
+        return self.kept_floor is None or key > self.kept_floor
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str) -> None:
         """Record why the trial failed, on the trial and on its run, and end the run FAILED."""
