@@ -102,6 +102,18 @@ def test_a_bad_scale_down_flag_is_one_line_before_any_worker(
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no store, no sweep file
 
 
+def test_an_ensemble_with_a_size_the_data_cannot_hold_is_one_line_before_any_worker(
+    tmp_path: Path,
+) -> None:
+    done = sweeper_here("ensemble", QUICKSTART, "--dir", str(tmp_path / "sweep"),
+                        "--val-size", "50000")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "sweeper: error: val_size=50000 must be smaller than the 50000 training images\n"
+    )
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:
     done = sweeper_here("launch", QUICKSTART, "--storage",
                    "postgresql://postgres:secret@127.0.0.1:1/none")  # fmt: skip

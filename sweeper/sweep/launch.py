@@ -24,14 +24,20 @@ from sweeper.records import StudyAttr, Tag
 from sweeper.spec.budget import Budget, budget_state, counted_trials
 from sweeper.spec.objectives import best_by_metric, metric_value
 from sweeper.spec.study import Study, open_study
-from sweeper.spec.userfile import reference
 from sweeper.spec.warmstart import enqueue_warm_start
 from sweeper.stores import sqlite_wal
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import make_storage, note_limits
 from sweeper.sweep.ensemble import build_ensemble
-from sweeper.sweep.phase import Opened, Work, run_phase, stopped, worker_commands, worker_flags
-from sweeper.training.data import load_images, val_count
+from sweeper.sweep.phase import (
+    Opened,
+    Work,
+    prefetch_data,
+    run_phase,
+    stopped,
+    worker_commands,
+    worker_flags,
+)
 
 
 def launch(
@@ -191,15 +197,3 @@ def print_summary(
     if freed:
         lines.append(f"  disk: {freed}")
     print("\n".join(lines))
-
-
-def prefetch_data(spec: Study, overrides: dict[str, Any]) -> None:
-    """Decode the dataset once here, so the workers all start from the cache; sizes given as
-    flags that do not fit it fail here, once, rather than in every trial."""
-    values = {**spec.fixed, **overrides}
-    dataset = values.get("dataset", "cifar10")
-    if callable(dataset):  # your own data function
-        dataset = reference(dataset, "dataset")
-    images = load_images(dataset, values.get("data_dir"), values.get("image_size"))
-    if {"val_size", "train_size"} & overrides.keys():  # flags: every trial trains on these sizes
-        val_count(len(images.train_y), overrides.get("val_size"), overrides.get("train_size"))
