@@ -122,7 +122,9 @@ def test_a_run_reports_its_pace_early_in_its_first_epoch_then_as_measured(
     result = train(config, small_cifar, callback=epoch, pace=lambda p: said.append(("pace", p)))
     assert [what for what, _ in said] == ["pace", "pace", "epoch", "epoch"]
     early = said[0][1]
-    assert 0.25 < early["images_per_s"] / result.history[0]["images_per_s"] < 4
+    # The same quantity as the epoch's: a slip of unit (per batch, not per image) is off by the
+    # batch size, 128x. Not closer: a loaded CI machine slowed one epoch to 1/7.8 of its start.
+    assert 1 / 16 < early["images_per_s"] / result.history[0]["images_per_s"] < 16
     images = len(small_cifar.train_y) + len(small_cifar.val_y) / 3  # validation: forward only
     assert early["epoch_s"] == pytest.approx(images / early["images_per_s"])
 
