@@ -125,6 +125,8 @@ def test_a_launch_ends_with_its_ensemble_exported_a_report_and_a_summary(
         " (document 003's hand-tuned CNN: 66.57%)"
     )
     assert summary[2].startswith("  ensemble of 4 members: test accuracy ")  # 2 configs x 2 seeds
+    members = storage.load("quickstart.ensemble").trials  # every member stored its weights
+    assert all("checkpoint" in t.user_attrs for t in members), [t.user_attrs for t in members]
     exports = [tmp_path / "exports" / "quickstart" / f"ensemble-v1{s}" for s in (".pt", ".onnx")]
     assert summary[3] == f"  exported: {exports[0]} and {exports[1]}"
     images = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)

@@ -3,6 +3,7 @@ pool as trials of the member study, then evaluate, register and export the ensem
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -56,7 +57,8 @@ def build_ensemble(
     )
     flags = ["--ensemble", *worker_flags(pool, members_spec.trials, None, member_overrides)]
     commands = worker_commands(members_spec.file, paths, pool.devices, flags)
-    if not run_phase(pool, commands, lambda: (members, opened.context), Work(members_spec.trials),
+    context = dataclasses.replace(opened.context, keep=None)  # every member keeps its weights
+    if not run_phase(pool, commands, lambda: (members, context), Work(members_spec.trials),
                      progress=progress, table=False, figures=opened.figures):  # fmt: skip
         print(stopped(members, members_spec.trials, "ensemble members"), file=sys.stderr)
         return None
