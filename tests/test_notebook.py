@@ -37,7 +37,7 @@ def test_run_study_returns_the_trials_the_best_the_ensemble_and_the_files(
     tmp_path: Path, datasets_dir: Path
 ) -> None:
     result = sweeper.run_study(QUICKSTART, workers=2, trials=2, epochs=1, train_size=500,
-                               data_dir=datasets_dir, dir=tmp_path)  # fmt: skip
+                               val_size=500, data_dir=datasets_dir, dir=tmp_path)  # fmt: skip
     assert result.exit_code == 0
     assert list(result.trials["trial"]) and len(result.trials) == 2
     assert set(result.trials["state"]) <= {"COMPLETE", "PRUNED"}
@@ -74,6 +74,9 @@ def test_a_study_made_in_python_reaches_the_workers_through_a_written_file(
     sampler = optuna.samplers.TPESampler(seed=1)
     with pytest.raises(SweeperError, match="give it by name"):
         sweeper.run_study(Study(name="y", space=nets.space, sampler=sampler), dir=tmp_path)
+    with pytest.raises(SweeperError, match=r"^run_study: val_size=1.5 is invalid; give a fraction"):
+        sweeper.run_study(QUICKSTART, val_size=1.5, dir=tmp_path / "unmade")
+    assert not (tmp_path / "unmade").exists()  # refused before anything is made
 
 
 def test_interrupting_the_kernel_stops_the_workers_and_keeps_their_checkpoints(
@@ -90,11 +93,13 @@ def test_interrupting_the_kernel_stops_the_workers_and_keeps_their_checkpoints(
     before = signal.getsignal(signal.SIGINT)
     threading.Thread(target=interrupt_after_an_epoch, daemon=True).start()
     result = sweeper.run_study(QUICKSTART, workers=1, trials=1, epochs=3, train_size=3000,
-                               data_dir=datasets_dir, dir=tmp_path, progress=False)  # fmt: skip
+                               val_size=500, data_dir=datasets_dir, dir=tmp_path,
+                               progress=False)  # fmt: skip
     assert result.exit_code == 130
     assert list(checkpoints.glob("trial-*-last.pt"))  # kept for the next run
     assert signal.getsignal(signal.SIGINT) is before and not STOPPING.is_set()
     again = sweeper.run_study(QUICKSTART, workers=1, trials=1, epochs=3, train_size=3000,
-                              data_dir=datasets_dir, dir=tmp_path, ensemble=False)  # fmt: skip
+                              val_size=500, data_dir=datasets_dir, dir=tmp_path,
+                              ensemble=False)  # fmt: skip
     assert again.exit_code == 0
     assert again.best.user_attrs["resumed_from_epoch"] >= 1

@@ -25,6 +25,7 @@ from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import load_stored_study, make_storage
 from sweeper.sweep.launch import launch
 from sweeper.sweep.progress import trials_table
+from sweeper.training.config import TrainConfig
 
 
 @dataclass
@@ -61,6 +62,7 @@ def run_study(
     trials: int | None = None,
     epochs: int | None = None,
     train_size: int | None = None,
+    val_size: float | None = None,
     timeout: float | None = None,
     data_dir: str | Path | None = None,
     dir: str | Path = "sweeps",
@@ -80,11 +82,14 @@ def run_study(
     for key, value in counts.items():
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise SweeperError(f"run_study: {key}={value!r}; give a whole number, 1 or more")
+    if val_size is not None:  # else every trial would fail on it
+        TrainConfig(val_size=val_size).validate("run_study")
     paths = SweepPaths.resolve(dir, storage or os.environ.get("SWEEPER_STORAGE"),
                                tracking_uri or os.environ.get("SWEEPER_TRACKING_URI"))  # fmt: skip
     spec = study_of(study, paths.dir)
     pool = pool_of(paths, ray, workers, trials_per_gpu)
-    given = {"epochs": epochs, "train_size": train_size, "data_dir": data_dir and str(data_dir)}
+    given = {"epochs": epochs, "train_size": train_size, "val_size": val_size,
+             "data_dir": data_dir and str(data_dir)}  # fmt: skip
     overrides = {key: value for key, value in given.items() if value is not None}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
