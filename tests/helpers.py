@@ -55,21 +55,31 @@ def sweeper(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     )
 
 
-def launch(sweep_dir: Path, store: Store, data_dir: Path, *args: str, **kwargs):
-    """`sweeper launch studies/quickstart.py` into sweep_dir, on the store, to its end."""
-    return sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), *store.flags,
-                   "--data-dir", str(data_dir), *args, **kwargs)  # fmt: skip
+def launch(sweep_dir: Path, store: Store, data_dir: Path, *args: str):
+    """`sweeper launch studies/quickstart.py` into sweep_dir, on the store, to its end, run in
+    this process (sweeper_here)."""
+    return sweeper_here("launch", QUICKSTART, "--dir", str(sweep_dir), *store.flags,
+                        "--data-dir", str(data_dir), *args)  # fmt: skip
 
 
-def sweeper_here(*args: str) -> subprocess.CompletedProcess:
+def sweeper_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`sweeper ARGS` run in this process (no interpreter to start, torch already loaded), as
-    `sweeper` would: its exit code and what it printed. For commands that end in a line or
-    two; whatever a command changes of the process (signal handlers, the interrupt flag) is put
-    back."""
+    `sweeper` would: its exit code and what it printed. Whatever a command changes of the
+    process (signal handlers, the interrupt flag) is put back. A launch's workers fork from this
+    process's fork server, started by its first launch and kept for the next (a command line's
+    launcher ends its own): what it saves is the interpreter, the imports of the launcher and
+    those of its fork server, about 8 CPU seconds a launch. Tests of signals, killed processes
+    and the launcher's exit run the `sweeper` command instead."""
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            for name, value in (env or {}).items():  # the variables it sets, for this command
+                patch.setenv(name, value)
             try:
                 code = cli.main(list(args))
             except SystemExit as exit:  # argparse's usage errors

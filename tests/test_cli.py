@@ -4,14 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, sweeper, sweeper_here
+from helpers import REPO, sweeper_here
 
 from sweeper.pool import local as pool
 
 
 @pytest.mark.e2e
 def test_train_json_reports_every_key(datasets_dir: Path) -> None:
-    done = sweeper(
+    done = sweeper_here(
         "train",
         "--model",
         "cnn2",
@@ -72,7 +72,7 @@ def test_train_from_a_config_file_prints_accuracies(datasets_dir: Path, tmp_path
         f"model: mlp\nhidden: [64]\ndata_dir: {datasets_dir}\ntrain_size: 500\nval_size: 500\n"
         "epochs: 1\nimage_size: 16\n"
     )
-    done = sweeper("train", "--config", str(config), "--lr", "0.01")
+    done = sweeper_here("train", "--config", str(config), "--lr", "0.01")
     assert done.returncode == 0, done.stderr
     assert "validation accuracy:" in done.stdout and "test accuracy:" in done.stdout
 

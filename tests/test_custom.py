@@ -132,7 +132,7 @@ def test_your_own_network_and_data_sweep_resume_ensemble_export_and_predict(
         Image.fromarray((images[i].transpose(1, 2, 0) * 255).astype(np.uint8)).save(
             folder / f"{i}.png"
         )
-    predicted = sweeper("predict", str(exports / "ensemble-v1.pt"), str(folder))
+    predicted = sweeper_here("predict", str(exports / "ensemble-v1.pt"), str(folder))
     assert predicted.returncode == 0, predicted.stderr
     lines = predicted.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.split()[1] in ensemble.classes for line in lines), lines

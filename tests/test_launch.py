@@ -16,7 +16,6 @@ from helpers import (
     SMALL,
     Store,
     launch,
-    sweeper,
     sweeper_here,
 )
 from mlflow import MlflowClient
@@ -99,7 +98,7 @@ def test_train_from_run_repeats_a_trial(swept: tuple[Path, Store], datasets_dir:
     sweep_dir, storage = swept
     trial = storage.load().best_trial
     run_id = trial.user_attrs["mlflow_run_id"]
-    done = sweeper(
+    done = sweeper_here(
         "train", "--from-run", run_id, "--dir", str(sweep_dir), "--epochs", "1", "--json",
         "--data-dir", str(datasets_dir),
     )  # fmt: skip
@@ -166,10 +165,10 @@ def test_a_study_that_stops_improving_ends_early_and_says_why(
 ) -> None:
     study_file = tmp_path / "stalling.py"
     study_file.write_text(STALLING)
-    done = sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
-                   str(datasets_dir), "--workers", "1", "--train-size", "500",
-                   "--val-size", "500", "--no-progress",
-                   "--no-ensemble")  # fmt: skip
+    done = sweeper_here("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
+                        str(datasets_dir), "--workers", "1", "--train-size", "500",
+                        "--val-size", "500", "--no-progress",
+                        "--no-ensemble")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     trials = optuna.load_study(study_name="stalling", storage=storage).trials
@@ -207,10 +206,10 @@ def test_a_new_study_trains_the_best_configs_of_an_earlier_one_and_a_csv_first(
         extra = 'values["momentum"] = trial.suggest_float("momentum", 0.5, 0.9)' if momentum else ""
         study_file = tmp_path / f"{name}.py"
         study_file.write_text(WARM.format(name=name, trials=trials, warm=warm, momentum=extra))
-        return sweeper("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
-                       str(datasets_dir), "--workers", "1", "--train-size", "500",
-                       "--val-size", "500",
-                       "--no-progress", "--no-ensemble")  # fmt: skip
+        return sweeper_here("launch", str(study_file), "--dir", str(tmp_path), "--data-dir",
+                            str(datasets_dir), "--workers", "1", "--train-size", "500",
+                            "--val-size", "500",
+                            "--no-progress", "--no-ensemble")  # fmt: skip
 
     assert run("first", 3, [], momentum=True).returncode == 0
     missing = run("other", 1, ["nothing-here"], momentum=False)

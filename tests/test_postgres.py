@@ -7,7 +7,6 @@ dropped at the end of the module.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import QUICKSTART, SWEEPER, descendants, sweeper
+from helpers import QUICKSTART, SWEEPER, descendants, sweeper_here
 
 from sweeper.stores import storage as storage_module
 from sweeper.stores.storage import make_storage
@@ -118,12 +117,12 @@ def test_a_plain_postgresql_url_launches_and_its_password_stays_off_command_line
     for path in (p for p in tmp_path.rglob("*") if p.is_file()):  # stores, logs, checkpoints
         assert SECRET.encode() not in path.read_bytes(), path
     # By hand, a worker and `sweeper status` take the URL from $SWEEPER_STORAGE instead of a flag.
-    env = {**os.environ, "SWEEPER_STORAGE": storage}
-    worker = sweeper("worker", QUICKSTART, "--dir", str(tmp_path), "--data-dir", str(datasets_dir),
-                     "--trials", "3", "--epochs", "1", "--train-size", "500",
-                     "--val-size", "500", env=env)  # fmt: skip
+    env = {"SWEEPER_STORAGE": storage}
+    worker = sweeper_here("worker", QUICKSTART, "--dir", str(tmp_path), "--data-dir",
+                          str(datasets_dir), "--trials", "3", "--epochs", "1", "--train-size",
+                          "500", "--val-size", "500", env=env)  # fmt: skip
     assert worker.returncode == 0, worker.stderr[-3000:]
-    status = sweeper("status", "quickstart", "--dir", str(tmp_path), "--csv", env=env)
+    status = sweeper_here("status", "quickstart", "--dir", str(tmp_path), "--csv", env=env)
     assert status.returncode == 0 and len(status.stdout.splitlines()) == 4, status.stderr
 
 

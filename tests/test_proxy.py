@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import QUICKSTART, SWEEPER, free_port, sweeper, sweeper_here
+from helpers import QUICKSTART, SWEEPER, free_port, sweeper_here
 
 TINY = ["--epochs", "1", "--train-size", "500", "--val-size", "500",
         "--no-progress"]  # fmt: skip
@@ -61,13 +61,13 @@ def test_a_launch_and_a_worker_through_the_proxy(
     port, storage = proxy
     url = f"grpc://127.0.0.1:{port}"
     flags = ["--storage", url, "--dir", str(tmp_path / "sweep"), "--data-dir", str(datasets_dir)]
-    done = sweeper("launch", QUICKSTART, *flags, "--trials", "2", "--workers", "1", *TINY,
-                   "--no-ensemble")  # fmt: skip
+    done = sweeper_here("launch", QUICKSTART, *flags, "--trials", "2", "--workers", "1", *TINY,
+                        "--no-ensemble")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     notes = [line for line in done.stderr.splitlines() if "heartbeats" in line]
     assert len(notes) == 1, done.stderr
     assert notes[0].startswith(f"sweeper: note: through the storage proxy at {url} ")
-    joined = sweeper("worker", QUICKSTART, *flags, "--trials", "3", *TINY[:-1])
+    joined = sweeper_here("worker", QUICKSTART, *flags, "--trials", "3", *TINY[:-1])
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "trials send no heartbeats" in joined.stderr
     trials = optuna.load_study(study_name="quickstart", storage=storage).trials  # the database

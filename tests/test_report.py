@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from helpers import REPO, SWEEPER, chromium, free_port, sweeper, sweeper_here, workers_of
+from helpers import REPO, SWEEPER, chromium, free_port, sweeper_here, workers_of
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from optuna.trial import TrialState, create_trial
@@ -152,11 +152,11 @@ def compared(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Pa
         study_file.write_text(COMPARED_STUDY.format(
             name=name, optimizer=optimizer, low=low, high=high, metric=metric
         ))  # fmt: skip
-        done = sweeper(
+        done = sweeper_here(
             "launch", str(study_file), "--dir", str(directory), "--workers", "1",
             "--train-size", "500",
             "--val-size", "500", "--no-progress", "--data-dir", str(datasets_dir),
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+            env={"CUDA_VISIBLE_DEVICES": ""},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
     done = sweeper_here("report", *COMPARED, "--dir", str(directory))
@@ -499,11 +499,11 @@ def test_an_accuracy_against_size_study_keeps_and_draws_its_pareto_front(
 ) -> None:
     """studies/pareto.py at a small scale: every trial scored on val_acc and on its parameter
     count, the launch naming the front, the report drawing it with a row per trial on it."""
-    done = sweeper(
+    done = sweeper_here(
         "launch", str(REPO / "studies" / "pareto.py"), "--dir", str(tmp_path), "--workers", "1",
         "--trials", "4", "--epochs", "1", "--train-size", "500",
         "--val-size", "500", "--no-progress",
-        "--data-dir", str(datasets_dir), env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        "--data-dir", str(datasets_dir), env={"CUDA_VISIBLE_DEVICES": ""},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

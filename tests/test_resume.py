@@ -126,7 +126,7 @@ def test_a_launcher_whose_setup_fails_stops_its_early_workers(
             "quickstart.py: objectives ['val_acc'] need directions ['maximize'], but",
             "rename the study",
         ]
-    done = launch(sweep_dir, storage, datasets_dir, "--workers", "2", *SMALL, timeout=120)
+    done = launch(sweep_dir, storage, datasets_dir, "--workers", "2", *SMALL)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert all(text in done.stderr for text in expected), done.stderr

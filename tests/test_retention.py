@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import QUICKSTART, Store, sweeper, sweeper_here
+from helpers import QUICKSTART, Store, sweeper_here
 from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState, create_trial
@@ -24,8 +24,8 @@ TINY = ["--epochs", "1", "--train-size", "300", "--val-size", "500",
 def swept(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> tuple[Path, Store, str]:
     sweep_dir = tmp_path_factory.mktemp("sweep")
     storage = Store("sqlite", f"sqlite:///{sweep_dir / 'optuna.db'}", ())
-    done = sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), "--data-dir", str(datasets_dir),
-                   "--trials", "8", "--workers", "1", *TINY)  # fmt: skip
+    done = sweeper_here("launch", QUICKSTART, "--dir", str(sweep_dir), "--data-dir",
+                        str(datasets_dir), "--trials", "8", "--workers", "1", *TINY)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir, storage, done.stdout
 

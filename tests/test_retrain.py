@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from helpers import QUICKSTART, sweeper, sweeper_here
+from helpers import QUICKSTART, sweeper_here
 from mlflow import MlflowClient
 
 from sweeper.ensemble.export import load_exported
@@ -22,14 +22,14 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     sweep_dir = tmp_path_factory.mktemp("ensemble")
-    launched = sweeper(
+    launched = sweeper_here(
         "launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "3", "--workers", "2",
         "--epochs", "2", "--train-size", "1000",
         "--val-size", "500", "--no-progress", "--no-ensemble",
         "--data-dir", str(datasets_dir),
     )  # fmt: skip
     assert launched.returncode == 0, launched.stderr[-3000:]
-    built = sweeper(
+    built = sweeper_here(
         "ensemble", QUICKSTART, "--dir", str(sweep_dir), "--k", "2", "--seeds", "2",
         "--workers", "2", "--greedy", "--no-progress", "--data-dir", str(datasets_dir),
         "--train-size", "1000", "--val-size", "500",

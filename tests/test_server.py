@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import QUICKSTART, REPO, free_port
+from helpers import QUICKSTART, REPO, free_port, sweeper_here
 from mlflow import MlflowClient
 
 from sweeper.stores import tracking
@@ -206,17 +206,15 @@ def test_an_ensemble_on_a_host_without_the_sweep_files_reads_the_weights_from_th
     builds the ensemble (its members partly the source trials as trained), then `sweeper gc`
     deletes through the server what neither the top trial nor the ensemble needs."""
     flags = ["--storage", topology["storage"], "--tracking-uri", server.url, "--dir", str(tmp_path)]
-    done = subprocess.run(
-        [BIN / "sweeper", "ensemble", "quickstart", "--k", "2", "--seeds", "2", "--epochs", "2",
-         "--train-size", "500",
-         "--val-size", "500", "--data-dir", str(datasets_dir), "--no-progress", *flags],
-        capture_output=True, text=True, timeout=900,
+    done = sweeper_here(
+        "ensemble", "quickstart", "--k", "2", "--seeds", "2", "--epochs", "2",
+        "--train-size", "500",
+        "--val-size", "500", "--data-dir", str(datasets_dir), "--no-progress", *flags,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "of the members are their source trials as trained" in done.stdout, done.stdout
     assert "ensemble on the test split:" in done.stdout
-    gc = subprocess.run([BIN / "sweeper", "gc", "quickstart", "--keep", "1", *flags],
-                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    gc = sweeper_here("gc", "quickstart", "--keep", "1", *flags)
     assert gc.returncode == 0, gc.stderr[-3000:]
     storage = make_storage(topology["storage"])
     members = optuna.load_study(study_name="quickstart.ensemble", storage=storage)

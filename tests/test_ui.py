@@ -18,7 +18,7 @@ from helpers import (
     free_port,
     processes_mentioning,
     running,
-    sweeper,
+    sweeper_here,
 )
 from mlflow import MlflowClient
 
@@ -82,10 +82,10 @@ def text_of(html: str) -> str:
 
 def test_ui_lands_on_the_trials_and_stops_all_it_started(tmp_path: Path, datasets_dir: Path):
     sweep_dir = tmp_path / "sweep"
-    launched = sweeper("launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "2",
-                       "--epochs", "2", "--train-size", "500",
-                       "--val-size", "500", "--no-progress", "--no-ensemble",
-                       "--data-dir", str(datasets_dir), timeout=300)  # fmt: skip
+    launched = sweeper_here("launch", QUICKSTART, "--dir", str(sweep_dir), "--trials", "2",
+                            "--epochs", "2", "--train-size", "500",
+                            "--val-size", "500", "--no-progress", "--no-ensemble",
+                            "--data-dir", str(datasets_dir))  # fmt: skip
     assert launched.returncode == 0, launched.stderr[-3000:]
     client = MlflowClient(tracking_uri=default_tracking_uri(sweep_dir))
     (experiment,) = [e for e in client.search_experiments() if e.name == "quickstart"]
