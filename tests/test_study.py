@@ -8,6 +8,7 @@ from sweeper.errors import SweeperError
 from sweeper.spec.objectives import behind_the_median
 from sweeper.spec.stopping import StopRule
 from sweeper.spec.study import Study, load_study
+from sweeper.stores.paths import SweepPaths
 
 GOOD_SPACE = (
     'def space(trial):\n    return {"model": "cnn2", "lr": trial.suggest_float("lr", 1e-3, 1e-1)}\n'
@@ -112,6 +113,20 @@ def test_an_ensemble_with_a_size_the_data_cannot_hold_is_one_line_before_any_wor
         "sweeper: error: val_size=50000 must be smaller than the 50000 training images\n"
     )
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_worker_started_by_hand_with_a_size_the_data_cannot_hold_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """As a launch's: one line before any trial, not a failed trial after trial."""
+    paths = SweepPaths.resolve(tmp_path)
+    optuna.create_study(study_name="quickstart", storage=paths.storage_url, direction="maximize")
+    done = sweeper_here("worker", QUICKSTART, "--dir", str(tmp_path), "--train-size", "60000")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "sweeper: error: train_size=60000 is larger than the 50000 training images; lower it\n"
+    )
+    assert optuna.load_study(study_name="quickstart", storage=paths.storage_url).trials == []
 
 
 def test_bad_storage_url_is_one_line(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from sweeper.spec.budget import Budget, budget_state
 from sweeper.spec.study import Study, load_by_name_or_file, load_study, open_study
 from sweeper.stores.paths import SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage, note_limits
-from sweeper.sweep import phase
 from sweeper.sweep.phase import Opened, Work, run_phase, stopped, worker_commands, worker_flags
+from sweeper.training.data import prefetch_data
 
 
 def build_ensemble(
@@ -80,7 +80,7 @@ def ensemble_again(
     stop_on_signals()
     note_limits(paths.storage_url)
     spec = spec_from_name_or_file(target, paths)
-    phase.prefetch_data(spec, overrides)  # sizes given as flags that the data cannot hold: one line
+    prefetch_data(spec.fixed, overrides)  # sizes given as flags that the data cannot hold: one line
     study = open_study(spec, make_storage(paths.storage_url))
     experiment_id = tracking.experiment_for(paths.tracking_uri, spec.name, paths.artifact_root)
     context = LaunchContext(experiment_id, None, paths.storage_url, paths.tracking_uri)

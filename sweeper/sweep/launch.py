@@ -28,9 +28,9 @@ from sweeper.spec.warmstart import enqueue_warm_start
 from sweeper.stores import sqlite_wal
 from sweeper.stores.paths import SweepPaths, default_tracking_uri
 from sweeper.stores.storage import make_storage, note_limits
-from sweeper.sweep import phase
 from sweeper.sweep.ensemble import build_ensemble
 from sweeper.sweep.phase import Opened, Work, run_phase, stopped, worker_commands, worker_flags
+from sweeper.training.data import prefetch_data
 
 
 def launch(
@@ -47,7 +47,7 @@ def launch(
     """Sweep the study on the pool's workers, then build its ensemble; return an exit code."""
     stop_on_signals()
     note_limits(paths.storage_url)
-    phase.prefetch_data(spec, overrides)  # milliseconds once cached; a missing dataset fails here
+    prefetch_data(spec.fixed, overrides)  # milliseconds once cached; a missing dataset fails here
     started, deadline = time.time(), time.time() + timeout if timeout else None
     opened: Opened | None = None
 

@@ -20,12 +20,9 @@ from sweeper.pool.interface import LaunchContext, Pool
 from sweeper.pool.supervisor import supervise
 from sweeper.spec.budget import Budget, budget_state
 from sweeper.spec.stopping import StopRule
-from sweeper.spec.study import Study
-from sweeper.spec.userfile import reference
 from sweeper.stores.paths import SweepPaths
 from sweeper.stores.storage import backend_of
 from sweeper.sweep.progress import Progress
-from sweeper.training.data import load_images, val_count
 
 
 @dataclass
@@ -143,15 +140,3 @@ def worker_commands(
          "--device", device, "--worker-name", f"w{i}", *flags]
         for i, device in enumerate(devices)
     ]  # fmt: skip
-
-
-def prefetch_data(spec: Study, overrides: dict[str, Any]) -> None:
-    """Decode the dataset once here, so the workers all start from the cache; sizes given as
-    flags that do not fit it fail here, once, rather than in every trial."""
-    values = {**spec.fixed, **overrides}
-    dataset = values.get("dataset", "cifar10")
-    if callable(dataset):  # your own data function
-        dataset = reference(dataset, "dataset")
-    images = load_images(dataset, values.get("data_dir"), values.get("image_size"))
-    if {"val_size", "train_size"} & overrides.keys():  # flags: every trial trains on these sizes
-        val_count(len(images.train_y), overrides.get("val_size"), overrides.get("train_size"))

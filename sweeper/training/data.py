@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
 
 from sweeper.atomic import replacing
 from sweeper.errors import SweeperError, first_line
-from sweeper.spec.userfile import code_hash, is_reference
+from sweeper.spec.userfile import code_hash, is_reference, reference
 from sweeper.stores.paths import cache_dir
 from sweeper.training.config import TrainConfig
 from sweeper.training.userdata import own_arrays
@@ -200,16 +201,9 @@ def split(
     hashed = (train_idx, val_idx, images.train_x[:16])  # same indices over other images differ
     digest = hashlib.sha256(b"".join(a.tobytes() for a in hashed))
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-    return SplitData(
-        images.train_x[train_idx],
-        images.train_y[train_idx],
-        images.train_x[val_idx],
-        images.train_y[val_idx],
-        images.test_x,
-        images.test_y,
-        images.classes,
-        digest.hexdigest()[:12],
-    )
+    return SplitData(images.train_x[train_idx], images.train_y[train_idx], images.train_x[val_idx],
+                     images.train_y[val_idx], images.test_x, images.test_y, images.classes,
+                     digest.hexdigest()[:12])  # fmt: skip
 
 
 def val_count(n: int, val_size: float | None, train_size: int | None = None) -> int:
@@ -224,6 +218,18 @@ def val_count(n: int, val_size: float | None, train_size: int | None = None) -> 
             f"train_size={train_size} is larger than the {n - count} training images{left}"
         )
     return count
+
+
+def prefetch_data(fixed: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Decode a study's dataset once, before any trial, so that workers start from the cache;
+    sizes given as flags (`overrides`) that do not fit it fail here, once, not in every trial."""
+    values = {**fixed, **overrides}
+    dataset = values.get("dataset", "cifar10")
+    if callable(dataset):  # your own data function
+        dataset = reference(dataset, "dataset")
+    images = load_images(dataset, values.get("data_dir"), values.get("image_size"))
+    if {"val_size", "train_size"} & overrides.keys():  # flags: every trial trains on these sizes
+        val_count(len(images.train_y), overrides.get("val_size"), overrides.get("train_size"))
 
 
 def split_of(config: TrainConfig) -> SplitData:

@@ -26,6 +26,7 @@ from sweeper.spec.study import Study, load_study
 from sweeper.stores.paths import SweepPaths
 from sweeper.stores.storage import load_stored_study, make_storage, note_limits
 from sweeper.stores.tracking import TrialTracker, experiment_for
+from sweeper.training.data import prefetch_data
 from sweeper.worker.objective import Objective
 
 MAX_FAILURES_IN_A_ROW = 5  # then the cause is the setup (a full disk), not the trials
@@ -55,8 +56,9 @@ def join(
     paths = SweepPaths.existing(
         directory, context.storage_url or storage, context.tracking_uri or tracking_uri
     )  # never creates
-    if not from_launcher:  # the launcher said it once for its workers
+    if not from_launcher:  # the launcher did these once for its workers
         note_limits(paths.storage_url)
+        prefetch_data(spec.fixed, overrides)  # a size the data cannot hold: one line, no trial
     tags = None
     if ensemble:
         spec = load_member_study(spec, make_storage(paths.storage_url))
