@@ -46,10 +46,15 @@ def checkout(commit: str, into: Path) -> Path:
 
 
 def timed(tree: Path) -> tuple[float, int]:
+    """`make test`'s wall time and exit code; a failing suite's FAILED and ERROR lines printed."""
     started = time.monotonic()
-    done = subprocess.run(["make", "test", "VENV=.venv"], cwd=tree, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})  # fmt: skip
-    return time.monotonic() - started, done.returncode
+    done = subprocess.run(["make", "test", "VENV=.venv"], cwd=tree, capture_output=True,
+                          text=True, env={**os.environ, "CI": "true"})  # fmt: skip
+    seconds = time.monotonic() - started
+    if done.returncode:
+        lines = (done.stdout + done.stderr).splitlines()
+        print("\n".join(ln for ln in lines if ln.startswith(("FAILED", "ERROR"))), flush=True)
+    return seconds, done.returncode
 
 
 def main() -> None:
