@@ -3,12 +3,13 @@ data, and rebuilt only by the same code."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import sweeper_here
+from helpers import REPO, sweeper_here
 
 from sweeper.errors import SweeperError
 from sweeper.spec.study import load_study
@@ -197,3 +198,19 @@ def test_model_args_that_are_not_a_json_object_are_one_line() -> None:
     done = sweeper_here("train", "--model", "mynets:net", "--model-args", "{width: 3}")
     assert done.returncode == 2
     assert "--model-args: expected a JSON object, e.g. '{\"width\": 32}'" in done.stderr
+
+
+def test_the_packages_a_venv_borrows_through_a_pth_file_are_installed_ones_too(
+    tmp_path: Path,
+) -> None:
+    """A venv that reaches another's site-packages through a .pth file (as bench/suite.py's
+    checkouts do): a function of those packages is refused as one of its own would be."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    lent = [p for p in sys.path if Path(p).name == "site-packages"]
+    (site / "lent.pth").write_text("\n".join([str(REPO), *lent]) + "\n")
+    code = "from sweeper.spec.userfile import resolve; resolve('yaml:safe_load', 'model')"
+    done = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "which sweeper does not call for you" in done.stderr, done

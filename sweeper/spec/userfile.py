@@ -115,10 +115,15 @@ def _check_trusted(ref: str, field: str, function: Callable) -> None:
         )
 
 
+PACKAGE_FOLDERS = ("site-packages", "dist-packages")  # pip's, and Debian's
+
+
 @functools.cache
 def _installed() -> frozenset[Path]:
-    """The folders of the Python installation, its packages and sweeper."""
+    """The folders of the Python installation, its packages (those a .pth file or PYTHONPATH
+    adds too, as a venv borrowing another's) and sweeper."""
     folders = {Path(p).resolve() for p in sysconfig.get_paths().values()}
+    folders |= {Path(p).resolve() for p in sys.path if Path(p).name in PACKAGE_FOLDERS}
     return frozenset({*folders, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
                       SWEEPER_CODE})  # fmt: skip
 
